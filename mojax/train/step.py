@@ -1,0 +1,230 @@
+"""One pure train step for every method: ``train_step(state, batch, rng) -> (state, metrics)``.
+
+The method is the *objective* plugged in (see :mod:`mojax.train.objectives`): ``objective(model, batch, rng) ->
+(loss, metrics)``, or a :class:`StatefulObjective` that also reads and writes ``state.extras`` (MORE's EMA). The step
+merges the model from ``graphdef`` and the state, differentiates the objective with respect to the trainable
+variables only, accumulates over microbatches, applies the optax update, and drops non-finite updates.
+
+Accumulation averages by sum/count: an objective reports how many examples its loss averages over as
+``metrics["count"]`` (default 1); the step differentiates ``loss · count`` per microbatch, sums, and divides by the
+total count, so ``accum_steps = A`` on a batch equals one step on the whole batch for any loss that is a mean of
+per-example terms, whatever the masks (tunix's ``WeightedMetric``). Metrics are averaged the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from mojax.sharding import constrain
+from mojax.train.state import TrainState, batch_axis, batch_shardings, replicated
+
+COUNT = "count"
+
+Objective = Callable[[nnx.Module, Mapping[str, jax.Array], jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StatefulObjective:
+    """An objective that carries method state across steps in ``TrainState.extras``.
+
+    Attributes:
+      fn: ``fn(model, batch, rng, extras) -> (loss, metrics, new_extras)``; pure.
+      init_extras: ``init_extras() -> extras`` — the initial method state (a pytree of arrays).
+    """
+
+    fn: Callable[..., tuple[jax.Array, dict[str, jax.Array], Any]]
+    init_extras: Callable[[], Any]
+
+    def __call__(self, model, batch, rng, extras):
+        return self.fn(model, batch, rng, extras)
+
+
+def _stateful(objective: Objective | StatefulObjective) -> StatefulObjective:
+    if isinstance(objective, StatefulObjective):
+        return objective
+
+    def fn(model, batch, rng, extras):
+        loss, metrics = objective(model, batch, rng)
+        return loss, metrics, extras
+
+    return StatefulObjective(fn=fn, init_extras=dict)
+
+
+def init_extras(objective: Objective | StatefulObjective) -> Any:
+    """The initial ``TrainState.extras`` an objective needs (``{}`` for stateless objectives)."""
+    return _stateful(objective).init_extras()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OptimizerConfig:
+    """AdamW with linear warmup, cosine (or constant) decay and global-norm clipping.
+
+    ``optax.chain(clip_by_global_norm(max_grad_norm), adamw(schedule, b1, b2, eps, weight_decay))``; set
+    ``max_grad_norm=0`` to disable clipping. ``decay_steps=0`` keeps the learning rate constant after warmup.
+    """
+
+    learning_rate: float = 1e-3
+    warmup_steps: int = 0
+    decay_steps: int = 0
+    end_learning_rate_ratio: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+
+
+def make_schedule(config: OptimizerConfig) -> optax.Schedule:
+    """The learning-rate schedule of ``config`` (warmup → cosine decay, or constant)."""
+    if config.learning_rate <= 0:
+        raise ValueError(f"learning_rate must be positive, got {config.learning_rate}")
+    if config.warmup_steps < 0 or config.decay_steps < 0:
+        raise ValueError("warmup_steps and decay_steps must be >= 0")
+    if config.decay_steps:
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0 if config.warmup_steps else config.learning_rate, peak_value=config.learning_rate,
+            warmup_steps=config.warmup_steps, decay_steps=max(config.decay_steps, config.warmup_steps + 1),
+            end_value=config.learning_rate * config.end_learning_rate_ratio)
+    if config.warmup_steps:
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, config.learning_rate, config.warmup_steps),
+             optax.constant_schedule(config.learning_rate)], [config.warmup_steps])
+    return optax.constant_schedule(config.learning_rate)
+
+
+def make_optimizer(config: OptimizerConfig = OptimizerConfig()) -> optax.GradientTransformation:
+    """``optax.chain(clip_by_global_norm, adamw(schedule))`` from an :class:`OptimizerConfig`."""
+    if config.max_grad_norm < 0:
+        raise ValueError(f"max_grad_norm must be >= 0 (0 disables clipping), got {config.max_grad_norm}")
+    adamw = optax.adamw(make_schedule(config), b1=config.b1, b2=config.b2, eps=config.eps,
+                        weight_decay=config.weight_decay)
+    if config.max_grad_norm == 0:
+        return adamw
+    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adamw)
+
+
+def split_microbatches(batch: Mapping[str, jax.Array], accum_steps: int) -> dict[str, jax.Array]:
+    """Reshape every entry's example axis B into a leading ``[A, B/A]`` (microbatch ``a`` = examples ``a::A``).
+
+    Strided rather than contiguous microbatches: with B split over the devices in contiguous blocks, each microbatch
+    then keeps ``B/(A·devices)`` examples on every device, so no data moves between devices.
+    """
+    out = {}
+    for name, x in batch.items():
+        axis = batch_axis(name, x.ndim)
+        size = x.shape[axis]
+        if size % accum_steps:
+            raise ValueError(f"batch entry {name!r} has {size} examples, not divisible by accum_steps={accum_steps}")
+        shape = x.shape[:axis] + (size // accum_steps, accum_steps) + x.shape[axis + 1:]
+        x = jnp.moveaxis(x.reshape(shape), axis + 1, 0)  # [A, ..., B/A, ...]
+        names = [None] * x.ndim
+        names[axis + 1] = "batch"
+        out[name] = constrain(x, *names)
+    return out
+
+
+def tree_all_finite(tree: Any) -> jax.Array:
+    """True iff every element of every leaf is finite."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    objective: Objective | StatefulObjective,
+    tx: optax.GradientTransformation,
+    *,
+    accum_steps: int = 1,
+) -> Callable[[TrainState, Mapping[str, jax.Array], jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
+    """Build the pure ``train_step(state, batch, rng) -> (state, metrics)``.
+
+    Args:
+      graphdef: from :func:`mojax.train.state.create_train_state`.
+      objective: ``objective(model, batch, rng) -> (loss, metrics)`` or a :class:`StatefulObjective`.
+      tx: the optax transformation the state was created with (clipping lives in it, see :func:`make_optimizer`).
+      accum_steps: microbatches per step (``jax.lax.scan``); the global batch must divide by it.
+
+    Returns:
+      The step. Its metrics: the objective's (count-weighted averages over microbatches), plus ``loss``,
+      ``grad_norm`` (before clipping), ``finite`` (1 if the update was applied), ``skipped`` (running count of
+      dropped non-finite updates) and ``count`` (examples in the step).
+    """
+    if accum_steps < 1:
+        raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
+    obj = _stateful(objective)
+
+    def weighted_loss(params, rest, batch, rng, extras):
+        model = nnx.merge(graphdef, params, rest)
+        loss, metrics, extras = obj(model, batch, rng, extras)
+        metrics = dict(metrics)
+        count = jax.lax.stop_gradient(jnp.asarray(metrics.pop(COUNT, 1.0), jnp.float32))
+        metrics["loss"] = loss
+        return loss * count, (metrics, extras, count)
+
+    grad_fn = jax.value_and_grad(weighted_loss, has_aux=True)
+
+    def accumulate(state, batch, rng):
+        if accum_steps == 1:
+            (_, (metrics, extras, count)), grads = grad_fn(state.params, state.rest, batch, rng, state.extras)
+            metrics = jax.tree.map(lambda m: m * count, metrics)
+            return grads, metrics, extras, count
+        micro = split_microbatches(batch, accum_steps)
+        rngs = jax.random.split(rng, accum_steps)
+        first = jax.tree.map(lambda x: x[0], micro)
+        _, (metric_shapes, _, _) = jax.eval_shape(weighted_loss, state.params, state.rest, first, rngs[0],
+                                                  state.extras)
+        zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), tree)  # noqa: E731
+
+        def body(carry, xs):
+            grads, metrics, extras, count = carry
+            mb, key = xs
+            (_, (m, extras, c)), g = grad_fn(state.params, state.rest, mb, key, extras)
+            grads = jax.tree.map(jnp.add, grads, g)
+            metrics = jax.tree.map(lambda acc, v: acc + v * c, metrics, m)
+            return (grads, metrics, extras, count + c), None
+
+        init = (jax.tree.map(jnp.zeros_like, state.params), zeros(metric_shapes), state.extras, jnp.float32(0))
+        (grads, metrics, extras, count), _ = jax.lax.scan(body, init, (micro, rngs))
+        return grads, metrics, extras, count
+
+    def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array):
+        grads, metric_sums, extras, count = accumulate(state, batch, rng)
+        # An all-padding batch has count 0: its gradient sum is 0, keep it 0 rather than 0/0.
+        safe = jnp.maximum(count, 1e-12)
+        grads = jax.tree.map(lambda g: g / safe, grads)
+        metrics = jax.tree.map(lambda m: m / safe, metric_sums)
+        finite = tree_all_finite(grads) & jnp.isfinite(metrics["loss"])
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+        skipped = state.skipped + (~finite).astype(jnp.int32)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=keep(params, state.params),
+            opt_state=keep(opt_state, state.opt_state),
+            extras=keep(extras, state.extras),
+            skipped=skipped,
+        )
+        metrics.update(grad_norm=optax.tree.norm(grads), finite=finite.astype(jnp.float32),
+                       skipped=skipped, count=count)
+        return new_state, metrics
+
+    return train_step
+
+
+def jit_train_step(train_step: Callable, state_shardings: TrainState, batch: Mapping[str, Any], mesh: Mesh):
+    """``jax.jit`` the step once: state in and out on its shardings (donated), batch split over ``"batch"``.
+
+    ``batch`` is an example batch (arrays or ``ShapeDtypeStruct``) giving the entries and their ranks.
+    """
+    rep = replicated(mesh)
+    return jax.jit(train_step, in_shardings=(state_shardings, batch_shardings(batch, mesh), rep),
+                   out_shardings=(state_shardings, rep), donate_argnums=(0,))
