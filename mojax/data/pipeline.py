@@ -1,0 +1,171 @@
+"""Grain input pipelines: source → deterministic shuffle → repeat → per-process shard → batch → resumable iterator.
+
+Order of operations and why:
+
+1. ``grain.MapDataset.source(records)``: random access over a list of :class:`~mojax.data.readers.TokenizedExample`,
+   a :class:`~mojax.data.letor.RankingData` (one query per record) or any sequence.
+2. ``shuffle(seed)`` *before* ``repeat``: Grain reseeds the shuffle each epoch (seed + epoch), so epochs come in
+   different orders and never mix.
+3. Shard by striding the global stream: process ``i`` of ``n`` takes global elements ``i, i + n, i + 2n, …``, so
+   process-local batch ``b`` of every process together hold global elements ``b·B·n … (b+1)·B·n − 1``: one global
+   batch of ``B·n`` per step, every element exactly once per epoch, and the same seed on every host.
+   With finite epochs the global stream is cut (``drop_remainder``) or padded with filler examples to a multiple of
+   ``B·n`` first, so every process yields the same number of batches (a host with one batch fewer would hang the
+   collective).
+4. ``batch`` with a ``batch_fn`` that collates one batch and pads it to its own length bucket
+   (:func:`~mojax.data.tokenize.collate`), so short batches stay short; fillers become examples with
+   ``example_mask`` False.
+5. ``to_iter_dataset`` with zero threads by default: the iterator's ``get_state()`` / ``set_state()`` resume exactly
+   (the host loop stores the state beside the Orbax checkpoint).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+
+from mojax.data.readers import TokenizedExample
+from mojax.data.tokenize import TokenizeConfig, collate
+
+__all__ = ["PipelineConfig", "make_dataset", "make_iterator", "num_batches", "stack_records", "FILLER"]
+
+
+class _Filler:
+    """Marks a padding slot of the last global batch (finite epochs, ``drop_remainder=False``)."""
+
+    def __repr__(self):
+        return "FILLER"
+
+
+FILLER = _Filler()
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineConfig:
+    """Options of :func:`make_dataset`.
+
+    Attributes:
+      batch_size: examples per batch *per process* (the global batch is ``batch_size * shard_count``).
+      seed: shuffle seed (the same on every process).
+      shuffle: shuffle the records (reshuffled each epoch).
+      num_epochs: passes over the data; None repeats forever.
+      drop_remainder: drop the last incomplete global batch of a finite run; False pads it with filler examples
+        (``example_mask`` False) instead.
+      shard_index: this process's shard; None = ``jax.process_index()``.
+      shard_count: number of shards; None = ``jax.process_count()``.
+      num_threads: Grain read threads (0 = read in the calling thread).
+      prefetch: Grain prefetch buffer size (0 = none).
+    """
+
+    batch_size: int
+    seed: int = 0
+    shuffle: bool = True
+    num_epochs: int | None = 1
+    drop_remainder: bool = True
+    shard_index: int | None = None
+    shard_count: int | None = None
+    num_threads: int = 0
+    prefetch: int = 0
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        if self.num_epochs is not None and self.num_epochs < 1:
+            raise ValueError(f"num_epochs must be positive or None, got {self.num_epochs}")
+
+    def shard(self) -> tuple[int, int]:
+        """``(shard_index, shard_count)`` with the defaults filled from JAX's process index and count."""
+        count = jax.process_count() if self.shard_count is None else self.shard_count
+        index = jax.process_index() if self.shard_index is None else self.shard_index
+        if count < 1 or not 0 <= index < count:
+            raise ValueError(f"need 0 <= shard_index < shard_count, got {index}, {count}")
+        return index, count
+
+
+def stack_records(records: Sequence[dict[str, Any]], batch_size: int) -> dict[str, np.ndarray]:
+    """Default ``batch_fn`` for dict records (e.g. ranking queries): stack each key to ``[batch_size, ...]``.
+
+    Missing rows (a short last batch) are copies of the first record with ``example_mask`` False.
+    """
+    if not records:
+        raise ValueError("a batch with no real record: the pipeline should never produce one")
+    rows = list(records) + [records[0]] * (batch_size - len(records))
+    out = {k: np.stack([np.asarray(r[k]) for r in rows]) for k in records[0]}
+    out["example_mask"] = np.arange(batch_size) < len(records)
+    return out
+
+
+def _default_batch_fn(sample: Any, tokenize_config: TokenizeConfig | None) -> Callable[[Sequence[Any], int], Any]:
+    if isinstance(sample, TokenizedExample):
+        cfg = tokenize_config if tokenize_config is not None else TokenizeConfig()
+        return lambda examples, b: collate(examples, cfg, batch_size=b)
+    if isinstance(sample, dict):
+        return stack_records
+    raise TypeError(f"no default batch_fn for records of type {type(sample).__name__}; pass batch_fn=")
+
+
+def num_batches(num_records: int, config: PipelineConfig) -> int | None:
+    """Batches each process yields for ``num_records`` records (None for an endless pipeline)."""
+    if config.num_epochs is None:
+        return None
+    _, count = config.shard()
+    total = num_records * config.num_epochs
+    per_step = config.batch_size * count
+    return total // per_step if config.drop_remainder else -(-total // per_step)
+
+
+def make_dataset(records: Sequence[Any], config: PipelineConfig, *,
+                 batch_fn: Callable[[Sequence[Any], int], Any] | None = None,
+                 tokenize_config: TokenizeConfig | None = None) -> grain.MapDataset:
+    """Build the batched Grain ``MapDataset`` for this process (see the module docstring for the order).
+
+    Args:
+      records: a random-access sequence (``len`` and integer indexing) of examples.
+      config: :class:`PipelineConfig`.
+      batch_fn: ``(examples, batch_size) -> batch``; examples may be fewer than ``batch_size`` (the last padded
+        batch). Default: :func:`~mojax.data.tokenize.collate` for :class:`TokenizedExample` records (with
+        ``tokenize_config``), :func:`stack_records` for dict records.
+      tokenize_config: padding options for the default collate.
+    """
+    if len(records) == 0:
+        raise ValueError("cannot build a pipeline over zero records")
+    index, count = config.shard()
+    fn = batch_fn if batch_fn is not None else _default_batch_fn(records[0], tokenize_config)
+    bs = config.batch_size
+    ds = grain.MapDataset.source(records)
+    if config.shuffle:
+        ds = ds.shuffle(seed=config.seed)
+    ds = ds.repeat(config.num_epochs)
+    if config.num_epochs is not None:
+        total, per_step = len(ds), bs * count
+        if config.drop_remainder:
+            usable = total // per_step * per_step
+            if usable == 0:
+                raise ValueError(f"{total} records give no full global batch of {per_step} "
+                                 f"(batch_size={bs} × {count} processes); use drop_remainder=False")
+            ds = ds[:usable]
+        elif total % per_step:
+            stream = ds
+            padded = -(-total // per_step) * per_step
+            ds = grain.MapDataset.range(padded).map(lambda g: stream[g] if g < total else FILLER)
+    if count > 1:
+        ds = ds[index::count]
+
+    def batch(elements: Sequence[Any]) -> Any:
+        return fn([e for e in elements if e is not FILLER], bs)
+
+    return ds.batch(bs, drop_remainder=True, batch_fn=batch)
+
+
+def make_iterator(records: Sequence[Any], config: PipelineConfig, *,
+                  batch_fn: Callable[[Sequence[Any], int], Any] | None = None,
+                  tokenize_config: TokenizeConfig | None = None) -> grain.DatasetIterator:
+    """A resumable iterator over :func:`make_dataset`'s batches (``get_state()`` / ``set_state()``)."""
+    ds = make_dataset(records, config, batch_fn=batch_fn, tokenize_config=tokenize_config)
+    options = grain.ReadOptions(num_threads=config.num_threads, prefetch_buffer_size=config.prefetch)
+    return iter(ds.to_iter_dataset(options))

@@ -1,0 +1,42 @@
+"""Shared helpers of the data tests: the real-data folder and a tiny word-level tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+
+
+def shared_file(*parts: str) -> Path:
+    """A file of the shared real-data folder, or skip the test when it is absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data not available: {path}")
+    return path
+
+
+WORDS = ("hello world user assistant how are you fine thanks a b c d e f g h i j k l m n o p q r s t u v w x y z "
+         "good bad yes no the cat dog").split()
+
+
+def word_tokenizer(*, bos: bool = False, chat_template: str | None = None):
+    """A whitespace word-level ``PreTrainedTokenizerFast``: ids 0 PAD, 1 UNK, 2 EOS, [3 BOS], then WORDS."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["[PAD]", "[UNK]", "<eos>"] + (["<bos>"] if bos else [])
+    vocab = {w: i for i, w in enumerate(special + list(WORDS))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    kwargs = {"bos_token": "<bos>"} if bos else {}
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", eos_token="<eos>", unk_token="[UNK]",
+                                  **kwargs)
+    if chat_template is not None:
+        out.chat_template = chat_template
+    return out
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
