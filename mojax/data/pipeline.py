@@ -32,17 +32,15 @@ import numpy as np
 from mojax.data.readers import TokenizedExample
 from mojax.data.tokenize import TokenizeConfig, collate
 
-__all__ = ["PipelineConfig", "make_dataset", "make_iterator", "num_batches", "stack_records", "FILLER"]
+__all__ = ["PipelineConfig", "make_dataset", "make_iterator", "num_batches", "stack_records", "Filler"]
 
 
-class _Filler:
-    """Marks a padding slot of the last global batch (finite epochs, ``drop_remainder=False``)."""
+@dataclass(frozen=True)
+class Filler:
+    """A padding slot of the last global batch (finite epochs, ``drop_remainder=False``); ``record`` is a real record
+    used as a shape template when a process's whole last batch is padding."""
 
-    def __repr__(self):
-        return "FILLER"
-
-
-FILLER = _Filler()
+    record: Any
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,8 +125,8 @@ def make_dataset(records: Sequence[Any], config: PipelineConfig, *,
     Args:
       records: a random-access sequence (``len`` and integer indexing) of examples.
       config: :class:`PipelineConfig`.
-      batch_fn: ``(examples, batch_size) -> batch``; examples may be fewer than ``batch_size`` (the last padded
-        batch). Default: :func:`~mojax.data.tokenize.collate` for :class:`TokenizedExample` records (with
+      batch_fn: ``(examples, batch_size) -> batch dict`` with an ``example_mask [batch_size]`` entry; examples may
+        be fewer than ``batch_size`` (the last padded batch), and must then be padded with masked-out rows. Default: :func:`~mojax.data.tokenize.collate` for :class:`TokenizedExample` records (with
         ``tokenize_config``), :func:`stack_records` for dict records.
       tokenize_config: padding options for the default collate.
     """
@@ -152,12 +150,19 @@ def make_dataset(records: Sequence[Any], config: PipelineConfig, *,
         elif total % per_step:
             stream = ds
             padded = -(-total // per_step) * per_step
-            ds = grain.MapDataset.range(padded).map(lambda g: stream[g] if g < total else FILLER)
+            ds = grain.MapDataset.range(padded).map(lambda g: stream[g] if g < total else Filler(stream[g - total]))
     if count > 1:
         ds = ds[index::count]
 
     def batch(elements: Sequence[Any]) -> Any:
-        return fn([e for e in elements if e is not FILLER], bs)
+        real = [e for e in elements if not isinstance(e, Filler)]
+        if real:
+            return fn(real, bs)
+        # With fewer leftover records than processes, some process's last batch is all padding: build it from a
+        # real record and mask every example out.
+        out = fn([elements[0].record], bs)
+        out["example_mask"] = np.zeros_like(out["example_mask"])
+        return out
 
     return ds.batch(bs, drop_remainder=True, batch_fn=batch)
 

@@ -40,3 +40,19 @@ def word_tokenizer(*, bos: bool = False, chat_template: str | None = None):
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def gpt2_tokenizer():
+    """The real GPT-2 byte-level BPE from the shared folder (skips when absent), as a ``PreTrainedTokenizerFast``.
+
+    Built through ``tokenizers`` because transformers 5's ``GPT2TokenizerFast(vocab_file=…, merges_file=…)`` comes
+    up with an empty vocabulary.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    folder = shared_file("gpt2-bpe")
+    tok = Tokenizer(models.BPE.from_file(str(folder / "encoder.json"), str(folder / "vocab.bpe")))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
