@@ -1,0 +1,188 @@
+"""The decoder-only language model (one module for GPT-2, Llama 2/3, Mistral, Qwen2 and GPT-NeoX).
+
+Positions of padded inputs come from the attention mask (``cumsum(mask) - 1``), so a left-padded prompt gives the
+same logits as the unpadded one (and as Hugging Face with ``position_ids`` from the mask, which ``generate`` uses).
+Attention is causal by *slot index* and masks padding keys, exactly as Hugging Face's ``create_causal_mask``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mojax.models.config import DecoderConfig
+from mojax.models.layers import Block, Dense, Embed, Norm
+from mojax.sharding import constrain
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer for ``S`` slots, filled left to right.
+
+    Attributes:
+      keys, values: per layer ``[B, S, K, h]`` (a tuple over layers).
+      key_mask: bool ``[B, S]``, True for slots holding a real (non-padding) token.
+      index: int32 scalar, the next free slot.
+      lengths: int32 ``[B]``, real tokens seen so far per row (the next token's position).
+    """
+
+    keys: tuple[jax.Array, ...]
+    values: tuple[jax.Array, ...]
+    key_mask: jax.Array
+    index: jax.Array
+    lengths: jax.Array
+
+
+def positions_from_mask(mask: jax.Array, offset: jax.Array | int = 0) -> jax.Array:
+    """Positions ``offset + cumsum(mask) - 1`` clipped at 0: a real token's position counts the real tokens before
+    it, whatever padding sits in between. ``mask [B, T]`` → int32 ``[B, T]``."""
+    pos = jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1 + jnp.asarray(offset, jnp.int32)[..., None]
+    return jnp.maximum(pos, 0)
+
+
+def _block_apply(block, x, positions, mask, kv_cache, cache_index, use_lora):
+    return block(x, positions, mask, kv_cache, cache_index, use_lora=use_lora)
+
+
+class Decoder(nnx.Module):
+    """A decoder-only transformer language model.
+
+    ``Decoder(config, rngs=nnx.Rngs(0))``; parameters: ``embed [V, D]``, ``pos_embed [max_positions, D]`` (learned
+    positions only), ``blocks[i]`` (:class:`mojax.models.layers.Block`), ``final_norm``, ``lm_head [D, V]``
+    (untied only).
+    """
+
+    def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs):
+        c = config
+        self.config = c
+        self.embed = Embed(c.vocab_size, c.d_model, names=("vocab", "embed"), std=c.initializer_range, rngs=rngs)
+        self.pos_embed = Embed(c.max_positions, c.d_model, names=(None, "embed"), std=c.initializer_range,
+                               rngs=rngs) if c.positional == "learned" else None
+        self.blocks = nnx.List([Block(c, rngs=rngs) for _ in range(c.num_layers)])
+        self.final_norm = Norm(c.d_model, kind=c.norm, eps=c.norm_eps, dtype=c.dtype, rngs=rngs)
+        self.lm_head = None if c.tie_embeddings else Dense(
+            (c.d_model,), (c.vocab_size,), names=("embed", "vocab"), std=c.initializer_range, dtype=c.dtype,
+            rngs=rngs)
+
+    def unembedding(self) -> jax.Array:
+        """The output matrix ``[D, V]`` (float32): logits = final-normed hidden ``@ unembedding()``."""
+        if self.lm_head is None:
+            return self.embed.embedding[...].T
+        return self.lm_head.kernel[...]
+
+    def init_cache(self, batch_size: int, max_length: int, dtype=None) -> KVCache:
+        """An empty :class:`KVCache` with ``max_length`` slots (prefix + prompt + new tokens)."""
+        c = self.config
+        dtype = c.dtype if dtype is None else dtype
+        shape = (batch_size, max_length, c.kv_heads, c.head_size)
+        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(c.num_layers))
+        return KVCache(keys=zeros, values=tuple(jnp.zeros(shape, dtype) for _ in range(c.num_layers)),
+                       key_mask=jnp.zeros((batch_size, max_length), bool), index=jnp.zeros((), jnp.int32),
+                       lengths=jnp.zeros((batch_size,), jnp.int32))
+
+    def __call__(self, input_ids: jax.Array, *, attention_mask: jax.Array | None = None,
+                 positions: jax.Array | None = None, prefix_embeds: jax.Array | None = None,
+                 return_hidden: bool = False, use_lora: bool = True, cache: KVCache | None = None):
+        """Run the model.
+
+        Args:
+          input_ids: int ``[*lead, T]``; any leading axes (e.g. ``[B, N, T]`` response pairs) are flattened into one
+            batch axis internally and restored on the output.
+          attention_mask: ``[*lead, T]``, 1/True for real tokens (left or right padding); default all ones.
+          positions: optional int ``[*lead, T]`` token positions (e.g. for packing); default from the mask. With a
+            prefix, given positions are shifted by P.
+          prefix_embeds: optional ``[*lead', P, D]`` embeddings placed before the tokens (after the token and
+            position embedding), with mask 1 and positions ``0..P-1``; ``lead'`` may be a leading part of ``lead``
+            (e.g. ``[B, P, D]`` for ``[B, N, T]`` inputs: the same prefix for every response). Outputs cover only
+            the T token positions.
+          return_hidden: return the final-normed hidden states ``[*lead, T, D]`` (compute dtype) instead of logits.
+          use_lora: apply LoRA adapters if present; ``False`` gives the base (reference) model.
+          cache: a :class:`KVCache` (2-D inputs only): the new tokens are appended at ``cache.index`` and attend to
+            every earlier real slot; the call then returns ``(output, new_cache)``.
+        Returns:
+          logits float32 ``[*lead, T, V]`` (or hidden ``[*lead, T, D]``), plus the new cache when one was given.
+        """
+        c = self.config
+        input_ids = jnp.asarray(input_ids)
+        if input_ids.ndim < 2:
+            raise ValueError(f"input_ids must be [..., B, T] with at least 2 axes, got shape {input_ids.shape}")
+        lead, T = input_ids.shape[:-1], input_ids.shape[-1]
+        if cache is not None and len(lead) != 1:
+            raise ValueError("a KV cache needs 2-D input_ids [B, T]")
+        if attention_mask is None:
+            attention_mask = jnp.ones(input_ids.shape, bool)
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask shape {attention_mask.shape} != input_ids shape {input_ids.shape}")
+        ids = input_ids.reshape(-1, T)
+        mask = attention_mask.reshape(-1, T).astype(bool)
+        B = ids.shape[0]
+
+        P = 0
+        if prefix_embeds is not None:
+            if prefix_embeds.ndim < 3 or prefix_embeds.shape[-1] != c.d_model:
+                raise ValueError(f"prefix_embeds must be [..., P, {c.d_model}], got {prefix_embeds.shape}")
+            plead = prefix_embeds.shape[:-2]
+            if tuple(lead[: len(plead)]) != tuple(plead):
+                raise ValueError(f"prefix_embeds leading axes {plead} must be a leading part of input axes {lead}")
+            P = prefix_embeds.shape[-2]
+            prefix = prefix_embeds.reshape(plead + (1,) * (len(lead) - len(plead)) + prefix_embeds.shape[-2:])
+            prefix = jnp.broadcast_to(prefix, tuple(lead) + prefix_embeds.shape[-2:]).reshape(B, P, c.d_model)
+            mask = jnp.concatenate([jnp.ones((B, P), bool), mask], axis=1)
+
+        offset = jnp.zeros((B,), jnp.int32) if cache is None else cache.lengths
+        if positions is None:
+            pos = positions_from_mask(mask, offset)
+        else:
+            tok_pos = positions.reshape(-1, T).astype(jnp.int32) + P + offset[:, None]
+            pos = jnp.concatenate([offset[:, None] + jnp.arange(P, dtype=jnp.int32)[None], tok_pos], axis=1)
+        tok_pos = pos[:, P:]
+
+        x = self.embed(ids)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(jnp.minimum(tok_pos, c.max_positions - 1))
+        if P:
+            x = jnp.concatenate([prefix.astype(x.dtype), x], axis=1)
+        x = constrain(x.astype(c.dtype), "batch", "seq", "act_embed")
+
+        L = P + T  # new slots written by this call
+        index = jnp.zeros((), jnp.int32) if cache is None else cache.index
+        if cache is None:
+            key_mask = mask
+        else:
+            key_mask = jax.lax.dynamic_update_slice_in_dim(cache.key_mask, mask, index, axis=1)
+        S = key_mask.shape[1]
+        q_idx = index + jnp.arange(L, dtype=jnp.int32)  # slot of each new query
+        k_idx = jnp.arange(S, dtype=jnp.int32)
+        allowed = k_idx[None, :] <= q_idx[:, None]  # [L, S] causal by slot
+        if c.sliding_window is not None:
+            allowed &= k_idx[None, :] > q_idx[:, None] - c.sliding_window
+        attn_mask = allowed[None] & key_mask[:, None, :]  # [B, L, S]
+
+        apply = _block_apply
+        if c.remat:
+            apply = nnx.remat(functools.partial(_block_apply, use_lora=use_lora))
+        new_keys, new_values = [], []
+        for i, block in enumerate(self.blocks):
+            kv = None if cache is None else (cache.keys[i], cache.values[i])
+            if c.remat:
+                x, new_kv = apply(block, x, pos, attn_mask, kv, index)
+            else:
+                x, new_kv = apply(block, x, pos, attn_mask, kv, index, use_lora)
+            if new_kv is not None:
+                new_keys.append(new_kv[0])
+                new_values.append(new_kv[1])
+        x = self.final_norm(x[:, P:])
+        if return_hidden:
+            out = x.reshape(tuple(lead) + (T, c.d_model))
+        else:
+            logits = jnp.dot(x, self.unembedding().astype(c.dtype), preferred_element_type=jnp.float32)
+            logits = constrain(logits, "batch", "seq", "vocab")
+            out = logits.reshape(tuple(lead) + (T, c.vocab_size))
+        if cache is None:
+            return out
+        new_cache = KVCache(keys=tuple(new_keys), values=tuple(new_values), key_mask=key_mask, index=index + L,
+                            lengths=cache.lengths + jnp.sum(mask, axis=1, dtype=jnp.int32))
+        return out, new_cache

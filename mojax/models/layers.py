@@ -1,0 +1,235 @@
+"""The one shared toolkit of the decoder models: projections (with optional LoRA), norms, rotary embedding,
+grouped-query attention with an optional KV cache, gated and ungated MLPs, and the transformer block.
+
+Every parameter is created through :func:`mojax.sharding.partitioned` with logical axis names; key activations are
+constrained with :func:`mojax.sharding.constrain`. Shapes: B batch, T new tokens, S key slots, D width, H query
+heads, K key/value heads, G = H / K heads per group, h head width, F MLP width.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mojax.models.config import DecoderConfig
+from mojax.sharding import constrain, partitioned
+
+_NEG = -1e30  # finite "minus infinity": fully masked rows (padding queries) give a uniform softmax, never NaN
+
+
+def activation_fn(name: str):
+    """The MLP non-linearity for a Hugging Face ``hidden_act`` name."""
+    if name == "silu":
+        return jax.nn.silu
+    if name == "gelu":
+        return lambda x: jax.nn.gelu(x, approximate=False)
+    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+        return lambda x: jax.nn.gelu(x, approximate=True)
+    if name == "relu":
+        return jax.nn.relu
+    raise ValueError(f"unknown activation {name!r}")
+
+
+class Dense(nnx.Module):
+    """``y = x · W (+ b)`` contracting the trailing ``len(in_shape)`` axes of ``x`` with a kernel
+    ``[*in_shape, *out_shape]``; an optional LoRA adapter (set by :func:`mojax.models.lora.add_lora`) adds
+    ``(α/r) · (x·A)·B``, skipped when ``use_lora=False`` so one set of weights serves policy and reference.
+
+    Args:
+      in_shape, out_shape: trailing input dims contracted and output dims produced.
+      names: logical axis names of the kernel, ``len(in_shape) + len(out_shape)`` of them.
+      use_bias: add a bias ``[*out_shape]`` (named by the output names).
+    """
+
+    def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], *, names: Sequence[str | None],
+                 use_bias: bool = False, std: float = 0.02, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+        if len(names) != len(self.in_shape) + len(self.out_shape):
+            raise ValueError(f"need {len(self.in_shape) + len(self.out_shape)} logical names, got {names}")
+        self.names = tuple(names)
+        self.dtype = dtype
+        self.kernel = nnx.Param(partitioned(nnx.initializers.normal(std), *names)(
+            rngs.params(), self.in_shape + self.out_shape, jnp.float32))
+        out_names = self.names[len(self.in_shape):]
+        self.bias = nnx.Param(partitioned(nnx.initializers.zeros_init(), *out_names)(
+            rngs.params(), self.out_shape, jnp.float32)) if use_bias else None
+        self.lora = nnx.data(None)
+
+    def __call__(self, x: jax.Array, *, use_lora: bool = True) -> jax.Array:
+        n = len(self.in_shape)
+        x = x.astype(self.dtype)
+        y = jnp.tensordot(x, self.kernel[...].astype(self.dtype), axes=n)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        if use_lora and self.lora is not None:
+            y = y + self.lora(x).astype(self.dtype)
+        return y
+
+
+class Embed(nnx.Module):
+    """A lookup table ``[num, D]``; ``names`` are its two logical axis names."""
+
+    def __init__(self, num: int, features: int, *, names: tuple[str | None, str | None], std: float = 0.02,
+                 rngs: nnx.Rngs):
+        self.embedding = nnx.Param(partitioned(nnx.initializers.normal(std), *names)(
+            rngs.params(), (num, features), jnp.float32))
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding[...], ids, axis=0)
+
+
+class Norm(nnx.Module):
+    """RMSNorm (Zhang & Sennrich 2019: ``x / sqrt(mean x² + ε) · g``) or LayerNorm (``(x-μ)/sqrt(σ²+ε) · g + b``).
+
+    Statistics in float32 whatever the compute dtype; as in Hugging Face Llama, the RMS-normalised input is cast
+    back to the compute dtype before the gain is applied.
+    """
+
+    def __init__(self, features: int, *, kind: str, eps: float, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.kind, self.eps, self.dtype = kind, eps, dtype
+        self.scale = nnx.Param(partitioned(nnx.initializers.ones_init(), "norm")(
+            rngs.params(), (features,), jnp.float32))
+        self.bias = nnx.Param(partitioned(nnx.initializers.zeros_init(), "norm")(
+            rngs.params(), (features,), jnp.float32)) if kind == "layernorm" else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        if self.kind == "rmsnorm":
+            y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+            return self.scale[...].astype(self.dtype) * y.astype(self.dtype)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+        return y.astype(self.dtype)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq, attention_scaling: float) -> jax.Array:
+    """Rotary embedding, rotate-half layout, on the first ``2 * len(inv_freq)`` dims of each head.
+
+    .. math:: x' = x \\cos(p\\,\\omega) + \\mathrm{rot}(x) \\sin(p\\,\\omega),\\quad
+              \\mathrm{rot}([x_1, x_2]) = [-x_2, x_1]
+
+    Args:
+      x: ``[B, T, heads, h]``.
+      positions: ``[B, T]`` integer positions.
+      inv_freq: ``[R/2]`` inverse frequencies; ``attention_scaling`` multiplies cos and sin (YaRN).
+    Returns:
+      ``[B, T, heads, h]`` in ``x``'s dtype.
+    """
+    inv_freq = jnp.asarray(inv_freq, jnp.float32)
+    rot = 2 * inv_freq.shape[0]
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, R/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]  # [B, T, 1, R]
+    cos = (jnp.cos(emb) * attention_scaling).astype(x.dtype)
+    sin = (jnp.sin(emb) * attention_scaling).astype(x.dtype)
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    x1, x2 = x_rot[..., : rot // 2], x_rot[..., rot // 2:]
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return jnp.concatenate([x_rot * cos + rotated * sin, x_pass], axis=-1)
+
+
+class Attention(nnx.Module):
+    """Multi-head attention with grouped-query heads (K key/value heads shared by G = H/K query heads), rotary
+    positions and an optional KV cache.
+
+    Projections ``q_proj [D,H,h]``, ``k_proj``/``v_proj [D,K,h]``, ``o_proj [H,h,D]``; scores
+    ``softmax(q·kᵀ/√h + mask)`` in float32.
+    """
+
+    def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs):
+        c = config
+        self.config = c
+        H, K, h, D = c.num_heads, c.kv_heads, c.head_size, c.d_model
+        kw = dict(std=c.initializer_range, dtype=c.dtype, rngs=rngs)
+        self.q_proj = Dense((D,), (H, h), names=("embed", "heads", "head_dim"), use_bias=c.qkv_bias, **kw)
+        self.k_proj = Dense((D,), (K, h), names=("embed", "kv_heads", "head_dim"), use_bias=c.qkv_bias, **kw)
+        self.v_proj = Dense((D,), (K, h), names=("embed", "kv_heads", "head_dim"), use_bias=c.qkv_bias, **kw)
+        self.o_proj = Dense((H, h), (D,), names=("heads", "head_dim", "embed"), use_bias=c.attn_out_bias, **kw)
+
+    def __call__(self, x: jax.Array, *, positions: jax.Array, mask: jax.Array,
+                 kv_cache: tuple[jax.Array, jax.Array] | None = None, cache_index: jax.Array | None = None,
+                 use_lora: bool = True) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        """Args:
+          x: ``[B, T, D]``; positions ``[B, T]``; mask: bool ``[B, T, S]`` (True = may attend).
+          kv_cache: ``(keys, values)`` each ``[B, S, K, h]``; the new keys/values are written at slot
+            ``cache_index`` and attention runs over all S slots. Without a cache, S = T.
+        Returns:
+          ``([B, T, D], updated (keys, values) or None)``.
+        """
+        c = self.config
+        B, T, _ = x.shape
+        q = self.q_proj(x, use_lora=use_lora)  # [B, T, H, h]
+        k = self.k_proj(x, use_lora=use_lora)  # [B, T, K, h]
+        v = self.v_proj(x, use_lora=use_lora)
+        q = constrain(q, "batch", "seq", "heads", "head_dim")
+        k = constrain(k, "batch", "seq", "kv_heads", "head_dim")
+        v = constrain(v, "batch", "seq", "kv_heads", "head_dim")
+        if c.positional == "rope":
+            inv_freq, scaling = c.rope_inv_freq()
+            q = apply_rope(q, positions, inv_freq, scaling)
+            k = apply_rope(k, positions, inv_freq, scaling)
+        new_cache = None
+        if kv_cache is not None:
+            ck, cv = kv_cache
+            ck = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
+            cv = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
+            new_cache = (ck, cv)
+            k, v = ck.astype(q.dtype), cv.astype(q.dtype)
+        K, h = c.kv_heads, c.head_size
+        G = c.num_heads // K
+        qg = q.reshape(B, T, K, G, h)
+        scores = jnp.einsum("BTKGh,BSKh->BKGTS", qg, k, preferred_element_type=jnp.float32) / math.sqrt(h)
+        scores = jnp.where(mask[:, None, None, :, :], scores, _NEG)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        out = jnp.einsum("BKGTS,BSKh->BTKGh", probs, v).reshape(B, T, c.num_heads, h)
+        out = constrain(out, "batch", "seq", "heads", "head_dim")
+        return self.o_proj(out, use_lora=use_lora), new_cache
+
+
+class MLP(nnx.Module):
+    """``down(act(gate x) ⊙ up x)`` when gated (SwiGLU, Shazeer 2020), else ``down(act(up x))``."""
+
+    def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs):
+        c = config
+        kw = dict(std=c.initializer_range, dtype=c.dtype, use_bias=c.mlp_bias, rngs=rngs)
+        self.gated = c.gated_mlp
+        self.act = c.activation
+        self.gate_proj = Dense((c.d_model,), (c.mlp_dim,), names=("embed", "mlp"), **kw) if c.gated_mlp else None
+        self.up_proj = Dense((c.d_model,), (c.mlp_dim,), names=("embed", "mlp"), **kw)
+        self.down_proj = Dense((c.mlp_dim,), (c.d_model,), names=("mlp", "embed"), **kw)
+
+    def __call__(self, x: jax.Array, *, use_lora: bool = True) -> jax.Array:
+        act = activation_fn(self.act)
+        up = self.up_proj(x, use_lora=use_lora)
+        hidden = act(self.gate_proj(x, use_lora=use_lora)) * up if self.gated else act(up)
+        hidden = constrain(hidden, "batch", "seq", "mlp")
+        return self.down_proj(hidden, use_lora=use_lora)
+
+
+class Block(nnx.Module):
+    """A pre-norm transformer block: sequential ``x += attn(n1 x); x += mlp(n2 x)`` or, with
+    ``parallel_residual``, ``x += attn(n1 x) + mlp(n2 x)``."""
+
+    def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs):
+        c = config
+        self.parallel = c.parallel_residual
+        self.attn_norm = Norm(c.d_model, kind=c.norm, eps=c.norm_eps, dtype=c.dtype, rngs=rngs)
+        self.attn = Attention(c, rngs=rngs)
+        self.mlp_norm = Norm(c.d_model, kind=c.norm, eps=c.norm_eps, dtype=c.dtype, rngs=rngs)
+        self.mlp = MLP(c, rngs=rngs)
+
+    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
+                 kv_cache: tuple[jax.Array, jax.Array] | None = None, cache_index: jax.Array | None = None,
+                 *, use_lora: bool = True):
+        a, new_cache = self.attn(self.attn_norm(x), positions=positions, mask=mask, kv_cache=kv_cache,
+                                 cache_index=cache_index, use_lora=use_lora)
+        if self.parallel:
+            x = x + a + self.mlp(self.mlp_norm(x), use_lora=use_lora)
+        else:
+            x = x + a
+            x = x + self.mlp(self.mlp_norm(x), use_lora=use_lora)
+        return constrain(x, "batch", "seq", "act_embed"), new_cache

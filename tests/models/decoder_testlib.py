@@ -1,0 +1,116 @@
+"""Shared helpers of the decoder tests: tiny random Hugging Face checkpoints (built once per process with torch),
+reference logits from transformers, and the padded-batch layouts."""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
+VOCAB = 97
+_TMP = Path(tempfile.mkdtemp(prefix="mojax_hf_"))
+atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
+
+
+def torch_or_skip():
+    return pytest.importorskip("torch", reason="torch is the PyTorch peer for Hugging Face parity tests")
+
+
+def _hf_config(name: str):
+    import transformers as tf
+
+    common = dict(vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    llama_like = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=64, **common)
+    if name == "gpt2":
+        return tf.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0,
+                             attn_pdrop=0.0, **common)
+    if name == "llama":  # GQA 4/2, untied, attention and MLP biases on
+        return tf.LlamaConfig(tie_word_embeddings=False, attention_bias=True, mlp_bias=True, **llama_like)
+    if name == "llama_rope_llama3":
+        return tf.LlamaConfig(tie_word_embeddings=False, rope_parameters=dict(
+            rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+            original_max_position_embeddings=16), **llama_like)
+    if name == "llama_rope_linear":
+        return tf.LlamaConfig(tie_word_embeddings=True, rope_parameters=dict(rope_type="linear", rope_theta=500.0,
+                                                                            factor=4.0), **llama_like)
+    if name == "llama_rope_yarn":
+        return tf.LlamaConfig(tie_word_embeddings=False, rope_parameters=dict(
+            rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=16), **llama_like)
+    if name == "qwen2":  # qkv bias, tied
+        return tf.Qwen2Config(tie_word_embeddings=True, use_sliding_window=False, **llama_like)
+    if name == "mistral":  # a sliding window short enough to matter on the test sequences
+        return tf.MistralConfig(sliding_window=4, tie_word_embeddings=False, **llama_like)
+    if name == "gpt_neox":  # parallel residual, partial rotary
+        return tf.GPTNeoXConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                                max_position_embeddings=64, rotary_pct=0.5, use_parallel_residual=True,
+                                hidden_dropout=0.0, attention_dropout=0.0, **common)
+    if name == "gpt_neox_seq":  # sequential residual
+        return tf.GPTNeoXConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                                max_position_embeddings=64, rotary_pct=0.25, use_parallel_residual=False,
+                                hidden_dropout=0.0, attention_dropout=0.0, **common)
+    raise KeyError(name)
+
+
+@functools.cache
+def hf_checkpoint(name: str) -> Path:
+    """A tiny random transformers causal LM saved to a temp dir. Every parameter (biases and norm gains too) is
+    redrawn with a large scale, so a wrong transpose/permutation/bias mapping moves the logits by O(1)."""
+    torch = torch_or_skip()
+    import transformers as tf
+
+    torch.manual_seed(abs(hash(name)) % 2**31)
+    model = tf.AutoModelForCausalLM.from_config(_hf_config(name), attn_implementation="eager").eval()
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if pname.endswith("weight") and p.ndim == 1:  # norm gains around 1
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            else:
+                p.copy_(0.3 * torch.randn_like(p))
+    path = _TMP / name
+    model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+@functools.cache
+def hf_model(path: str):
+    """The transformers model saved at ``path`` (float32, eval mode)."""
+    torch_or_skip()
+    import transformers as tf
+
+    return tf.AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", dtype="float32").eval()
+
+
+def hf_logits(path, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """transformers logits with ``position_ids = cumsum(mask) - 1`` (what ``generate`` uses for left padding)."""
+    import torch
+
+    model = hf_model(str(path))
+    pos = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
+                    position_ids=torch.tensor(pos, dtype=torch.long))
+    return out.logits.numpy()
+
+
+def batch(kind: str, *, B: int = 3, T: int = 9, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and mask ``[B, T]``: ``kind`` = "full", "left" (left padding) or "right" (right padding); rows
+    have different lengths (one full)."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(3, VOCAB, size=(B, T))
+    mask = np.ones((B, T), np.int64)
+    if kind != "full":
+        lengths = [T] + list(rng.integers(2, T, size=B - 1))
+        for b, n in enumerate(lengths):
+            if kind == "left":
+                mask[b, : T - n] = 0
+            else:
+                mask[b, n:] = 0
+        ids = np.where(mask == 1, ids, 0)
+    return ids, mask
