@@ -1,0 +1,208 @@
+"""Sequence log-probabilities from logits, or from hidden states without ever building ``[B, T, V]`` logits.
+
+Alignment convention: ``logits[..., t, :]`` scores ``targets[..., t]``. A causal LM's logits at position t
+predict token t+1, so callers holding the batch layout (``input_ids``, ``loss_mask`` with ``loss_mask[t]``
+True for response tokens) first call :func:`next_token_targets`, which shifts targets and mask left by one
+and pads the end, so the logits never need slicing (a slice of ``[B, T, V]`` would be a copy).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from mojax.losses._base import Array, as_float, check_where
+
+__all__ = [
+    "next_token_targets",
+    "sequence_logps",
+    "sequence_logps_from_hidden",
+    "sft_loss",
+    "sft_loss_from_logps",
+    "token_counts",
+    "token_logps",
+]
+
+
+def next_token_targets(input_ids: Array, loss_mask: Array) -> tuple[Array, Array]:
+    """Shift ``input_ids`` and ``loss_mask`` ``[..., T]`` left by one so position t holds token t+1.
+
+    Returns ``(targets, where)`` of shape ``[..., T]``: ``targets[t] = input_ids[t+1]``,
+    ``where[t] = loss_mask[t+1]``; the last position is padding (target 0, where False). Use with logits
+    ``[..., T, V]`` straight from a causal LM.
+
+    >>> import jax.numpy as jnp
+    >>> t, w = next_token_targets(jnp.array([5, 6, 7]), jnp.array([False, True, True]))
+    >>> t.tolist(), w.tolist()
+    ([6, 7, 0], [True, True, False])
+    """
+    loss_mask = jnp.asarray(loss_mask)
+    if loss_mask.dtype != jnp.bool_:
+        raise TypeError(f"loss_mask must be boolean, got {loss_mask.dtype}")
+    if input_ids.shape != loss_mask.shape:
+        raise ValueError(f"input_ids {input_ids.shape} and loss_mask {loss_mask.shape} differ in shape")
+    pad_ids = jnp.zeros(input_ids.shape[:-1] + (1,), input_ids.dtype)
+    pad_mask = jnp.zeros(loss_mask.shape[:-1] + (1,), jnp.bool_)
+    targets = jnp.concatenate([input_ids[..., 1:], pad_ids], axis=-1)
+    where = jnp.concatenate([loss_mask[..., 1:], pad_mask], axis=-1)
+    return targets, where
+
+
+def token_counts(where: Array) -> Array:
+    """Number of valid tokens per sequence, ``sum(where, -1)`` as float32 (the SimPO length ``|y|``)."""
+    return jnp.sum(jnp.asarray(where), axis=-1).astype(jnp.float32)
+
+
+def _check_targets(targets: Array, where: Array, lead_t: tuple[int, ...]) -> tuple[Array, Array]:
+    if targets.shape != lead_t:
+        raise ValueError(f"targets have shape {targets.shape}, expected {lead_t} (logits/hidden minus last axis)")
+    where = check_where(where, lead_t)
+    # Padding targets may be -100 or any id; replace them so the gather stays in range.
+    return jnp.where(where, targets, 0).astype(jnp.int32), where
+
+
+def _token_logps_from_logits(logits: Array, targets: Array) -> Array:
+    # log_softmax(x)[y] = x[y] - logsumexp(x), in float32 even for bf16 logits.
+    logits = as_float(logits)
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return picked - jax.nn.logsumexp(logits, axis=-1)
+
+
+def token_logps(logits: Array, targets: Array, *, where: Array) -> Array:
+    r"""Per-token log-probabilities :math:`\log\mathrm{softmax}(\text{logits}_t)[y_t]`, 0 where masked.
+
+    Args:
+      logits: ``[..., T, V]`` (any float dtype; computed in float32 or wider).
+      targets: int ``[..., T]``, aligned with ``logits`` (see :func:`next_token_targets`).
+      where: bool ``[..., T]``, True for tokens that count.
+
+    Returns:
+      ``[..., T]`` float32 log-probs.
+    """
+    targets, where = _check_targets(jnp.asarray(targets), where, logits.shape[:-1])
+    return jnp.where(where, _token_logps_from_logits(logits, targets), 0.0)
+
+
+def sequence_logps(logits: Array, targets: Array, *, where: Array) -> Array:
+    r"""Summed response log-probability :math:`\log\pi(y|x) = \sum_t m_t \log\mathrm{softmax}(z_t)[y_t]`.
+
+    Args:
+      logits: ``[..., T, V]``; log-softmax runs in float32 even for bf16 logits.
+      targets: int ``[..., T]`` aligned with ``logits`` (see :func:`next_token_targets`).
+      where: bool ``[..., T]``; masked tokens (prompt, padding) contribute 0.
+
+    Returns:
+      ``[...]`` float32 sequence log-probs (the input to every preference loss; METHODS notation ``logp``).
+
+    >>> import jax.numpy as jnp
+    >>> logits = jnp.zeros((2, 4))            # uniform over V = 4
+    >>> print(f"{float(sequence_logps(logits, jnp.array([1, 2]), where=jnp.array([True, True]))):.4f}")
+    -2.7726
+    """
+    return jnp.sum(token_logps(logits, targets, where=where), axis=-1)
+
+
+def sequence_logps_from_hidden(
+    hidden: Array,
+    unembedding: Array,
+    targets: Array,
+    *,
+    where: Array,
+    chunk_size: int = 128,
+) -> Array:
+    r""":func:`sequence_logps` of ``logits = hidden @ unembedding`` without materialising ``[..., T, V]``.
+
+    The token axis is cut into chunks of ``chunk_size``; a ``jax.lax.scan`` computes one chunk's logits
+    ``[..., C, V]`` in float32, reduces them to summed log-probs and drops them. The chunk body is wrapped in
+    ``jax.checkpoint`` so the backward pass recomputes each chunk's logits instead of storing them: peak
+    memory is :math:`O(B \cdot C \cdot V)` forward and backward, against :math:`O(B \cdot T \cdot V)` for the
+    naive path. Values and gradients equal the naive ones up to float32 summation order.
+
+    Args:
+      hidden: ``[..., T, D]`` final hidden states (after the final norm).
+      unembedding: ``[D, V]`` output projection (for tied embeddings pass ``embedding.T``).
+      targets: int ``[..., T]`` aligned with ``hidden`` (see :func:`next_token_targets`).
+      where: bool ``[..., T]``.
+      chunk_size: tokens per chunk; T is zero-padded up to a multiple of it.
+
+    Returns:
+      ``[...]`` float32 sequence log-probs.
+    """
+    hidden = jnp.asarray(hidden)
+    unembedding = jnp.asarray(unembedding)
+    if hidden.ndim < 2 or unembedding.ndim != 2 or hidden.shape[-1] != unembedding.shape[0]:
+        raise ValueError(f"need hidden [..., T, D] and unembedding [D, V]; got {hidden.shape} and {unembedding.shape}")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    *lead, t_len, d = hidden.shape
+    lead = tuple(lead)
+    targets, where = _check_targets(jnp.asarray(targets), where, lead + (t_len,))
+
+    chunk = min(chunk_size, t_len)
+    n_chunks = -(-t_len // chunk)
+    pad = n_chunks * chunk - t_len
+    if pad:
+        widths = [(0, 0)] * len(lead) + [(0, pad)]
+        hidden = jnp.pad(hidden, widths + [(0, 0)])
+        targets = jnp.pad(targets, widths)
+        where = jnp.pad(where, widths)
+    # Chunk axis first for scan: [n, ..., C, D], [n, ..., C].
+    hidden = jnp.moveaxis(hidden.reshape(lead + (n_chunks, chunk, d)), -3, 0)
+    targets = jnp.moveaxis(targets.reshape(lead + (n_chunks, chunk)), -2, 0)
+    where = jnp.moveaxis(where.reshape(lead + (n_chunks, chunk)), -2, 0)
+
+    @jax.checkpoint
+    def chunk_logps(h_c: Array, t_c: Array, w_c: Array, w_out: Array) -> Array:
+        logits = jnp.einsum("...CD,DV->...CV", h_c, w_out, preferred_element_type=jnp.float32)
+        return jnp.sum(jnp.where(w_c, _token_logps_from_logits(logits, t_c), 0.0), axis=-1)
+
+    def body(total: Array, xs: tuple[Array, Array, Array]) -> tuple[Array, None]:
+        h_c, t_c, w_c = xs
+        return total + chunk_logps(h_c, t_c, w_c, unembedding), None
+
+    out_dtype = jnp.promote_types(jnp.promote_types(hidden.dtype, unembedding.dtype), jnp.float32)
+    total, _ = jax.lax.scan(body, jnp.zeros(lead, out_dtype), (hidden, targets, where))
+    return total
+
+
+def sft_loss(logits: Array, targets: Array, *, where: Array, return_metrics: bool = False):
+    r"""Token-level negative log-likelihood, normalised by token count (sum / count, not a mean of means).
+
+    .. math:: L_{SFT} = -\frac{\sum_{b,t} m_{bt} \log\mathrm{softmax}(z_{bt})[y_{bt}]}{\max(\sum_{b,t} m_{bt}, 1)}
+
+    Args:
+      logits: ``[..., T, V]``; targets: int ``[..., T]``; where: bool ``[..., T]``.
+      return_metrics: also return ``{"nll_sum", "num_tokens"}`` so gradient accumulation can keep sum/count.
+
+    Returns:
+      Scalar loss (0 with zero gradient when no token is valid), or ``(loss, metrics)``.
+    """
+    tok = token_logps(logits, targets, where=where)
+    return _nll_sum_over_count(-jnp.sum(tok), jnp.sum(jnp.asarray(where)), return_metrics)
+
+
+def sft_loss_from_logps(
+    sequence_logps: Array, num_tokens: Array, *, where: Array | None = None, return_metrics: bool = False
+):
+    r"""The same token-normalised NLL from summed sequence log-probs: :math:`-\sum_b \log\pi(y_b) / \sum_b |y_b|`.
+
+    Args:
+      sequence_logps: ``[...]`` summed log-probs (e.g. of chosen responses, for Stable PO's lower level).
+      num_tokens: ``[...]`` token counts :math:`|y_b|` (:func:`token_counts`).
+      where: optional bool ``[...]`` example mask.
+    """
+    sequence_logps = as_float(sequence_logps)
+    num_tokens = as_float(num_tokens)
+    where = check_where(where, jnp.broadcast_shapes(sequence_logps.shape, num_tokens.shape))
+    if where is not None:
+        sequence_logps = jnp.where(where, sequence_logps, 0.0)
+        num_tokens = jnp.where(where, num_tokens, 0.0)
+    return _nll_sum_over_count(-jnp.sum(sequence_logps), jnp.sum(num_tokens), return_metrics)
+
+
+def _nll_sum_over_count(nll_sum: Array, count: Array, return_metrics: bool):
+    count = count.astype(nll_sum.dtype)
+    loss = nll_sum / jnp.maximum(count, 1.0)
+    if return_metrics:
+        return loss, {"nll_sum": nll_sum, "num_tokens": count}
+    return loss
