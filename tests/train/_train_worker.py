@@ -41,5 +41,49 @@ def mesh_parity() -> None:
     print(json.dumps({"devices": jax.device_count(), "one": one, "eight": eight, "sharded_specs": sharded}))
 
 
+def _grain_pairs(num_examples: int = 64, batch: int = 8, seed: int = 0):
+    import grain
+    import numpy as np
+
+    from _train_tiny import make_batch
+
+    whole = make_batch(123, batch=num_examples)
+    records = [{k: v[i] for k, v in whole.items()} for i in range(num_examples)]
+    ds = grain.MapDataset.source(records).shuffle(seed=seed).repeat().batch(batch_size=batch, drop_remainder=True)
+    return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
+
+
+def train_run(run_dir: str, steps: str, every: str, out: str, sleep: str = "0") -> None:
+    """Train TinyLM through the host loop with checkpoints; print each step; save the final params to ``out``."""
+    import time
+
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from _train_tiny import TinyLM, nll_objective
+    from mojax.train.checkpoint import CheckpointConfig, install_sigterm_flag
+    from mojax.train.loop import TrainConfig, train
+    from mojax.train.mesh import MeshConfig, make_mesh
+    from mojax.train.step import OptimizerConfig, make_optimizer
+
+    flag = install_sigterm_flag()
+
+    def on_step(step, metrics):
+        print(f"step {step} loss {metrics['loss']:.6f}", flush=True)
+        time.sleep(float(sleep))
+
+    result = train(model=lambda: TinyLM(rngs=nnx.Rngs(0)), objective=nll_objective,
+                   tx=make_optimizer(OptimizerConfig(learning_rate=1e-2)), data=_grain_pairs(),
+                   mesh=make_mesh(MeshConfig()), config=TrainConfig(steps=int(steps), log_every=1, run_dir=run_dir,
+                                                                     progress=False, seed=3),
+                   checkpoint=CheckpointConfig(every_steps=int(every), max_to_keep=2), stop_flag=flag,
+                   on_step=on_step)
+    leaves = {str(i): np.asarray(x) for i, x in enumerate(jax.tree.leaves((result.state.params,
+                                                                           result.state.opt_state)))}
+    np.savez(out, start_step=result.start_step, stopped=result.stopped, step=int(result.state.step), **leaves)
+    print("done", result.start_step, result.stopped, flush=True)
+
+
 if __name__ == "__main__":
     globals()[sys.argv[1]](*sys.argv[2:])
