@@ -54,7 +54,8 @@ def stable_po_loss(
     r"""Stable PO, penalty form: :math:`\ell = \ell_{pref} + \lambda \max(0, \log\pi_{ref}(y_w) - \log\pi_\theta(y_w))`.
 
     The preference term is any per-pair loss, e.g. ``dpo_loss(..., reduce_fn=None)``, ``simpo_loss(...)`` or
-    ``cpo_loss(...)`` (so no string switch between them is needed here).
+    ``cpo_loss(...)`` (so no string switch between them is needed here). Pass the same ``where`` to the
+    preference loss: padding masked only here could still send NaN through the preference term's gradient.
 
     Args:
       pref_losses: ``[...]`` per-pair preference losses (unreduced).
