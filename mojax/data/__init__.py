@@ -13,13 +13,15 @@ from mojax.data.report import DataError, DataReport
 from mojax.data.synthetic_lm import (SyntheticLMConfig, SyntheticPairs, make_dimension_pairs, make_lists,
                                      make_mixture, make_pairs, make_sft_corpus, true_rewards)
 from mojax.data.synthetic_ltr import SyntheticLTRConfig, make_ranking_data
-from mojax.data.tokenize import TokenizeConfig, bucket_length, collate, tokenize_examples, truncate_examples
+from mojax.data.tokenize import (TokenizeConfig, bucket_length, collate, load_tokenized, tokenize_examples,
+                                 truncate_examples)
 
 __all__ = [
     "DataError", "DataReport",
     "PreferenceExample", "TokenizedExample", "ReaderConfig", "read_preferences", "select_objective",
     "LetorConfig", "RankingData", "read_letor", "normalize_features",
     "TokenizeConfig", "tokenize_examples", "truncate_examples", "collate", "bucket_length",
+    "load_tokenized",
     "PipelineConfig", "make_dataset", "make_iterator", "num_batches", "stack_records",
     "SyntheticLMConfig", "SyntheticPairs", "true_rewards", "make_pairs", "make_dimension_pairs", "make_mixture",
     "make_sft_corpus", "make_lists",

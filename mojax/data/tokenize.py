@@ -26,10 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from mojax.data.readers import PreferenceExample, TokenizedExample
+from pathlib import Path
+
+from mojax.data.readers import PreferenceExample, ReaderConfig, TokenizedExample, read_preferences
 from mojax.data.report import DataReport
 
-__all__ = ["TokenizeConfig", "bucket_length", "tokenize_examples", "truncate_examples", "collate"]
+__all__ = ["TokenizeConfig", "bucket_length", "tokenize_examples", "truncate_examples", "collate", "load_tokenized"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -219,3 +221,22 @@ def collate(examples: Sequence[TokenizedExample], config: TokenizeConfig, *, bat
         example_mask[i] = i < len(examples)
     return {"input_ids": input_ids, "attention_mask": attention, "loss_mask": loss_mask, "labels": labels,
             "dataset_id": dataset_id, "example_mask": example_mask}
+
+
+def load_tokenized(path: str | Path, tokenizer: Any, config: TokenizeConfig = TokenizeConfig(),
+                   reader: ReaderConfig = ReaderConfig()) -> tuple[list[TokenizedExample], DataReport]:
+    """Read a preference file and tokenise it: :func:`~mojax.data.readers.read_preferences` then
+    :func:`tokenize_examples` (or, for pre-tokenized files, :func:`truncate_examples`), one report for both stages.
+
+    ``tokenizer`` may be None for ``format="tokenized"`` files.
+    """
+    examples, report = read_preferences(path, reader, tokenizer=tokenizer)
+    if examples and isinstance(examples[0], TokenizedExample):
+        bos = getattr(tokenizer, "bos_token_id", None) if tokenizer is not None else None
+        out = truncate_examples(examples, config, report, bos_id=bos)
+    else:
+        if tokenizer is None:
+            raise ValueError(f"{path}: text data needs a tokenizer")
+        out, report = tokenize_examples(examples, tokenizer, config, report)
+    report.raise_if_unusable()
+    return out, report

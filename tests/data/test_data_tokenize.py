@@ -135,3 +135,26 @@ def test_real_gpt2_tokenizer_on_hh():
             assert tok.decode(batch["input_ids"][i, n][batch["loss_mask"][i, n]]) == e.responses[n] + "<|endoftext|>"
         checked += 1
     assert checked > 40
+
+
+def test_load_tokenized_one_report_for_both_stages(tmp_path):
+    import json
+
+    from mojax.data.report import DataError
+    from mojax.data.tokenize import load_tokenized
+
+    rows = [{"prompt": "hello", "chosen": "good", "rejected": "bad"},
+            {"prompt": "hello", "chosen": "a b c d e f g h i j k l", "rejected": "bad"},
+            {"prompt": "hello", "chosen": "", "rejected": "bad"}]
+    (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    cfg = TokenizeConfig(max_length=8, max_prompt_length=4, overflow="skip")
+    out, rep = load_tokenized(tmp_path / "p.jsonl", word_tokenizer(), cfg)
+    assert len(out) == 1 and rep.kept == 1
+    assert rep.skipped == {"too_long_skipped": 1, "empty_response": 1} and rep.total == 3
+    toks = [{"prompt_ids": [1, 5], "response_ids": [[7, 2], [8] * 20]}]
+    (tmp_path / "t.jsonl").write_text(json.dumps(toks[0]))
+    out, rep = load_tokenized(tmp_path / "t.jsonl", None, TokenizeConfig(max_length=8, max_prompt_length=4))
+    assert out[0].response_ids[1].tolist() == [8] * 6 and rep.altered == {"too_long_truncated": 1}
+    with pytest.raises(DataError, match="none of 1 records"):
+        load_tokenized(tmp_path / "t.jsonl", None, TokenizeConfig(max_length=8, max_prompt_length=4,
+                                                                    overflow="skip"))
