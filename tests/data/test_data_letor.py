@@ -154,15 +154,18 @@ def test_real_letor_fixture():
 def test_real_mslr_sample_with_cos_dpo_objectives():
     path = shared_file("mslr-web10k-sample", "msn1.fold1.train.5k.txt.gz")
     cfg = LetorConfig(objectives=("label", 132, 133, 134, 135, 136), normalization="log1p_zscore",
-                      objective_normalization="query_minmax", max_list_size=128, long_lists="split")
+                      max_list_size=128, long_lists="split")
     data, rep = read_letor(path, cfg)
-    assert rep.kept == 5000 and rep.num_skipped == 0
+    assert rep.kept == 5000 and rep.num_skipped == 0 and rep.altered["list_split"] == 12
     assert len(np.unique(data.qids)) == 43 and data.where.sum() == 5000
     assert data.features.shape[1:] == (128, 131) and data.labels.shape[1:] == (6, 128)
     assert 132 not in data.feature_ids and len(data.feature_ids) == 131
     rel = data.labels[:, 0][data.where]
     assert set(np.unique(rel).tolist()) <= {0, 1, 2, 3, 4}
-    assert np.all(np.isfinite(data.features)) and np.all((data.labels[:, 1:] >= 0) & (data.labels[:, 1:] <= 1))
-    # query click count (134) is zero on all but 130 of the 5,000 rows (SOURCES.md)
-    raw, _ = read_letor(path, LetorConfig(objectives=(134,), max_list_size=128, long_lists="split"))
-    assert int((raw.labels[:, 0][raw.where] != 0).sum()) == 130
+    assert np.all(np.isfinite(data.features))
+    # query click count (134) is zero on all but 130 of the 5,000 rows (SOURCES.md); QualityScore2 (133) in 1..254
+    assert int((data.labels[:, 3][data.where] != 0).sum()) == 130
+    q2 = data.labels[:, 2][data.where]
+    assert q2.min() >= 0 and q2.max() <= 254
+    scaled = normalize_features(np.moveaxis(data.labels[:, 1:], 1, -1), data.where, "query_minmax")
+    assert scaled.min() >= 0 and scaled.max() <= 1

@@ -167,3 +167,33 @@ def test_length_grouping_pads_less_and_resumes():
     fresh.set_state(state)
     for w in want:
         np.testing.assert_array_equal(next(fresh)["input_ids"], w["input_ids"])
+
+
+@pytest.mark.slow
+def test_two_real_processes_cover_the_data_once_with_one_global_shape(tmp_path):
+    """Two JAX processes (gloo): default shard args, global arrays built from each process's batch."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    worker = Path(__file__).with_name("_pipeline_worker.py")
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(repo), JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    procs = [subprocess.Popen([sys.executable, str(worker), str(i), str(port), str(tmp_path / f"{i}.json")],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
+    for p in procs:
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0, out.decode()[-3000:]
+    res = [json.loads((tmp_path / f"{i}.json").read_text()) for i in range(2)]
+    assert [(r["index"], r["count"]) for r in res] == [(0, 2), (1, 2)]
+    assert res[0]["shapes"] == res[1]["shapes"]  # same global shapes and the same global reductions
+    assert all(s[0] == 8 for s in res[0]["shapes"])
+    assert sum(s[-1] for s in res[0]["shapes"]) == 45  # valid examples across both processes
+    assert sorted(res[0]["seen"] + res[1]["seen"]) == list(range(45))
