@@ -114,3 +114,42 @@ def batch(kind: str, *, B: int = 3, T: int = 9, seed: int = 0) -> tuple[np.ndarr
                 mask[b, n:] = 0
         ids = np.where(mask == 1, ids, 0)
     return ids, mask
+
+
+@functools.partial(__import__("jax").jit, static_argnums=0)
+def _forward(graphdef, state, ids, mask):
+    from flax import nnx
+
+    return nnx.merge(graphdef, state)(ids, attention_mask=mask)
+
+
+def forward(model, ids, mask=None) -> np.ndarray:
+    """The model's float32 logits as NumPy, through one jitted call (eager op-by-op dispatch recompiles every
+    primitive for every new shape, which dominates test time on 2 cores)."""
+    from flax import nnx
+
+    ids = np.asarray(ids)
+    mask = np.ones(ids.shape, np.int32) if mask is None else np.asarray(mask)
+    graphdef, state = nnx.split(model)
+    return np.asarray(_forward(graphdef, state, ids, mask))
+
+
+def random_model(config, *, seed: int = 0, scale: float = 0.3):
+    """A :class:`Decoder` with NumPy-drawn weights (normal * ``scale``; norm gains ``1 + 0.2 * normal``) placed
+    through ``model_from_weights``: no JAX random-number program is compiled, which costs seconds per shape on a
+    loaded 2-core machine."""
+    from flax import nnx, traverse_util
+
+    from mojax.models import Decoder
+    from mojax.models.hf import model_from_weights
+
+    rng = np.random.default_rng(seed)
+    abstract = nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0)))
+    flat = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(abstract)))
+    weights = {}
+    for key, sds in flat.items():
+        if key[-1] == "scale":
+            weights[key] = (1.0 + 0.2 * rng.standard_normal(sds.shape)).astype(np.float32)
+        else:
+            weights[key] = (scale * rng.standard_normal(sds.shape)).astype(np.float32)
+    return model_from_weights(config, weights)

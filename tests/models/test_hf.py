@@ -9,7 +9,7 @@ import struct
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from decoder_testlib import SHARED, batch, hf_checkpoint, hf_logits, torch_or_skip
+from decoder_testlib import SHARED, batch, forward, hf_checkpoint, hf_logits, random_model, torch_or_skip
 from flax import nnx
 
 from mojax.models import Decoder, DecoderConfig, generate, load_hf, load_llama2c, load_tokenizer, save_hf
@@ -23,7 +23,7 @@ GPT2_BPE = SHARED / "data" / "gpt2-bpe"
 
 
 def _ours(model, ids, mask):
-    return np.asarray(model(jnp.asarray(ids), attention_mask=jnp.asarray(mask)))
+    return forward(model, ids, mask)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -69,7 +69,8 @@ def test_save_hf_round_trip(name, tmp_path):
     ours = _ours(model, ids, mask)
     assert np.abs(ours - ref)[mask == 1].max() < TOL
     again = load_hf(tmp_path)
-    for a, b in zip(nnx.state(model, nnx.Param).flat_state(), nnx.state(again, nnx.Param).flat_state()):
+    for a, b in zip(nnx.to_flat_state(nnx.state(model, nnx.Param)), nnx.to_flat_state(nnx.state(again, nnx.Param))):
+        assert a[0] == b[0]
         np.testing.assert_array_equal(np.asarray(a[1][...]), np.asarray(b[1][...]))
 
 
@@ -80,8 +81,7 @@ def test_save_hf_fresh_gpt_neox_and_gpt2(tmp_path):
 
     ids, mask = batch("full", T=8)
     for mt in ("gpt_neox", "gpt2", "llama"):
-        cfg = DecoderConfig.tiny(mt, vocab_size=97, initializer_range=0.3)
-        model = Decoder(cfg, rngs=nnx.Rngs(7))
+        model = random_model(DecoderConfig.tiny(mt, vocab_size=97), seed=7)
         save_hf(model, tmp_path / mt)
         theirs = tf.AutoModelForCausalLM.from_pretrained(tmp_path / mt, attn_implementation="eager").eval()
         with torch.no_grad():
@@ -228,7 +228,7 @@ def test_llama2c_matches_numpy_reference(stories):
     np.testing.assert_allclose(w["fr"][:7], np.cos(np.arange(7)[:, None] * freq), atol=1e-6)
     tokens = np.array([1, 403, 407, 261, 378, 280, 429, 300, 47, 411])
     ref = _llama2c_forward(w, hp, tokens)
-    ours = np.asarray(stories(jnp.asarray(tokens)[None]))[0]
+    ours = forward(stories, tokens[None])[0]
     assert np.abs(ours - ref).max() < 1e-4
     # without the permutation the logits would differ: guard the test's own sensitivity
     assert stories.config.num_kv_heads == 4 and stories.config.tie_embeddings
@@ -241,11 +241,10 @@ def test_llama2c_greedy_continuation_is_sensible(stories):
     seq = jnp.concatenate([prompt, out.tokens], axis=1)
 
     def nll(model):
-        logp = np.asarray(jax_log_softmax(model(seq[:, :-1])))
+        logp = np.asarray(jax_log_softmax(forward(model, seq[:, :-1])))
         return -np.mean(np.take_along_axis(logp, np.asarray(seq[:, 1:])[..., None], -1))
 
-    random_model = Decoder(stories.config, rngs=nnx.Rngs(0))
-    trained, rand = nll(stories), nll(random_model)
+    trained, rand = nll(stories), nll(random_model(stories.config, scale=0.02))
     assert trained < 1.5 < np.log(512) - 0.5 < rand
     assert len(set(np.asarray(out.tokens[0]).tolist())) > 5  # not one token repeated
 
