@@ -197,3 +197,21 @@ def test_two_real_processes_cover_the_data_once_with_one_global_shape(tmp_path):
     assert all(s[0] == 8 for s in res[0]["shapes"])
     assert sum(s[-1] for s in res[0]["shapes"]) == 45  # valid examples across both processes
     assert sorted(res[0]["seen"] + res[1]["seen"]) == list(range(45))
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 30), bs=st.integers(1, 5), count=st.integers(1, 4), epochs=st.integers(1, 3),
+       seed=st.integers(0, 2**31), window=st.sampled_from([0, 2]))
+def test_padded_sharding_property(n, bs, count, epochs, seed, window):
+    recs = [{"id": np.int64(i)} for i in range(n)]
+    per = [list(make_iterator(recs, PipelineConfig(batch_size=bs, seed=seed, num_epochs=epochs,
+                                                   drop_remainder=False, shard_index=i, shard_count=count,
+                                                   length_group_window=window)))
+           for i in range(count)]
+    assert len({len(p) for p in per}) == 1
+    seen = [i for p in per for b in p for i in ids(b)]
+    assert sorted(seen) == sorted(list(range(n)) * epochs)

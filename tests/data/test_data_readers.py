@@ -16,8 +16,8 @@ PAIRS = [{"prompt": f"question {i}", "chosen": f"good answer {i}", "rejected": f
          for i in range(6)]
 
 
-def write_jsonl(path, records, *, gz=False):
-    data = "".join(json.dumps(r) + "\n" for r in records).encode()
+def write_jsonl(path, records, *, gz=False, ascii=True):
+    data = "".join(json.dumps(r, ensure_ascii=ascii) + "\n" for r in records).encode()
     path.write_bytes(gzip.compress(data) if gz else data)
     return path
 
@@ -244,3 +244,29 @@ def test_real_pku_saferlhf_sample():
         assert ex.responses[0] == row[f"response_{better}"]
         assert ex.labels[1].tolist() == ([1, 0] if safer == better else [0, 1])
     assert examples[5].labels.tolist() == [[1, 0], [0, 1]]  # row 6 of the file: more helpful = less safe
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_text = st.text(min_size=1, max_size=30).filter(lambda s: s.strip())
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=st.lists(st.tuples(st.text(max_size=30), _text, _text), min_size=1, max_size=8),
+       gz=st.booleans(), ascii=st.booleans())
+def test_any_unicode_text_survives_the_jsonl_roundtrip(rows, gz, ascii):
+    import tempfile
+    from pathlib import Path
+
+    records = [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in rows]
+    with tempfile.TemporaryDirectory() as d:
+        path = write_jsonl(Path(d) / ("x.jsonl.gz" if gz else "x.jsonl"), records, gz=gz, ascii=ascii)
+        valid = [r for r in records if r["chosen"] != r["rejected"]]
+        if not valid:
+            with pytest.raises(DataError):
+                read_preferences(path)
+            return
+        ex, rep = read_preferences(path)
+    assert [(e.prompt, e.responses) for e in ex] == [(r["prompt"], (r["chosen"], r["rejected"])) for r in valid]
+    assert rep.skipped.get("identical_responses", 0) == len(records) - len(valid)

@@ -158,3 +158,26 @@ def test_load_tokenized_one_report_for_both_stages(tmp_path):
     with pytest.raises(DataError, match="none of 1 records"):
         load_tokenized(tmp_path / "t.jsonl", None, TokenizeConfig(max_length=8, max_prompt_length=4,
                                                                     overflow="skip"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(prompt_len=st.integers(0, 40), resp_lens=st.lists(st.integers(1, 40), min_size=1, max_size=4),
+       max_length=st.integers(4, 48), prompt_frac=st.floats(0.05, 0.95), bos=st.booleans())
+def test_truncation_invariants(prompt_len, resp_lens, max_length, prompt_frac, bos):
+    max_prompt = min(max_length - 1, max(1, int(prompt_frac * max_length)))
+    cfg = TokenizeConfig(max_length=max_length, max_prompt_length=max_prompt)
+    prompt = ([1] if bos else []) + list(range(100, 100 + prompt_len))
+    responses = [list(range(1000 * (n + 1), 1000 * (n + 1) + k)) for n, k in enumerate(resp_lens)]
+    e = TokenizedExample(prompt_ids=prompt, response_ids=responses, labels=[[1.0] * len(responses)])
+    rep = DataReport(kept=1)
+    (out,) = truncate_examples([e], cfg, rep, bos_id=1)
+    p = out.prompt_ids.tolist()
+    assert out.length <= max_length and len(p) <= max_prompt
+    needs_cut = len(prompt) > max_prompt or len(prompt) + max(resp_lens) > max_length
+    assert rep.altered.get("too_long_truncated", 0) == int(needs_cut)
+    if bos and prompt_len + 1 > max_prompt and max_prompt > 1:
+        assert p[0] == 1 and prompt[len(prompt) - (len(p) - 1):] == p[1:]  # BOS + the prompt's end
+    else:
+        assert prompt[len(prompt) - len(p):] == p  # a suffix of the prompt
+    for r, o in zip(responses, out.response_ids):
+        assert o.tolist() == r[:len(o)] and len(o) == min(len(r), max_length - len(p))  # a prefix, as long as fits
