@@ -201,7 +201,7 @@ def train(
     run_dir = prepare_run_dir(config.run_dir, config=run_config if run_config is not None else config,
                               data_report=data_report)
     graphdef, state, shardings = create_train_state(model, tx, mesh=mesh, rng=config.seed, wrt=wrt,
-                                                    extras=init_extras(objective))
+                                                    extras=init_extras(objective, model))
     ckpt_dir = Path(checkpoint.directory) if checkpoint.directory else run_dir / "checkpoints"
     checkpointer = Checkpointer(ckpt_dir, checkpoint)
     start_step = 0

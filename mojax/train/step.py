@@ -37,7 +37,8 @@ class StatefulObjective:
 
     Attributes:
       fn: ``fn(model, batch, rng, extras) -> (loss, metrics, new_extras)``; pure.
-      init_extras: ``init_extras() -> extras`` — the initial method state (a pytree of arrays).
+      init_extras: ``init_extras(model) -> extras`` — the initial method state (a pytree of arrays); ``model`` is
+        the module or its zero-argument builder (evaluate it abstractly, e.g. ``nnx.eval_shape``, to read sizes).
     """
 
     fn: Callable[..., tuple[jax.Array, dict[str, jax.Array], Any]]
@@ -55,12 +56,12 @@ def _stateful(objective: Objective | StatefulObjective) -> StatefulObjective:
         loss, metrics = objective(model, batch, rng)
         return loss, metrics, extras
 
-    return StatefulObjective(fn=fn, init_extras=dict)
+    return StatefulObjective(fn=fn, init_extras=lambda model: {})
 
 
-def init_extras(objective: Objective | StatefulObjective) -> Any:
-    """The initial ``TrainState.extras`` an objective needs (``{}`` for stateless objectives)."""
-    return _stateful(objective).init_extras()
+def init_extras(objective: Objective | StatefulObjective, model: Any) -> Any:
+    """The initial ``TrainState.extras`` an objective needs for ``model`` (``{}`` for stateless objectives)."""
+    return _stateful(objective).init_extras(model)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

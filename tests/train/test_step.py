@@ -107,11 +107,11 @@ def test_stateful_objective_carries_extras_through_microbatches():
         loss, metrics = nll_objective(model, batch, rng)
         return loss, metrics, {"calls": extras["calls"] + 1}
 
-    obj = StatefulObjective(fn=fn, init_extras=lambda: {"calls": jnp.zeros((), jnp.int32)})
+    obj = StatefulObjective(fn=fn, init_extras=lambda model: {"calls": jnp.zeros((), jnp.int32)})
     tx = optax.sgd(0.1)
     mesh = make_mesh(MeshConfig())
     graphdef, state, _ = create_train_state(lambda: TinyLM(rngs=nnx.Rngs(0)), tx, mesh=mesh,
-                                            extras=obj.init_extras())
+                                            extras=obj.init_extras(None))
     state, _ = jax.jit(make_train_step(graphdef, obj, tx, accum_steps=4))(state, make_batch(0), state.rng)
     assert int(state.extras["calls"]) == 4
 

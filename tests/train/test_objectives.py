@@ -1,0 +1,317 @@
+"""Objectives against float64 NumPy re-derivations, closed forms and the solvers they call."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from _train_tiny import TinyLM, make_batch
+from mojax.models import (AugmentedRanker, ConditionedLM, Decoder, DecoderConfig, HPTConfig, HyperPromptTuning,
+                          ListRanker, ListRankerConfig, LoRAConfig, RewardModel, add_lora)
+from mojax.solvers import min_norm_weights
+from mojax.train import objectives as O
+from mojax.train.mesh import MeshConfig, make_mesh
+from mojax.train.state import create_train_state
+from mojax.train.step import init_extras, make_train_step
+
+
+def np_logsig(z):
+    return -np.logaddexp(0.0, -z)
+
+
+def np_logps(model, batch, **kwargs):
+    """float64 Σ_t loss_mask[t] · log softmax(logits[t-1])[ids[t]] from the model's full logits, ``[B, N]``."""
+    ids = np.asarray(batch["input_ids"])
+    b, n, t = ids.shape
+    logits = np.asarray(model(jnp.asarray(ids.reshape(b * n, t)),
+                              attention_mask=jnp.asarray(batch["attention_mask"]).reshape(b * n, t), **kwargs),
+                        np.float64)
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+    flat = ids.reshape(b * n, t)
+    mask = np.asarray(batch["loss_mask"]).reshape(b * n, t)
+    out = np.zeros(b * n)
+    for i in range(b * n):
+        for s in range(1, t):
+            if mask[i, s]:
+                out[i] += logp[i, s - 1, flat[i, s]]
+    return out.reshape(b, n)
+
+
+def _batch(seed=0, **extra):
+    batch = {k: jnp.asarray(v) for k, v in make_batch(seed).items()}
+    batch.update(extra)
+    return batch
+
+
+def test_sequence_logps_one_chunked_forward_matches_float64():
+    model = TinyLM(rngs=nnx.Rngs(0))
+    batch = _batch()
+    got = O.sequence_logps(model, batch, chunk_size=4)  # T = 6: two chunks, the last one padded
+    np.testing.assert_allclose(got, np_logps(model, batch), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"\[B, N, T\]"):
+        O.sequence_logps(model, {**batch, "input_ids": batch["input_ids"][:, 0]})
+
+
+def test_dpo_objective_matches_numpy_in_cached_and_model_modes():
+    policy, reference = TinyLM(rngs=nnx.Rngs(0)), TinyLM(rngs=nnx.Rngs(1))
+    mask = jnp.array([1, 1, 0, 1, 1, 1, 0, 1], bool)
+    ref = np_logps(reference, _batch())
+    batch = _batch(example_mask=mask, ref_logps=jnp.asarray(ref, jnp.float32))
+    pol = np_logps(policy, batch)
+    beta, eps = 0.3, 0.1
+    z = beta * ((pol[:, 0] - ref[:, 0]) - (pol[:, 1] - ref[:, 1]))
+    per = -(1 - eps) * np_logsig(z) - eps * np_logsig(-z)
+    expected = per[np.asarray(mask)].mean()
+    cached, m1 = O.dpo_objective(beta=beta, label_smoothing=eps)(policy, batch, None)
+    anchored, m2 = O.dpo_objective(beta=beta, label_smoothing=eps, ref_mode="model")(
+        O.AnchoredPolicy(policy, reference), {k: v for k, v in batch.items() if k != "ref_logps"}, None)
+    np.testing.assert_allclose(cached, expected, rtol=1e-5)
+    np.testing.assert_allclose(anchored, expected, rtol=1e-5)
+    assert float(m1["count"]) == 6.0
+    np.testing.assert_allclose(m1["accuracy"], np.mean(z[np.asarray(mask)] > 0), atol=1e-6)
+    with pytest.raises(ValueError, match="ref_mode"):
+        O.dpo_objective(ref_mode="nope")
+    with pytest.raises(TypeError, match="AnchoredPolicy"):
+        O.dpo_objective(ref_mode="model")(policy, batch, None)
+
+
+def test_lora_dpo_starts_at_ln2_and_trains_only_the_adapters():
+    cfg = DecoderConfig.tiny(num_layers=1)
+    tx = optax.adam(1e-2)
+
+    def build():
+        model = Decoder(cfg, rngs=nnx.Rngs(0))
+        return add_lora(model, LoRAConfig(rank=2, targets=("q_proj", "v_proj")), rngs=nnx.Rngs(1))
+
+    mesh = make_mesh(MeshConfig())
+    graphdef, state, _ = create_train_state(build, tx, mesh=mesh, wrt=nnx.LoRAParam)
+    rs = np.random.RandomState(0)
+    ids = rs.randint(1, cfg.vocab_size, size=(4, 2, 8)).astype(np.int32)
+    loss_mask = np.zeros((4, 2, 8), bool)
+    loss_mask[..., 3:] = True
+    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "loss_mask": loss_mask}
+    step = jax.jit(make_train_step(graphdef, O.dpo_objective(beta=0.5, ref_mode="lora"), tx))
+    frozen = jax.tree.map(np.asarray, state.rest)
+    losses = []
+    for i in range(4):
+        state, m = step(state, batch, jax.random.PRNGKey(i))
+        losses.append(float(m["loss"]))
+    assert abs(losses[0] - math.log(2.0)) < 1e-6
+    assert losses[-1] < losses[0] - 1e-3
+    for a, b in zip(jax.tree.leaves(frozen), jax.tree.leaves(state.rest)):
+        np.testing.assert_array_equal(a, np.asarray(b))
+
+
+def test_cos_dpo_is_weighted_dpo_with_the_sampled_weights():
+    k = 2
+    model = ConditionedLM(TinyLM(rngs=nnx.Rngs(0)),
+                          HyperPromptTuning(HPTConfig.tiny(num_objectives=k), d_model=8, rngs=nnx.Rngs(1)))
+    batch = _batch()
+    rs = np.random.RandomState(3)
+    first = rs.randint(0, 2, size=(8, k))
+    labels = np.stack([first, 1 - first], axis=-1).astype(np.float32)  # [B, K, 2], binary pairs
+    ref = rs.normal(-8, 1, size=(8, 2))
+    batch.update(labels=jnp.asarray(labels), ref_logps=jnp.asarray(ref, jnp.float32))
+    beta, rng = 0.2, jax.random.PRNGKey(7)
+    for per_example, penalty in ((True, 0.0), (False, 0.5)):
+        sampling = O.COSDPOSampling(num_objectives=k, per_example=per_example)
+        loss, m = O.cos_dpo_objective(sampling=sampling, beta=beta, penalty=penalty)(model, batch, rng)
+        w, _ = O.sample_conditioning(rng, 8, sampling)
+        w = np.asarray(w, np.float64)
+        pol = np_logps(model, batch, weights=jnp.repeat(jnp.asarray(w, jnp.float32), 2, axis=0))
+        h = (pol - ref)
+        # Objective k prefers response argmax(labels[:, k]); DPO on that orientation.
+        sign = np.where(labels[:, :, 0] == 1, 1.0, -1.0)  # [B, K]
+        dpo = -np_logsig(beta * sign * (h[:, 0] - h[:, 1])[:, None])  # [B, K]
+        if per_example:
+            expected = np.mean(np.sum(w * dpo, axis=1))
+        else:
+            means = dpo.mean(0)
+            cos = means @ w[0] / (np.linalg.norm(means) * np.linalg.norm(w[0]))
+            expected = means @ w[0] - penalty * cos
+            assert np.allclose(w, w[0])  # one w per step
+        np.testing.assert_allclose(loss, expected, rtol=2e-5)
+        np.testing.assert_allclose(m["objective_losses"], dpo.mean(0), rtol=2e-5)
+
+
+def test_spo_objective_phi_and_alpha_zero_is_dpo_against_last_round():
+    model = TinyLM(rngs=nnx.Rngs(0))
+    rs = np.random.RandomState(1)
+    prev = rs.normal(-8, 1, size=(3, 8, 2)).astype(np.float32)  # π_0, π_1, π_2
+    batch = _batch(ref_logps=jnp.asarray(prev))
+    pol = np_logps(model, batch)
+    beta, alpha = 0.5, (0.3, 0.7)
+    loss, m = O.spo_objective(beta=beta, alpha=alpha)(model, batch, None)
+    margins = prev[:, :, 0] - prev[:, :, 1]  # [3, B]
+    z = beta * ((pol[:, 0] - pol[:, 1]) - margins[2]) - (alpha[0] * (margins[1] - margins[0])
+                                                         + alpha[1] * (margins[2] - margins[1]))
+    np.testing.assert_allclose(loss, np.mean(-np_logsig(z)), rtol=1e-5)
+    np.testing.assert_allclose(m["phi_mean"], np.mean(1 / (1 + np.exp(z))), rtol=1e-5)
+    s_dpo, _ = O.spo_objective(beta=beta, alpha=0.0)(model, batch, None)
+    dpo, _ = O.dpo_objective(beta=beta)(model, {**batch, "ref_logps": batch["ref_logps"][2]}, None)
+    np.testing.assert_allclose(s_dpo, dpo, rtol=1e-6)
+
+
+def test_modpo_and_stable_po_simpo_and_sft_match_numpy():
+    model = TinyLM(rngs=nnx.Rngs(0))
+    rs = np.random.RandomState(2)
+    table = rs.normal(-8, 1, size=(3, 8, 2)).astype(np.float32)
+    batch = _batch(ref_logps=jnp.asarray(table))
+    pol = np_logps(model, batch)
+    beta, w = 0.4, (0.5, 0.3, 0.2)
+    loss, _ = O.modpo_objective(beta=beta, weights=w, objective_index=0)(model, batch, None)
+    ref = table[0]
+    others = beta * ((table[1:, :, 0] - ref[:, 0]) - (table[1:, :, 1] - ref[:, 1]))  # [2, B]
+    z = (beta * ((pol[:, 0] - ref[:, 0]) - (pol[:, 1] - ref[:, 1])) - (w[1] * others[0] + w[2] * others[1])) / w[0]
+    np.testing.assert_allclose(loss, np.mean(-np_logsig(z)), rtol=1e-5)
+
+    lengths = np.asarray(batch["loss_mask"]).sum(-1)
+    gamma, lam = 0.5, 2.0
+    spo_batch = {**batch, "ref_logps": jnp.asarray(table[0])}
+    loss, m = O.stable_po_objective(beta=beta, penalty=lam, pref="simpo", gamma=gamma)(model, spo_batch, None)
+    zs = beta * pol[:, 0] / lengths[:, 0] - beta * pol[:, 1] / lengths[:, 1] - gamma
+    hinge = np.maximum(0.0, table[0][:, 0] - pol[:, 0])
+    np.testing.assert_allclose(loss, np.mean(-np_logsig(zs) + lam * hinge), rtol=1e-5)
+    np.testing.assert_allclose(m["hinge_active"], np.mean(hinge > 0), atol=1e-7)
+
+    loss, m = O.sft_objective()(model, batch, None)
+    np.testing.assert_allclose(loss, -pol[:, 0].sum() / lengths[:, 0].sum(), rtol=1e-5)
+    assert float(m["count"]) == lengths[:, 0].sum()
+    with pytest.raises(ValueError, match="preference loss"):
+        O.stable_po_objective(pref="orpo")
+
+
+def _tiny_f64_params(model, wrt=nnx.Param):
+    graphdef, params, rest = nnx.split(model, wrt, ...)
+    return graphdef, jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), params), rest
+
+
+def test_bilevel_stable_po_gradient_matches_finite_differences():
+    with jax.enable_x64(True):
+        model = TinyLM(rngs=nnx.Rngs(0), vocab=12, width=4, hidden=6)
+        batch = {k: jnp.asarray(v) for k, v in make_batch(4, batch=4, vocab=12).items()}
+        batch["ref_logps"] = jnp.asarray(np_logps(TinyLM(rngs=nnx.Rngs(5), vocab=12, width=4, hidden=6), batch))
+        graphdef, params, rest = _tiny_f64_params(model)
+        objective = O.bilevel_stable_po_objective(beta=0.5, penalty=1.0, inner_lr=0.1, chunk_size=None)
+
+        @jax.jit
+        def f(p):
+            return objective(nnx.merge(graphdef, p, rest), batch, None)[0]
+
+        grad = jax.jit(jax.grad(f))(params)
+        leaves, treedef = jax.tree.flatten(params)
+        direction = jax.tree.unflatten(treedef, [jnp.asarray(np.random.RandomState(i).normal(size=x.shape))
+                                                 for i, x in enumerate(leaves)])
+        eps = 1e-5
+        shift = lambda s: jax.tree.map(lambda p, d: p + s * d, params, direction)  # noqa: E731
+        fd = (f(shift(eps)) - f(shift(-eps))) / (2 * eps)
+        analytic = sum(float(jnp.vdot(g, d)) for g, d in zip(jax.tree.leaves(grad), jax.tree.leaves(direction)))
+        assert abs(analytic) > 1e-3
+        np.testing.assert_allclose(analytic, float(fd), rtol=1e-6)
+        # The hypergradient differs from the first-order one (the Hessian term is there).
+        fo = O.bilevel_stable_po_objective(beta=0.5, penalty=1.0, inner_lr=0.1, first_order=True, chunk_size=None)
+        g_fo = jax.jit(jax.grad(lambda p: fo(nnx.merge(graphdef, p, rest), batch, None)[0]))(params)
+        diff = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(g_fo)))
+        assert diff > 1e-6
+        # inner_lr = 0: the bilevel objective is the penalty form.
+        zero = O.bilevel_stable_po_objective(beta=0.5, penalty=1.0, inner_lr=0.0, chunk_size=None)(model, batch,
+                                                                                                  None)[0]
+        pen = O.stable_po_objective(beta=0.5, penalty=1.0, chunk_size=None)(model, batch, None)[0]
+        np.testing.assert_allclose(zero, pen, rtol=1e-6)
+
+
+def test_bilevel_stable_po_train_step_runs_and_moves_params():
+    tx = optax.adam(1e-2)
+    graphdef, state, _ = create_train_state(lambda: TinyLM(rngs=nnx.Rngs(0)), tx, mesh=make_mesh(MeshConfig()))
+    batch = _batch(ref_logps=jnp.asarray(np.full((8, 2), -9.0, np.float32)))
+    step = jax.jit(make_train_step(graphdef, O.bilevel_stable_po_objective(penalty=1.0, inner_lr=0.05), tx))
+    before = jax.tree.map(np.asarray, state.params)
+    state, m = step(state, batch, jax.random.PRNGKey(0))
+    assert float(m["finite"]) == 1.0 and np.isfinite(float(m["loss"]))
+    assert max(float(np.abs(a - np.asarray(b)).max()) for a, b in zip(jax.tree.leaves(before),
+                                                                      jax.tree.leaves(state.params))) > 1e-3
+
+
+def _reward_batch(k, seed=0):
+    batch = _batch(seed)
+    batch["dataset_id"] = jnp.asarray(np.arange(8) % k, jnp.int32)
+    return batch
+
+
+def _separate_head_grads(model, batch, k):
+    """g_k = ∇_W L_k on stop-gradient features, computed apart from the objective."""
+    feats = jax.lax.stop_gradient(model.features(batch["input_ids"], attention_mask=batch["attention_mask"]))
+    kernel = model.score.kernel[...]
+
+    def loss_k(w, i):
+        r = (feats @ w)[..., 0]  # head 0
+        m = np.asarray(batch["dataset_id"]) == i
+        return -jnp.mean(jax.nn.log_sigmoid(r[m, 0] - r[m, 1]))
+
+    return jnp.stack([jax.grad(loss_k)(kernel, i).ravel() for i in range(k)])
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_more_lambda_in_step_equals_min_norm_of_head_gradients(k):
+    build = lambda: RewardModel(TinyLM(rngs=nnx.Rngs(0)), num_heads=2, d_model=8, rngs=nnx.Rngs(1))  # noqa: E731
+    objective = O.more_objective(num_datasets=k, ema_decay=0.99, normalize=True)
+    tx = optax.sgd(0.5)
+    graphdef, state, _ = create_train_state(build, tx, mesh=make_mesh(MeshConfig()),
+                                            extras=init_extras(objective, build))
+    step = jax.jit(make_train_step(graphdef, objective, tx))
+    b1, b2 = _reward_batch(k, 0), _reward_batch(k, 1)
+    g1 = _separate_head_grads(nnx.merge(graphdef, state.params, state.rest), b1, k)
+    state, m1 = step(state, b1, jax.random.PRNGKey(0))
+    np.testing.assert_allclose(m1["lambda"], min_norm_weights(g1, normalize=True), atol=1e-5)
+    g2 = _separate_head_grads(nnx.merge(graphdef, state.params, state.rest), b2, k)
+    state, m2 = step(state, b2, jax.random.PRNGKey(1))
+    ema = 0.99 * g1 + 0.01 * g2
+    np.testing.assert_allclose(state.extras["ema"], ema, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(m2["lambda"], min_norm_weights(ema, normalize=True), atol=1e-5)
+    # The loss is Σ λ_k L_k with the reported λ and per-dataset losses.
+    np.testing.assert_allclose(m2["loss"], np.dot(m2["lambda"], m2["dataset_losses"]), rtol=1e-5)
+    assert abs(float(np.sum(m2["lambda"])) - 1.0) < 1e-5
+
+
+def test_bradley_terry_objective_matches_numpy():
+    model = RewardModel(TinyLM(rngs=nnx.Rngs(0)), num_heads=1, d_model=8, rngs=nnx.Rngs(1))
+    batch = _batch()
+    r = np.asarray(model(batch["input_ids"], attention_mask=batch["attention_mask"]), np.float64)[..., 0]
+    loss, m = O.bradley_terry_objective()(model, batch, None)
+    np.testing.assert_allclose(loss, np.mean(-np_logsig(r[:, 0] - r[:, 1])), rtol=1e-5)
+    np.testing.assert_allclose(m["accuracy"], np.mean(r[:, 0] > r[:, 1]), atol=1e-7)
+
+
+def test_ltr_cos_dpo_at_init_is_log_of_list_length_and_listnet_matches_numpy():
+    k, f = 2, 5
+    base = ListRanker(ListRankerConfig.tiny(num_features=f), rngs=nnx.Rngs(0))
+    delta = ListRanker(ListRankerConfig.tiny(num_features=f, cond_dim=k), rngs=nnx.Rngs(1))
+    model = AugmentedRanker(base, delta)
+    rs = np.random.RandomState(0)
+    where = np.ones((6, 4), bool)
+    where[1, 3] = where[2, 2:] = where[4, 1:] = False  # valid counts 4, 3, 2, 4, 1, 4
+    batch = {"features": jnp.asarray(rs.normal(size=(6, 4, f)), jnp.float32), "where": jnp.asarray(where),
+             "labels": jnp.asarray(rs.randint(0, 3, size=(6, k, 4)), jnp.float32)}
+    sampling = O.COSDPOSampling(num_objectives=k, per_example=True)
+    loss, m = O.ltr_cos_dpo_objective(sampling=sampling)(model, batch, jax.random.PRNGKey(0))
+    # Zero-initialised correction: s = β(f − f_ref) = 0, so each list's cross-entropy is log(#valid) for any labels.
+    np.testing.assert_allclose(loss, np.mean(np.log(where.sum(-1))), rtol=1e-6)
+    np.testing.assert_allclose(m["objective_losses"], [np.mean(np.log(where.sum(-1)))] * k, rtol=1e-6)
+
+    scores = np.asarray(base(batch["features"], where=batch["where"]), np.float64)
+    lab = np.asarray(batch["labels"])[:, 0]
+    expected = []
+    for i in range(6):
+        v = where[i]
+        target = np.exp(lab[i, v]) / np.exp(lab[i, v]).sum()
+        logp = scores[i, v] - np.log(np.exp(scores[i, v]).sum())
+        expected.append(-(target * logp).sum())
+    loss, _ = O.ltr_listnet_objective()(base, batch, None)
+    np.testing.assert_allclose(loss, np.mean(expected), rtol=1e-5)
