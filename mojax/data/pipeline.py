@@ -1,4 +1,4 @@
-"""Grain input pipelines: source → deterministic shuffle → repeat → per-process shard → batch → resumable iterator.
+"""Grain input pipelines: records → seeded per-epoch order → per-process shard → batch → resumable iterator.
 
 Order of operations and why:
 
@@ -25,12 +25,11 @@ Order of operations and why:
 
 from __future__ import annotations
 
+import functools
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import functools
-import sys
 
 import grain
 import jax

@@ -93,7 +93,9 @@ def _truncate_one(ex: TokenizedExample, config: TokenizeConfig, bos_id: int | No
         cut = True
         keep_bos = bos_id is not None and len(prompt) > 0 and prompt[0] == bos_id
         tail = config.max_prompt_length - int(keep_bos)
-        prompt = np.concatenate([prompt[:1], prompt[-tail:]]) if keep_bos else prompt[-tail:]
+        # slice from len - tail, not -tail: tail = 0 (max_prompt_length 1 with BOS) must keep nothing, not all
+        kept = prompt[len(prompt) - tail:]
+        prompt = np.concatenate([prompt[:1], kept]) if keep_bos else kept
     budget = config.max_length - len(prompt)
     responses = []
     for r in ex.response_ids:

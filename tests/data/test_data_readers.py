@@ -4,11 +4,10 @@ import gzip
 import json
 import random
 
-import numpy as np
 import pytest
 
 from data_testlib import CHAT_TEMPLATE, shared_file, word_tokenizer
-from mojax.data.readers import (HH_ASSISTANT, PreferenceExample, ReaderConfig, TokenizedExample, detect_format,
+from mojax.data.readers import (HH_ASSISTANT, ReaderConfig, TokenizedExample, detect_format,
                                 read_preferences, select_objective)
 from mojax.data.report import DataError
 

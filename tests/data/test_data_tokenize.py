@@ -175,7 +175,7 @@ def test_truncation_invariants(prompt_len, resp_lens, max_length, prompt_frac, b
     assert out.length <= max_length and len(p) <= max_prompt
     needs_cut = len(prompt) > max_prompt or len(prompt) + max(resp_lens) > max_length
     assert rep.altered.get("too_long_truncated", 0) == int(needs_cut)
-    if bos and prompt_len + 1 > max_prompt and max_prompt > 1:
+    if bos and prompt_len + 1 > max_prompt:
         assert p[0] == 1 and prompt[len(prompt) - (len(p) - 1):] == p[1:]  # BOS + the prompt's end
     else:
         assert prompt[len(prompt) - len(p):] == p  # a suffix of the prompt
