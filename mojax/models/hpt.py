@@ -130,7 +130,8 @@ class HyperPromptTuning(nnx.Module):
         self.config = config
         self.d_model = d_model
         c, h, p, r = config.input_dim, config.hidden_dim, config.num_prefix_tokens, config.rank
-        dense = jax.nn.initializers.lecun_normal()
+        # LeCun variance with a plain normal (a truncated normal compiles slowly, per shape, on CPU).
+        dense = jax.nn.initializers.variance_scaling(1.0, "fan_in", "normal")
         zeros = jax.nn.initializers.zeros
         out_kernel = jax.nn.initializers.normal(config.mask_init_scale / math.sqrt(h))
         out_bias = jax.nn.initializers.constant(1.0 / math.sqrt(r))

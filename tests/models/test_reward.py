@@ -20,7 +20,7 @@ class TinyBackbone(nnx.Module):
     def __init__(self, *, rngs):
         self.embed = nnx.Embed(VOCAB, D, rngs=rngs)
         self.pos = nnx.Embed(32, D, rngs=rngs)
-        self.mix = nnx.Linear(D, D, rngs=rngs)
+        self.mix = nnx.Linear(D, D, kernel_init=nnx.initializers.normal(D**-0.5), rngs=rngs)
 
     def __call__(self, input_ids, *, attention_mask=None, positions=None, prefix_embeds=None, return_hidden=False,
                  use_lora=True):
