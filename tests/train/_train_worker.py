@@ -41,6 +41,56 @@ def mesh_parity() -> None:
     print(json.dumps({"devices": jax.device_count(), "one": one, "eight": eight, "sharded_specs": sharded}))
 
 
+def _sharded_losses(mesh, local: bool):
+    """3 steps (accumulation 2) of TinyLM on a mesh; ``local``: feed this process's share of each global batch."""
+    import jax
+    from flax import nnx
+
+    from _train_tiny import TinyLM, make_batch, nll_objective
+    from mojax.train.distributed import local_batch, shard_batch
+    from mojax.train.state import create_train_state
+    from mojax.train.step import OptimizerConfig, jit_train_step, make_optimizer, make_train_step
+
+    tx = make_optimizer(OptimizerConfig(learning_rate=1e-2))
+    graphdef, state, shardings = create_train_state(lambda: TinyLM(rngs=nnx.Rngs(0)), tx, mesh=mesh, rng=0)
+    step = None
+    losses = []
+    for i in range(3):
+        host = make_batch(i)
+        batch = shard_batch(local_batch(host) if local else host, mesh)
+        if step is None:
+            step = jit_train_step(make_train_step(graphdef, nll_objective, tx, accum_steps=2), shardings, batch,
+                                  mesh)
+        state, m = step(state, batch, jax.random.fold_in(state.rng, i))
+        losses.append(float(m["loss"]))
+    return losses
+
+
+def multihost(process_id: str, num_processes: str, port: str) -> None:
+    """One process of a multi-process run on 127.0.0.1 (gloo collectives); prints JSON losses."""
+    import jax
+
+    from mojax.train.distributed import DistributedConfig, initialize
+    from mojax.train.mesh import MeshConfig, make_mesh
+
+    assert initialize(DistributedConfig(coordinator_address=f"127.0.0.1:{port}",
+                                        num_processes=int(num_processes), process_id=int(process_id)))
+    mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    losses = _sharded_losses(mesh, local=True)
+    print(json.dumps({"process": jax.process_index(), "processes": jax.process_count(),
+                      "local_devices": jax.local_device_count(), "devices": jax.device_count(), "losses": losses}))
+
+
+def single_eight() -> None:
+    """The same run in one process over 8 host devices."""
+    import jax
+
+    from mojax.train.mesh import MeshConfig, make_mesh
+
+    losses = _sharded_losses(make_mesh(MeshConfig(data=2, fsdp=2, tensor=2)), local=False)
+    print(json.dumps({"devices": jax.device_count(), "losses": losses}))
+
+
 def _grain_pairs(num_examples: int = 64, batch: int = 8, seed: int = 0):
     import grain
     import numpy as np
