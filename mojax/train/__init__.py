@@ -1,0 +1,30 @@
+"""The training engine: mesh, train state, one pure train step, objectives, checkpoints, multi-host, host loop.
+
+The method is an objective plugged into one step (:mod:`mojax.train.objectives`); the host loop
+(:func:`train`) owns data iteration, checkpoints, metrics and progress. See BUILD_NOTES "Training engine".
+"""
+
+from mojax.train.checkpoint import CheckpointConfig, Checkpointer, StopFlag, install_sigterm_flag
+from mojax.train.distributed import DistributedConfig, initialize, local_batch, process_batch_slice, shard_batch
+from mojax.train.loop import TrainConfig, TrainResult, train
+from mojax.train.mesh import MeshConfig, check_global_batch, make_mesh
+from mojax.train.objectives import (AnchoredPolicy, COSDPOSampling, bilevel_stable_po_objective,
+                                    bradley_terry_objective, cos_dpo_objective, dpo_objective,
+                                    listwise_dpo_objective, ltr_cos_dpo_objective, ltr_listnet_objective,
+                                    ltr_listwise_dpo_objective, modpo_objective, more_objective, sequence_logps,
+                                    sft_objective, spo_objective, stable_po_objective)
+from mojax.train.ref_cache import attach_ref_logps, cached_reference_logps, ref_axis_first
+from mojax.train.state import TrainState, batch_shardings, create_train_state, step_key
+from mojax.train.step import (OptimizerConfig, StatefulObjective, init_extras, jit_train_step, make_optimizer,
+                              make_train_step)
+
+__all__ = [
+    "AnchoredPolicy", "COSDPOSampling", "CheckpointConfig", "Checkpointer", "DistributedConfig", "MeshConfig",
+    "OptimizerConfig", "StatefulObjective", "StopFlag", "TrainConfig", "TrainResult", "TrainState",
+    "attach_ref_logps", "batch_shardings", "bilevel_stable_po_objective", "bradley_terry_objective",
+    "cached_reference_logps", "check_global_batch", "cos_dpo_objective", "create_train_state", "dpo_objective",
+    "init_extras", "initialize", "install_sigterm_flag", "jit_train_step", "listwise_dpo_objective", "local_batch",
+    "ltr_cos_dpo_objective", "ltr_listnet_objective", "ltr_listwise_dpo_objective", "make_mesh", "make_optimizer",
+    "make_train_step", "modpo_objective", "more_objective", "process_batch_slice", "ref_axis_first", "sequence_logps",
+    "sft_objective", "shard_batch", "spo_objective", "stable_po_objective", "step_key", "train",
+]
