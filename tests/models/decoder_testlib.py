@@ -153,3 +153,18 @@ def random_model(config, *, seed: int = 0, scale: float = 0.3):
         else:
             weights[key] = (scale * rng.standard_normal(sds.shape)).astype(np.float32)
     return model_from_weights(config, weights)
+
+
+@functools.partial(__import__("jax").jit, static_argnums=0)
+def _call(graphdef, state, ids, mask, prefix, cache):
+    from flax import nnx
+
+    return nnx.merge(graphdef, state)(ids, attention_mask=mask, prefix_embeds=prefix, cache=cache)
+
+
+def call(model, ids, mask, *, prefix=None, cache=None):
+    """``model(ids, attention_mask=mask, prefix_embeds=prefix, cache=cache)`` through one jitted program."""
+    from flax import nnx
+
+    graphdef, state = nnx.split(model)
+    return _call(graphdef, state, np.asarray(ids), np.asarray(mask), prefix, cache)

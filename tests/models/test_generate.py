@@ -1,0 +1,155 @@
+"""KV-cache decoding: token-for-token against transformers' ``generate``, cache against full forward passes, EOS
+handling, top-p against a NumPy reference, sampling statistics."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from decoder_testlib import batch, call, forward, hf_checkpoint, hf_model, random_model, torch_or_skip
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mojax.models import DecoderConfig, generate, load_hf, top_p_filter
+
+N_NEW = 8
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return random_model(DecoderConfig.tiny("llama", vocab_size=97), seed=1)
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "gpt_neox"])
+def test_greedy_matches_transformers_generate(name):
+    """Left-padded prompts, greedy, EOS 2 / pad 0: the same tokens as ``transformers`` ``generate``."""
+    torch = torch_or_skip()
+    path = hf_checkpoint(name)
+    ids, mask = batch("left", B=3, T=7, seed=5)
+    with torch.no_grad():
+        ref = hf_model(str(path)).generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                                           max_new_tokens=N_NEW, do_sample=False, eos_token_id=2, pad_token_id=0)
+    ref = ref.numpy()[:, ids.shape[1]:]
+    out = generate(load_hf(path), ids, attention_mask=mask, max_new_tokens=N_NEW, eos_id=2, pad_id=0)
+    tokens = np.asarray(out.tokens)
+    np.testing.assert_array_equal(tokens[:, : ref.shape[1]], ref)
+    assert (tokens[:, ref.shape[1]:] == 0).all()
+
+
+def test_cached_decoding_equals_full_forward(tiny):
+    """Greedy tokens equal step-by-step argmax of full (uncached) forward passes, with a prefix and left padding."""
+    ids, mask = batch("left", B=2, T=6, seed=2)
+    prefix = jax.random.normal(jax.random.key(0), (2, 3, tiny.config.d_model))
+    out = generate(tiny, ids, attention_mask=mask, max_new_tokens=5, prefix_embeds=prefix)
+    seq, m = jnp.asarray(ids), jnp.asarray(mask)
+    for step in range(5):
+        logits = call(tiny, seq, m, prefix=prefix)
+        nxt = jnp.argmax(logits[:, -1], axis=-1)
+        np.testing.assert_array_equal(np.asarray(out.tokens[:, step]), np.asarray(nxt))
+        seq = jnp.concatenate([seq, nxt[:, None]], axis=1)
+        m = jnp.concatenate([m, jnp.ones((2, 1), m.dtype)], axis=1)
+    assert bool(out.mask.all())
+
+
+def test_cache_logits_equal_full_logits(tiny):
+    """Prefill + one-token steps through the cache reproduce the full forward's logits at every position."""
+    ids, mask = batch("left", B=2, T=9, seed=4)
+    full = forward(tiny, ids, mask)
+    cache = tiny.init_cache(2, 9)
+    first, cache = call(tiny, ids[:, :5], mask[:, :5], cache=cache)
+    steps = [first]
+    for t in range(5, 9):
+        logits, cache = call(tiny, ids[:, t: t + 1], mask[:, t: t + 1], cache=cache)
+        steps.append(logits)
+    cached = np.concatenate([np.asarray(s) for s in steps], axis=1)
+    np.testing.assert_allclose(cached[mask == 1], full[mask == 1], atol=2e-5)
+    assert int(cache.index) == 9
+    np.testing.assert_array_equal(np.asarray(cache.lengths), mask.sum(1))
+
+
+def test_eos_stops_a_row(tiny):
+    ids, mask = batch("left", B=2, T=6, seed=2)
+    free = np.asarray(generate(tiny, ids, attention_mask=mask, max_new_tokens=N_NEW).tokens)
+    # pick as EOS row 0's 3rd token, provided it did not appear earlier in row 0
+    step = next(s for s in range(1, N_NEW) if free[0, s] not in free[0, :s])
+    eos = int(free[0, step])
+    out = generate(tiny, ids, attention_mask=mask, max_new_tokens=N_NEW, eos_id=eos, pad_id=-1)
+    tokens, m = np.asarray(out.tokens), np.asarray(out.mask)
+    np.testing.assert_array_equal(tokens[0, : step + 1], free[0, : step + 1])
+    assert m[0, : step + 1].all() and not m[0, step + 1:].any()
+    assert (tokens[0, step + 1:] == -1).all()
+    row1_stop = next((s for s in range(N_NEW) if free[1, s] == eos), N_NEW - 1)
+    np.testing.assert_array_equal(tokens[1, : row1_stop + 1], free[1, : row1_stop + 1])
+    assert m[1, : row1_stop + 1].all()
+
+
+def test_tiny_top_p_sampling_is_greedy(tiny):
+    ids, mask = batch("left", B=2, T=6, seed=2)
+    greedy = generate(tiny, ids, attention_mask=mask, max_new_tokens=5).tokens
+    sampled = generate(tiny, ids, attention_mask=mask, max_new_tokens=5, temperature=1.0, top_p=1e-6,
+                       rng=jax.random.key(3)).tokens
+    np.testing.assert_array_equal(np.asarray(greedy), np.asarray(sampled))
+    hot = generate(tiny, ids, attention_mask=mask, max_new_tokens=5, temperature=5.0, rng=jax.random.key(3)).tokens
+    assert not np.array_equal(np.asarray(hot), np.asarray(greedy))  # high temperature explores
+
+
+def _top_p_reference(logits: np.ndarray, p: float) -> np.ndarray:
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    order = np.argsort(-probs, kind="stable")
+    keep, mass = [], 0.0
+    for i in order:
+        keep.append(i)
+        mass += probs[i]
+        if mass >= p:
+            break
+    out = np.zeros(len(logits), bool)
+    out[keep] = True
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(-500, 500), min_size=2, max_size=12, unique=True), st.floats(0.05, 1.0))
+def test_top_p_filter_keeps_the_minimal_nucleus(values, p):
+    logits = np.array(values, np.float32) / 100  # distinct logits: ties at the boundary are kept by design
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    ref = _top_p_reference(logits.astype(np.float64), p)
+    if abs(np.sort(probs)[::-1][: ref.sum()].sum() - p) < 1e-5:
+        return  # the nucleus boundary sits on p within float32 rounding: either answer is right
+    padded = np.full(12, -1e4, np.float32)  # one shape, one compile; padding has probability 0
+    padded[: len(logits)] = logits
+    kept = np.isfinite(np.asarray(_top_p_jit(jnp.asarray(padded), p)))
+    np.testing.assert_array_equal(kept[: len(logits)], ref)
+    assert not kept[len(logits):].any()
+
+
+_top_p_jit = jax.jit(top_p_filter)
+
+
+def test_sampling_frequencies_follow_the_filtered_softmax():
+    """Sampling at temperature T draws from softmax(logits/T) restricted to the nucleus."""
+    from mojax.models.generate import _next_token
+
+    logits = jnp.array([2.0, 1.0, 0.5, 0.0, -1.0])
+    keys = jax.random.split(jax.random.key(0), 20000)
+    draws = np.asarray(jax.vmap(lambda k: _next_token(logits, k, 2.0, 0.8, False))(keys))
+    probs = np.exp(np.asarray(logits) / 2.0)
+    probs /= probs.sum()
+    nucleus = _top_p_reference(np.asarray(logits) / 2.0, 0.8)
+    want = np.where(nucleus, probs, 0) / probs[nucleus].sum()
+    freq = np.bincount(draws, minlength=5) / len(draws)
+    np.testing.assert_allclose(freq, want, atol=0.015)  # ~4 standard errors at n = 20000
+
+
+def test_generate_rejects_bad_input(tiny):
+    ids = np.ones((2, 3), np.int32)
+    with pytest.raises(ValueError, match="rng"):
+        generate(tiny, ids, max_new_tokens=2, temperature=1.0)
+    with pytest.raises(ValueError, match="top_p"):
+        generate(tiny, ids, max_new_tokens=2, top_p=0.0)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(tiny, ids, max_new_tokens=0)
+    with pytest.raises(ValueError, match=r"\[B, T\]"):
+        generate(tiny, ids[0], max_new_tokens=2)
