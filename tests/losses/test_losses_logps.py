@@ -79,7 +79,7 @@ def test_next_token_targets_alignment():
         next_token_targets(ids, mask.astype(jnp.int32))
 
 
-@pytest.mark.parametrize("chunk_size", [1, 3, 7, 64])
+@pytest.mark.parametrize("chunk_size", [3, 64])  # padded last chunk; one chunk (clipped to T)
 def test_chunked_equals_naive_values_and_grads(chunk_size):
     hidden, unemb, targets, where = make(2)
     where = jnp.asarray(where)

@@ -69,10 +69,10 @@ def test_dpo_large_margins_stay_finite():
 def test_dpo_check_grads():
     with jax.enable_x64(True):
         c, r, rc, rr = (np.asarray(a, np.float64) for a in rng_arrays(2, (5,), (5,), (5,), (5,)))
-        for loss_type, modes in (("sigmoid", ("fwd", "rev")), ("ipo", ("rev",))):
+        for loss_type, order, modes in (("sigmoid", 2, ("fwd", "rev")), ("ipo", 1, ("rev",))):
             f = lambda c, r: dpo_loss(c, r, rc, rr, beta=0.8, label_smoothing=0.1 * (loss_type == "sigmoid"),
                                       loss_type=loss_type)
-            check_grads(jax.jit(f), (c, r), order=2, modes=modes)
+            check_grads(jax.jit(f), (c, r), order=order, modes=modes)
         # Hinge: only first order, away from the kink.
         f = lambda c: dpo_loss(c, r, rc, rr, beta=0.8, loss_type="hinge")
         check_grads(f, (c + 0.123,), order=1, modes=("rev",))
