@@ -1,0 +1,201 @@
+"""Exact hypervolume and Pareto filtering (host NumPy, float64).
+
+These are evaluation metrics on a handful to a few thousand front points, computed once per evaluation, outside any
+jitted step; their algorithms are sequential sweeps with data-dependent sizes, which XLA handles poorly. So they run
+on host in NumPy float64, vectorised so no Python loop runs per point in 2-D and 3-D.
+
+Convention: ``maximize=True`` (the default, as for rewards / accuracies) means larger is better and the reference
+point is a lower bound; ``maximize=False`` negates both. A point contributes only the part of its box
+``[reference, point]`` that lies strictly above the reference in every coordinate; points that do not dominate the
+reference contribute nothing.
+
+Algorithms (reference moved to the origin, so every kept point is > 0):
+
+* 2-D: ``HV = ∫ max{y_p : x_p ≥ x} dx`` — sort by x descending, running maximum of y, sum of ``Δx · max y``.
+  O(n log n).
+* 3-D: ``HV = ∬ max{z_p : x_p ≥ x, y_p ≥ y} dx dy``. On the grid of sorted x and y coordinates the integrand is
+  a 2-D prefix maximum; with points ordered by y, column ``a`` (the a-th largest x) holds ``z_p`` where
+  ``rank_x(p) ≤ a`` and a running maximum down the column gives the integrand, weighted by ``Δy ⊗ Δx``. O(n²)
+  work in blocks of columns (O(n · block) memory), every step a vectorised NumPy call.
+* K ≥ 4: dimension sweep (HSO; While et al. 2006) on the last coordinate: ``HV_K = Σ_i (z_i − z_{i+1}) ·
+  HV_{K−1}(front of the i highest points)``, bottoming out in the 3-D kernel; the (K−1)-front is kept
+  non-dominated as points are added and slabs of zero thickness are skipped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["hypervolume", "pareto_front"]
+
+_BLOCK = 512  # columns per block in the 3-D kernel: bounds memory at n * 512 floats
+
+
+def _prepare(points, reference=None, *, maximize: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] < 1:
+        raise ValueError(f"points must be an [n, K] array with K >= 1, got shape {pts.shape}")
+    if not np.all(np.isfinite(pts)):
+        raise ValueError("points must be finite (no NaN or inf)")
+    ref = None
+    if reference is not None:
+        ref = np.asarray(reference, dtype=np.float64)
+        if ref.shape != (pts.shape[1],):
+            raise ValueError(f"reference must have shape ({pts.shape[1]},), got {ref.shape}")
+        if not np.all(np.isfinite(ref)):
+            raise ValueError("reference must be finite")
+    if not maximize:
+        pts = -pts
+        ref = None if ref is None else -ref
+    return pts, ref
+
+
+def _dominated_mask(pts: np.ndarray) -> np.ndarray:
+    """``True`` where some other point is ≥ in every coordinate and > in one (maximisation). Duplicates survive."""
+    n, k = pts.shape
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    if k == 1:
+        return pts[:, 0] < pts[:, 0].max()
+    if k == 2:
+        # Sort by x desc, then y desc: only earlier points can dominate a point, and an earlier point that is not its
+        # duplicate dominates it iff its y is >= (ties in x are ordered by y, so equal-x points are covered).
+        order = np.lexsort((-pts[:, 1], -pts[:, 0]))
+        x, y = pts[order, 0], pts[order, 1]
+        new_group = np.ones(n, dtype=bool)
+        new_group[1:] = (x[1:] != x[:-1]) | (y[1:] != y[:-1])
+        group_start = np.maximum.accumulate(np.where(new_group, np.arange(n), 0))
+        prefix_max = np.maximum.accumulate(y)
+        before = np.where(group_start > 0, prefix_max[np.maximum(group_start - 1, 0)], -np.inf)
+        dominated = np.empty(n, dtype=bool)
+        dominated[order] = before >= y
+        return dominated
+    # General K: blockwise all-pairs comparison, O(n² K) vectorised, O(n · block · K) memory.
+    dominated = np.zeros(n, dtype=bool)
+    block = max(1, 2**22 // (n * k))
+    for start in range(0, n, block):
+        p = pts[start : start + block]  # [b, K]
+        geq = np.all(pts[None, :, :] >= p[:, None, :], axis=-1)  # [b, n]: q >= p everywhere
+        gt = np.any(pts[None, :, :] > p[:, None, :], axis=-1)  # [b, n]: q > p somewhere
+        dominated[start : start + block] = np.any(geq & gt, axis=1)
+    return dominated
+
+
+def pareto_front(points, *, maximize: bool = True, return_mask: bool = False) -> np.ndarray:
+    """The non-dominated points of a set (Pareto front), in input order.
+
+    Point p is dominated when some q has ``q ≥ p`` in every coordinate and ``q > p`` in at least one (maximisation;
+    ``maximize=False`` flips both). Exact duplicates do not dominate each other, so all copies of a front point are
+    kept.
+
+    Args:
+      points: ``[n, K]`` array.
+      maximize: larger is better (default) or smaller is better.
+      return_mask: return the boolean mask ``[n]`` instead of the points.
+
+    Returns:
+      ``points[mask]`` ``[m, K]`` (float64), or ``mask`` ``[n]``.
+
+    Example:
+      >>> pareto_front([[1.0, 2.0], [2.0, 1.0], [0.5, 0.5]]).tolist()
+      [[1.0, 2.0], [2.0, 1.0]]
+    """
+    pts, _ = _prepare(points, maximize=maximize)
+    mask = ~_dominated_mask(pts)
+    if return_mask:
+        return mask
+    return np.asarray(points, dtype=np.float64)[mask]
+
+
+def _hv2d(pts: np.ndarray) -> float:
+    order = np.argsort(-pts[:, 0], kind="stable")
+    x = pts[order, 0]
+    y = np.maximum.accumulate(pts[order, 1])
+    widths = x - np.append(x[1:], 0.0)
+    return float(widths @ y)
+
+
+def _hv3d(pts: np.ndarray) -> float:
+    n = pts.shape[0]
+    order_x = np.argsort(-pts[:, 0], kind="stable")
+    xs = pts[order_x, 0]
+    dx = xs - np.append(xs[1:], 0.0)  # [n] width of x-interval a (a-th largest x down to the next)
+    rank_x = np.empty(n, dtype=np.int64)
+    rank_x[order_x] = np.arange(n)
+    order_y = np.argsort(-pts[:, 1], kind="stable")
+    ys = pts[order_y, 1]
+    dy = ys - np.append(ys[1:], 0.0)
+    rank_x_by_y = rank_x[order_y][:, None]  # [n, 1]
+    z_by_y = pts[order_y, 2][:, None]  # [n, 1]
+    total = 0.0
+    for start in range(0, n, _BLOCK):
+        cols = np.arange(start, min(n, start + _BLOCK))
+        grid = np.where(rank_x_by_y <= cols[None, :], z_by_y, 0.0)  # [n, b]: z of points with x >= column's x
+        np.maximum.accumulate(grid, axis=0, out=grid)  # [n, b]: ... and y >= row's y
+        total += float(dy @ grid @ dx[cols])
+    return total
+
+
+def _hv_sweep(pts: np.ndarray) -> float:
+    """Dimension sweep on the last coordinate, for K >= 4 (points > 0, reference 0)."""
+    order = np.argsort(-pts[:, -1], kind="stable")
+    pts = pts[order]
+    z = np.append(pts[:, -1], 0.0)
+    front = np.empty((0, pts.shape[1] - 1))
+    total = 0.0
+    sub_hv = 0.0
+    changed = False
+    for i in range(pts.shape[0]):
+        p = pts[i, :-1]
+        if not (front.size and np.any(np.all(front >= p, axis=1))):
+            front = np.vstack([front[~np.all(p >= front, axis=1)], p])
+            changed = True
+        thickness = z[i] - z[i + 1]
+        if thickness > 0:
+            if changed:
+                sub_hv = _hv(front)
+                changed = False
+            total += thickness * sub_hv
+    return total
+
+
+def _hv(pts: np.ndarray) -> float:
+    if pts.shape[0] == 0:
+        return 0.0
+    k = pts.shape[1]
+    if k == 1:
+        return float(pts[:, 0].max())
+    if k == 2:
+        return _hv2d(pts)
+    if k == 3:
+        return _hv3d(pts)
+    return _hv_sweep(pts)
+
+
+def hypervolume(points, reference, *, maximize: bool = True) -> float:
+    """Exact hypervolume of a point set with respect to a reference point.
+
+    .. math:: \\mathrm{HV}(P; r) = \\mathrm{vol}\\Big(\\bigcup_{p \\in P,\\, p > r} [r, p]\\Big)
+
+    (maximisation; with ``maximize=False`` the boxes are ``[p, r]`` for ``p < r``). Equals moocore's
+    ``hypervolume(-points, ref=-reference)`` for maximisation. Used for the fronts traced by a preference-weight sweep
+    (COS-DPO, METHODS.md sections 3 and 7).
+
+    Args:
+      points: ``[n, K]`` array of objective vectors (any n >= 0, K >= 1).
+      reference: ``[K]`` reference point (a lower bound for maximisation).
+      maximize: larger is better (default) or smaller is better.
+
+    Returns:
+      The hypervolume as a Python float (0.0 when no point dominates the reference).
+
+    Example:
+      >>> hypervolume([[1.0, 2.0], [2.0, 1.0]], [0.0, 0.0])
+      3.0
+    """
+    pts, ref = _prepare(points, reference, maximize=maximize)
+    pts = pts[np.all(pts > ref, axis=1)] - ref
+    if pts.shape[0] > 1 and pts.shape[1] >= 4:
+        pts = np.unique(pts, axis=0)
+        pts = pts[~_dominated_mask(pts)]
+    return _hv(pts)
