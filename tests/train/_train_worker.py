@@ -91,6 +91,28 @@ def single_eight() -> None:
     print(json.dumps({"devices": jax.device_count(), "losses": losses}))
 
 
+def state_layout() -> None:
+    """Create a TrainState on a 2×2×2 mesh; print each param's and its Adam moments' shardings."""
+    import jax
+    from flax import nnx
+
+    from _train_tiny import TinyLM
+    from mojax.train.mesh import MeshConfig, make_mesh
+    from mojax.train.state import create_train_state
+    from mojax.train.step import OptimizerConfig, make_optimizer
+
+    mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    tx = make_optimizer(OptimizerConfig())
+    _, state, shardings = create_train_state(lambda: TinyLM(rngs=nnx.Rngs(0)), tx, mesh=mesh)
+    params = {jax.tree_util.keystr(p): str(x.sharding.spec) for p, x in jax.tree_util.tree_leaves_with_path(state.params)}
+    adam = state.opt_state[1][0]
+    mu = {jax.tree_util.keystr(p): str(x.sharding.spec) for p, x in jax.tree_util.tree_leaves_with_path(adam.mu)}
+    count = adam.count
+    declared = [str(s.spec) for s in jax.tree.leaves(shardings.params)]
+    print(json.dumps({"params": params, "mu": mu, "count_replicated": count.sharding.is_fully_replicated,
+                      "declared": declared, "rng_replicated": state.rng.sharding.is_fully_replicated}))
+
+
 def _grain_pairs(num_examples: int = 64, batch: int = 8, seed: int = 0):
     import grain
     import numpy as np
