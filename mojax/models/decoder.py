@@ -7,7 +7,6 @@ Attention is causal by *slot index* and masks padding keys, exactly as Hugging F
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
@@ -41,10 +40,6 @@ def positions_from_mask(mask: jax.Array, offset: jax.Array | int = 0) -> jax.Arr
     it, whatever padding sits in between. ``mask [B, T]`` → int32 ``[B, T]``."""
     pos = jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1 + jnp.asarray(offset, jnp.int32)[..., None]
     return jnp.maximum(pos, 0)
-
-
-def _block_apply(block, x, positions, mask, kv_cache, cache_index, use_lora):
-    return block(x, positions, mask, kv_cache, cache_index, use_lora=use_lora)
 
 
 class Decoder(nnx.Module):
@@ -161,16 +156,15 @@ class Decoder(nnx.Module):
             allowed &= k_idx[None, :] > q_idx[:, None] - c.sliding_window
         attn_mask = allowed[None] & key_mask[:, None, :]  # [B, L, S]
 
-        apply = _block_apply
-        if c.remat:
-            apply = nnx.remat(functools.partial(_block_apply, use_lora=use_lora))
+        def apply(block, x, pos, attn_mask, kv, index):
+            return block(x, pos, attn_mask, kv, index, use_lora=use_lora)
+
+        if c.remat:  # recompute each block's activations in the backward pass instead of storing them
+            apply = nnx.remat(apply)
         new_keys, new_values = [], []
         for i, block in enumerate(self.blocks):
             kv = None if cache is None else (cache.keys[i], cache.values[i])
-            if c.remat:
-                x, new_kv = apply(block, x, pos, attn_mask, kv, index)
-            else:
-                x, new_kv = apply(block, x, pos, attn_mask, kv, index, use_lora)
+            x, new_kv = apply(block, x, pos, attn_mask, kv, index)
             if new_kv is not None:
                 new_keys.append(new_kv[0])
                 new_values.append(new_kv[1])

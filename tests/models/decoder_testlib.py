@@ -155,16 +155,18 @@ def random_model(config, *, seed: int = 0, scale: float = 0.3):
     return model_from_weights(config, weights)
 
 
-@functools.partial(__import__("jax").jit, static_argnums=0)
-def _call(graphdef, state, ids, mask, prefix, cache):
+@functools.partial(__import__("jax").jit, static_argnums=(0, 6))
+def _call(graphdef, state, ids, mask, prefix, cache, return_hidden):
     from flax import nnx
 
-    return nnx.merge(graphdef, state)(ids, attention_mask=mask, prefix_embeds=prefix, cache=cache)
+    return nnx.merge(graphdef, state)(ids, attention_mask=mask, prefix_embeds=prefix, cache=cache,
+                                      return_hidden=return_hidden)
 
 
-def call(model, ids, mask, *, prefix=None, cache=None):
-    """``model(ids, attention_mask=mask, prefix_embeds=prefix, cache=cache)`` through one jitted program."""
+def call(model, ids, mask, *, prefix=None, cache=None, return_hidden=False):
+    """``model(ids, attention_mask=mask, prefix_embeds=prefix, cache=cache, return_hidden=...)`` through one jitted
+    program."""
     from flax import nnx
 
     graphdef, state = nnx.split(model)
-    return _call(graphdef, state, np.asarray(ids), np.asarray(mask), prefix, cache)
+    return _call(graphdef, state, np.asarray(ids), np.asarray(mask), prefix, cache, return_hidden)
