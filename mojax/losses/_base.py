@@ -27,6 +27,7 @@ ReduceFn = Callable[[Array], Array] | None
 __all__ = [
     "as_float",
     "check_positive",
+    "check_unit_interval",
     "check_where",
     "log_sigmoid",
     "mask_inputs",
@@ -70,6 +71,12 @@ def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
     if bad or np.any(np.isnan(arr)):
         kind = "non-negative" if allow_zero else "positive"
         raise ValueError(f"{name} must be {kind}, got {value!r}")
+
+
+def check_unit_interval(name: str, value: Any) -> None:
+    """Raise ``ValueError`` unless a concrete ``value`` lies in [0, 1]; traced values pass through."""
+    if _is_concrete(value) and not np.all((np.asarray(value, np.float64) >= 0) & (np.asarray(value) <= 1)):
+        raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
 
 
 def check_where(where: Any, shape: tuple[int, ...], name: str = "where") -> Array | None:

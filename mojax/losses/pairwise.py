@@ -15,12 +15,15 @@ from types import MappingProxyType
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mojax.losses._base import (
     Array,
     ReduceFn,
     as_float,
+    _is_concrete,
     check_positive,
+    check_unit_interval,
     check_where,
     log_sigmoid,
     mask_inputs,
@@ -164,13 +167,13 @@ def dpo_loss(
     0.313262
     """
     check_positive("beta", beta)
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing}")
+    check_unit_interval("label_smoothing", label_smoothing)
     if callable(loss_type):
         fn = loss_type
     elif loss_type in DPO_PAIR_LOSSES:
         fn = DPO_PAIR_LOSSES[loss_type]
-        if label_smoothing and fn is not dpo_sigmoid:
+        smoothing_is_set = not _is_concrete(label_smoothing) or np.any(np.asarray(label_smoothing) != 0)
+        if smoothing_is_set and fn is not dpo_sigmoid:
             raise ValueError(f"label_smoothing applies to loss_type='sigmoid' only, not {loss_type!r}")
     else:
         raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {sorted(DPO_PAIR_LOSSES)} or a callable")
@@ -269,8 +272,7 @@ def simpo_loss(
     0.693147
     """
     check_positive("beta", beta)
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing}")
+    check_unit_interval("label_smoothing", label_smoothing)
     where, (c, r, nc, nr) = prepare_pairs(where, chosen_logps, rejected_logps, chosen_lengths, rejected_lengths)
     chosen_rewards = beta * c / jnp.maximum(nc, 1.0)
     rejected_rewards = beta * r / jnp.maximum(nr, 1.0)

@@ -171,3 +171,11 @@ def test_modpo_contract_and_errors():
     np.testing.assert_allclose(
         modpo_loss(1.0, 0.0, 0.0, 0.0, jnp.array([1.0]), w * 0 + 0.5, beta=1.0, objective_index=0),
         math.log1p(math.exp(-1.0)), rtol=1e-6)
+
+
+def test_modpo_check_grads():
+    with jax.enable_x64(True):
+        c, r, rc, rr = (np.float64(a) for a in rng_arrays(8, (5,), (5,), (5,), (5,)))
+        other = np.float64(rng_arrays(9, (5, 1))[0])
+        f = jax.jit(lambda c, r: modpo_loss(c, r, rc, rr, other, np.array([0.3, 0.7]), beta=0.5, objective_index=1))
+        check_grads(f, (c, r), order=1, modes=("rev",))

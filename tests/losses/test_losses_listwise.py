@@ -202,3 +202,11 @@ def test_label_norm_errors_and_zero_labels():
     np.testing.assert_array_equal(normalize_labels(jnp.zeros(3), label_norm="l1"), 0.0)
     with pytest.raises(ValueError, match="beta"):
         listwise_dpo_loss(jnp.zeros(2), jnp.zeros(2), jnp.ones(2), beta=-1.0)
+
+
+def test_listwise_dpo_check_grads():
+    with jax.enable_x64(True):
+        logps, ref, labels = (np.float64(a) for a in rng_arrays(12, (3, 4), (3, 4), (3, 4)))
+        where = jnp.array([[True, True, False, True]] * 3)
+        f = jax.jit(lambda x: listwise_dpo_loss(x, ref, labels, beta=0.7, where=where, label_norm="softmax"))
+        check_grads(f, (logps,), order=1, modes=("rev",))

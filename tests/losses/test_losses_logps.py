@@ -2,6 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.test_util import check_grads
 from scipy.special import log_softmax as sp_log_softmax
 
 from mojax.losses import (
@@ -159,3 +160,12 @@ def test_sft_loss_is_token_sum_over_count():
     ex = jnp.array([True, False])
     np.testing.assert_allclose(sft_loss_from_logps(seq, token_counts(where), where=ex),
                                sft_loss_from_logps(seq[:1], token_counts(where)[:1]), rtol=1e-6)
+
+
+def test_sequence_logps_check_grads():
+    hidden, unemb, targets, where = make(4)
+    with jax.enable_x64(True):
+        logits = np.float64(hidden @ unemb)
+        f = jax.jit(lambda x: jnp.sum(jnp.array([1.0, -2.0]) * sequence_logps(x, targets, where=jnp.asarray(where))))
+        check_grads(f, (logits,), order=1, modes=("rev",))
+        assert f(logits).dtype == jnp.float64  # float64 stays float64 (only narrower floats are upcast)

@@ -174,3 +174,20 @@ def test_bf16_inputs_are_computed_in_float32():
     c = jnp.array([-10.0, -11.0], jnp.bfloat16)
     out = dpo_loss(c, c - 1, c, c, beta=1.0, reduce_fn=None)
     assert out.dtype == jnp.float32
+
+
+def test_simpo_cpo_check_grads():
+    with jax.enable_x64(True):
+        c, r = (np.float64(a) for a in rng_arrays(10, (5,), (5,), scale=3.0))
+        n = np.arange(1.0, 6.0)
+        check_grads(jax.jit(lambda c, r: simpo_loss(c, r, n, n[::-1], beta=1.5, gamma=0.2, label_smoothing=0.1)),
+                    (c, r), order=1, modes=("rev",))
+        check_grads(jax.jit(lambda c, r: cpo_loss(c, r, beta=0.5, nll_weight=0.3, chosen_lengths=n)),
+                    (c, r), order=1, modes=("rev",))
+
+
+def test_hyperparameters_may_be_traced():
+    # Callers jit the step with beta or label smoothing as arrays (e.g. schedules): no Python-side check may break.
+    c, r, rc, rr = rng_arrays(11, (8,), (8,), (8,), (8,))
+    f = jax.jit(lambda beta, eps: dpo_loss(c, r, rc, rr, beta=beta, label_smoothing=eps))
+    np.testing.assert_allclose(f(0.5, 0.1), dpo_loss(c, r, rc, rr, beta=0.5, label_smoothing=0.1), rtol=1e-6)
