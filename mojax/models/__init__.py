@@ -8,7 +8,7 @@ from mojax.models.hf import load_hf, load_llama2c, load_tokenizer, save_hf
 from mojax.models.lora import LoRAConfig, add_lora, merge_lora
 from mojax.models.hpt import ConditionedLM, HPTConfig, HyperPromptTuning
 from mojax.models.reward import RewardModel
-from mojax.models.ranker import AugmentedRanker, ListRanker, ListRankerConfig
+from mojax.models.ranker import AugmentedRanker, ListRanker, ListRankerConfig, num_params
 
 __all__ = [
     "DecoderConfig",
@@ -33,4 +33,5 @@ __all__ = [
     "ListRankerConfig",
     "ListRanker",
     "AugmentedRanker",
+    "num_params",
 ]

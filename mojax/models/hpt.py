@@ -177,9 +177,11 @@ class ConditionedLM(nnx.Module):
     """A backbone LM conditioned on objective weights through Hyper Prompt Tuning (COS-DPO §3).
 
     A wrapper, not a fork: ``self.backbone`` is the unchanged decoder (its own LoRA adapters, if any, stay inside
-    it) and ``self.hpt`` holds every conditioning parameter. For W/T-COS-DPO the trainable set is the HPT module plus
-    the backbone's LoRA adapters: ``nnx.Any(nnx.PathContains("hpt"), <LoRA param type>)``; HPT alone is
-    ``nnx.All(nnx.Param, nnx.PathContains("hpt"))``.
+    it) and ``self.hpt`` holds every conditioning parameter. For W/T-COS-DPO (paper: HPT on top of LoRA) train
+    ``ConditionedLM.trainable`` = ``nnx.Any(nnx.LoRAParam, nnx.All(nnx.Param, nnx.PathContains("hpt")))``;
+    ``ConditionedLM.hpt_only`` selects the HPT parameters alone. The frozen base weights are then never touched, and
+    ``use_lora=False`` with ``weights`` still gives a conditioned model on the base weights — for the *reference*
+    policy call the backbone directly (``model.backbone(ids, use_lora=False)``), with no prefix.
 
     Args:
       backbone: a module with ``__call__(input_ids, *, attention_mask, positions, prefix_embeds, return_hidden,
@@ -188,7 +190,13 @@ class ConditionedLM(nnx.Module):
       hpt: a :class:`HyperPromptTuning` whose ``d_model`` equals the backbone's width.
     """
 
+    trainable = nnx.Any(nnx.LoRAParam, nnx.All(nnx.Param, nnx.PathContains("hpt")))
+    hpt_only = nnx.All(nnx.Param, nnx.PathContains("hpt"))
+
     def __init__(self, backbone: Any, hpt: HyperPromptTuning):
+        d_model = getattr(getattr(backbone, "config", None), "d_model", None)
+        if d_model is not None and d_model != hpt.d_model:
+            raise ValueError(f"HPT d_model={hpt.d_model} != backbone d_model={d_model}")
         self.backbone = backbone
         self.hpt = hpt
 
@@ -198,16 +206,17 @@ class ConditionedLM(nnx.Module):
         """Backbone outputs with the HPT prefix for ``weights``.
 
         Args:
-          input_ids: ``[B, T]`` int tokens.
+          input_ids: ``[B, T]`` or ``[B, N, T]`` int tokens (the ``[B, P, D]`` prefix is shared by the N responses
+            of an example: the backbone broadcasts it over the middle axes).
           weights: ``[B, K]`` objective weights; temperatures ``[B, K]`` for T-COS-DPO.
           attention_mask, positions: as the backbone takes them (for the real tokens; the backbone extends them
             over the P prefix positions).
         Returns:
-          logits ``[B, T, V]`` or, with ``return_hidden``, hidden states ``[B, T, D]`` — real tokens only.
+          logits ``[B, ..., T, V]`` or, with ``return_hidden``, hidden states ``[B, ..., T, D]`` — real tokens only.
         """
         input_ids = jnp.asarray(input_ids)
-        if input_ids.ndim != 2:
-            raise ValueError(f"input_ids must be [B, T], got shape {input_ids.shape}")
+        if input_ids.ndim < 2:
+            raise ValueError(f"input_ids must be [B, ..., T], got shape {input_ids.shape}")
         if jnp.shape(weights)[0] != input_ids.shape[0]:
             raise ValueError(f"weights batch {jnp.shape(weights)[0]} != input_ids batch {input_ids.shape[0]}")
         prefix = self.hpt(weights, temperatures)

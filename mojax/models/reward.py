@@ -58,6 +58,9 @@ class RewardModel(nnx.Module):
             raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
         if not isinstance(d_model, int) or d_model < 1:
             raise ValueError(f"d_model must be a positive int, got {d_model!r}")
+        backbone_d = getattr(getattr(backbone, "config", None), "d_model", None)
+        if backbone_d is not None and backbone_d != d_model:
+            raise ValueError(f"d_model={d_model} != backbone d_model={backbone_d}")
         self.backbone = backbone
         self.num_heads = num_heads
         self.d_model = d_model

@@ -10,47 +10,23 @@ from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mojax.models.config import DecoderConfig
+from mojax.models.decoder import Decoder
 from mojax.models.hpt import ConditionedLM, HPTConfig, HyperPromptTuning, conditioning_vector
+from mojax.models.lora import LoRAConfig, add_lora
+from mojax.models.ranker import num_params
 from mojax.sharding import logical_specs
 
-VOCAB, D, T, B = 19, 12, 6, 3
-
-
-class TinyBackbone(nnx.Module):
-    """Stand-in with the Decoder call signature: embeddings, a causal masked running mean, a dense layer.
-
-    The running mean makes every real token see the prefix, as attention would.
-    """
-
-    def __init__(self, *, rngs):
-        self.embed = nnx.Embed(VOCAB, D, rngs=rngs)
-        self.pos = nnx.Embed(32, D, rngs=rngs)
-        self.mix = nnx.Linear(D, D, kernel_init=nnx.initializers.normal(D**-0.5), rngs=rngs)
-        self.unembed = nnx.Param(jax.random.normal(rngs.params(), (D, VOCAB)))
-
-    def __call__(self, input_ids, *, attention_mask=None, positions=None, prefix_embeds=None, return_hidden=False,
-                 use_lora=True):
-        b, t = input_ids.shape
-        mask = jnp.ones((b, t)) if attention_mask is None else attention_mask.astype(jnp.float32)
-        positions = jnp.broadcast_to(jnp.arange(t), (b, t)) if positions is None else positions
-        x = self.embed(input_ids) + self.pos(positions)
-        p = 0
-        if prefix_embeds is not None:
-            p = prefix_embeds.shape[1]
-            x = jnp.concatenate([prefix_embeds, x], axis=1)
-            mask = jnp.concatenate([jnp.ones((b, p)), mask], axis=1)
-        run = jnp.cumsum(x * mask[..., None], 1) / jnp.maximum(jnp.cumsum(mask, 1), 1)[..., None]
-        h = (jnp.tanh(self.mix(run)) + x)[:, p:]
-        return h if return_hidden else h @ self.unembed[...]
-
-    def unembedding(self):
-        return self.unembed[...]
+# One layer, narrow: the conditioning path is what is under test, and every op costs compile time on 2 shared cores.
+_DCFG = DecoderConfig.tiny(num_layers=1, d_model=16, num_heads=2, num_kv_heads=1, mlp_dim=32, vocab_size=64)
+VOCAB, D, T, B = _DCFG.vocab_size, _DCFG.d_model, 6, 3
 
 
 def _model(cfg=None, seed=0):
     cfg = cfg or HPTConfig(num_objectives=3, num_prefix_tokens=4, rank=2, hidden_dim=8)
     rngs = nnx.Rngs(seed)
-    return ConditionedLM(TinyBackbone(rngs=rngs), HyperPromptTuning(cfg, d_model=D, rngs=rngs))
+    backbone = add_lora(Decoder(_DCFG, rngs=rngs), LoRAConfig(rank=2), rngs=rngs)
+    return ConditionedLM(backbone, HyperPromptTuning(cfg, d_model=D, rngs=rngs))
 
 
 def _ids(seed=1):
@@ -61,7 +37,8 @@ def _ids(seed=1):
 _MODEL = _model(seed=3)
 _IDS = _ids(4)
 _JITTED = nnx.jit(lambda m, ids, w: m(ids, weights=w))
-_TCFG = HPTConfig(num_objectives=2, num_prefix_tokens=3, rank=2, hidden_dim=8, condition_on_temperature=True)
+_BACKBONE = nnx.jit(lambda m, ids, prefix: m(ids, prefix_embeds=prefix))
+_TCFG = HPTConfig(num_objectives=2, num_prefix_tokens=4, rank=2, hidden_dim=8, condition_on_temperature=True)
 _THPT = HyperPromptTuning(_TCFG, d_model=D, rngs=nnx.Rngs(0))
 
 
@@ -97,7 +74,7 @@ def test_temperature_conditioning_shapes_and_scale_invariance():
     cond = conditioning_vector(w, beta, num_objectives=2, condition_on_temperature=True)
     np.testing.assert_allclose(cond, [[0.3, 0.7, 1 / 6, 5 / 6], [1.0, 0.0, 2 / 3, 1 / 3]], rtol=1e-6)
     out = hpt(w, beta)
-    assert out.shape == (2, 3, D)
+    assert out.shape == (2, 4, D)
     np.testing.assert_allclose(out, _numpy_hpt(hpt, cond), rtol=2e-5, atol=1e-7)
     # Only β's direction is fed (COS-DPO Prop. 3.1): rescaling β leaves the prefix unchanged ...
     np.testing.assert_allclose(hpt(w, 7.5 * beta), out, rtol=1e-6, atol=1e-8)
@@ -144,30 +121,52 @@ def test_init_mask_near_ones_and_every_parameter_gets_gradient():
 
 def test_zero_prefix_block_equals_backbone_with_zero_prefix():
     model = nnx.clone(_MODEL)
-    ids, w = _ids(), jnp.full((B, 3), 1 / 3)
-    with_prefix = model(ids, weights=w)
-    plain = model.backbone(ids)
+    ids, w = _IDS, jnp.full((B, 3), 1 / 3)
+    with_prefix = _JITTED(model, ids, w)
+    plain = _BACKBONE(model.backbone, ids, None)
     # The prefix changes the real-token logits (shape unchanged: prefix positions are not returned).
     assert with_prefix.shape == plain.shape == (B, T, VOCAB)
     assert float(jnp.abs(with_prefix - plain).max()) > 1e-4
+    np.testing.assert_allclose(with_prefix, _BACKBONE(model.backbone, ids, model.hpt(w)), rtol=1e-5, atol=1e-6)
     model.hpt.prefix[...] = jnp.zeros_like(model.hpt.prefix[...])
-    zero_prefix = model.backbone(ids, prefix_embeds=jnp.zeros((B, 4, D)))
-    np.testing.assert_allclose(model(ids, weights=w), zero_prefix, rtol=1e-6, atol=1e-6)
+    zero_prefix = _BACKBONE(model.backbone, ids, jnp.zeros((B, 4, D)))
+    np.testing.assert_allclose(_JITTED(model, ids, w), zero_prefix, rtol=1e-5, atol=1e-6)
     # and the weights then have no effect at all: conditioning flows only through the prefix.
-    np.testing.assert_allclose(model(ids, weights=jnp.eye(3)), zero_prefix, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(_JITTED(model, ids, jnp.eye(3)), zero_prefix, rtol=1e-5, atol=1e-6)
 
 
-def test_wrapper_passes_mask_hidden_and_unembedding():
-    model = _MODEL
-    ids, w = _ids(), jnp.full((B, 3), 1 / 3)
+def test_wrapper_passes_mask_hidden_pairs_and_unembedding():
+    ids, w = _IDS, jnp.full((B, 3), 1 / 3)
     am = jnp.ones((B, T), jnp.int32).at[:, -2:].set(0)
-    prefix = model.hpt(w)
-    hidden = model(ids, weights=w, attention_mask=am, return_hidden=True)
-    np.testing.assert_allclose(hidden, model.backbone(ids, attention_mask=am, prefix_embeds=prefix,
-                                                      return_hidden=True), rtol=1e-6)
+    pairs = jnp.stack([ids, ids[::-1]], axis=1)
+
+    @nnx.jit
+    def run(model):  # one compile for every call of this test
+        hidden = model(ids, weights=w, attention_mask=am, return_hidden=True)
+        direct = model.backbone(ids, attention_mask=am, prefix_embeds=model.hpt(w), return_hidden=True)
+        return hidden, direct, model(pairs, weights=w), model(ids[::-1], weights=w)
+
+    hidden, direct, pair_logits, second = run(_MODEL)
     assert hidden.shape == (B, T, D)
-    assert model.unembedding() is model.backbone.unembedding() or np.array_equal(model.unembedding(),
-                                                                                 model.backbone.unembed[...])
+    np.testing.assert_allclose(hidden, direct, rtol=1e-5, atol=1e-6)
+    # [B, N, T] response pairs share their example's prefix.
+    assert pair_logits.shape == (B, 2, T, VOCAB)
+    np.testing.assert_allclose(pair_logits[:, 1], second, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(_MODEL.unembedding(), _MODEL.backbone.unembedding())
+
+
+def test_trainable_filter_selects_hpt_and_lora_only():
+    model = _MODEL
+    trainable = nnx.state(model, ConditionedLM.trainable)
+    paths = [p for p, _ in nnx.to_flat_state(trainable)]
+    lora = [p for p in paths if p[0] == "backbone"]
+    assert lora and all(p[-1] in ("lora_a", "lora_b") for p in lora)
+    assert num_params(model, ConditionedLM.hpt_only) == num_params(model.hpt)
+    assert num_params(model, ConditionedLM.trainable) == num_params(model.hpt) + num_params(model, nnx.LoRAParam)
+    assert num_params(model, ConditionedLM.trainable) < num_params(model)
+    wrong = nnx.eval_shape(lambda: HyperPromptTuning(HPTConfig.tiny(), d_model=D + 1, rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match="d_model"):
+        ConditionedLM(model.backbone, wrong)
 
 
 _simplex = st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=3, max_size=3).filter(lambda v: sum(v) > 1e-3)

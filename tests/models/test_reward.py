@@ -8,32 +8,14 @@ from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mojax.models.config import DecoderConfig
+from mojax.models.decoder import Decoder
 from mojax.models.reward import RewardModel, gather_last_token, last_token_index
 
-VOCAB, D, K = 23, 10, 3
-
-
-class TinyBackbone(nnx.Module):
-    """Stand-in with the Decoder call signature: token + position embeddings, a causal masked running mean, a dense
-    layer; the hidden state at t depends on the real tokens ≤ t and their positions, as in a causal LM."""
-
-    def __init__(self, *, rngs):
-        self.embed = nnx.Embed(VOCAB, D, rngs=rngs)
-        self.pos = nnx.Embed(32, D, rngs=rngs)
-        self.mix = nnx.Linear(D, D, kernel_init=nnx.initializers.normal(D**-0.5), rngs=rngs)
-
-    def __call__(self, input_ids, *, attention_mask=None, positions=None, prefix_embeds=None, return_hidden=False,
-                 use_lora=True):
-        b, t = input_ids.shape
-        mask = jnp.ones((b, t)) if attention_mask is None else attention_mask.astype(jnp.float32)
-        positions = jnp.broadcast_to(jnp.arange(t), (b, t)) if positions is None else positions
-        x = self.embed(input_ids) + self.pos(positions)
-        run = jnp.cumsum(x * mask[..., None], 1) / jnp.maximum(jnp.cumsum(mask, 1), 1)[..., None]
-        h = jnp.tanh(self.mix(run)) + x
-        return h if return_hidden else h @ self.embed.embedding[...].T
-
-
-_RM = RewardModel(TinyBackbone(rngs=nnx.Rngs(0)), K, d_model=D, rngs=nnx.Rngs(1))
+# One layer, narrow: the head and the last-token read are under test, and every op costs compile time.
+_DCFG = DecoderConfig.tiny(num_layers=1, d_model=16, num_heads=2, num_kv_heads=1, mlp_dim=32, vocab_size=64)
+VOCAB, D, K = _DCFG.vocab_size, _DCFG.d_model, 3
+_RM = RewardModel(Decoder(_DCFG, rngs=nnx.Rngs(0)), K, d_model=D, rngs=nnx.Rngs(1))
 _CALL = nnx.jit(lambda m, ids, mask: m(ids, attention_mask=mask))
 _FEATS = nnx.jit(lambda m, ids, mask: m.features(ids, attention_mask=mask))
 
@@ -73,7 +55,7 @@ def test_left_and_right_padding_give_the_same_reward(seqs):
 
 def test_reads_the_last_real_token_and_head_in_float64():
     ids, mask = _pad([[3, 4, 5], [6, 7, 8, 9, 10]], 6, left=False)
-    hidden = _RM.backbone(ids, attention_mask=mask, return_hidden=True)
+    hidden = nnx.jit(lambda m, i, a: m(i, attention_mask=a, return_hidden=True))(_RM.backbone, ids, mask)
     feats = _FEATS(_RM, ids, mask)
     np.testing.assert_allclose(feats, np.stack([hidden[0, 2], hidden[1, 4]]), rtol=1e-6)
     kernel = np.asarray(_RM.score.kernel[...], np.float64)
@@ -81,12 +63,12 @@ def test_reads_the_last_real_token_and_head_in_float64():
     np.testing.assert_allclose(_CALL(_RM, ids, mask), expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(_RM.head(feats), expected, rtol=1e-5, atol=1e-6)
     # Tokens after the last real one (pads) don't matter, whatever their ids.
-    garbage = jnp.where(mask == 1, ids, 11)
+    garbage = jnp.where(mask == 1, ids, VOCAB - 1)
     np.testing.assert_allclose(_CALL(_RM, garbage, mask), expected, rtol=1e-5, atol=1e-6)
     assert "bias" not in nnx.state(_RM.score)
     # and padding changes nothing: each sequence alone, unpadded, gets the same reward.
     for i, n in enumerate((3, 5)):
-        alone = _RM(ids[i:i + 1, :n], attention_mask=mask[i:i + 1, :n])
+        alone = _CALL(_RM, ids[i:i + 1, :n], mask[i:i + 1, :n])
         np.testing.assert_allclose(alone[0], expected[i], rtol=1e-5, atol=1e-6)
 
 
@@ -122,3 +104,5 @@ def test_bad_input_raises():
         _RM.head(jnp.zeros((2, D + 1)))
     with pytest.raises(ValueError, match="num_heads"):
         RewardModel(_RM.backbone, 0, d_model=D, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="backbone d_model"):
+        RewardModel(_RM.backbone, 1, d_model=D + 1, rngs=nnx.Rngs(0))
