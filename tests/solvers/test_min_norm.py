@@ -193,3 +193,14 @@ def test_ema_update_and_errors():
     with pytest.raises(ValueError, match="square"):
         gram_min_norm_weights(jnp.ones((2, 3)))
     assert np.asarray(min_norm_weights(jnp.ones((1, 3)))).tolist() == [1.0]
+
+
+def test_fista_warm_start_reaches_the_same_optimum():
+    rng = np.random.default_rng(5)
+    grads = rng.normal(size=(6, 24)) * np.exp(rng.normal(size=(6, 1)))
+    gram = grads @ grads.T
+    with jax.enable_x64(True):
+        solve = jax.jit(min_norm_weights, static_argnames=("num_iters", "fista_iters"))
+        base = np.asarray(solve(jnp.asarray(grads)))
+        warm = np.asarray(solve(jnp.asarray(grads), fista_iters=16, num_iters=8))
+    assert abs(warm @ gram @ warm - base @ gram @ base) <= 1e-12 * np.max(np.diag(gram))
