@@ -15,7 +15,7 @@ from mojax.models.decoder import Decoder
 from mojax.models.hpt import ConditionedLM, HPTConfig, HyperPromptTuning, conditioning_vector
 from mojax.models.lora import LoRAConfig, add_lora
 from mojax.models.ranker import num_params
-from mojax.sharding import logical_specs
+from mojax.sharding import logical_specs, logical_to_mesh_spec
 
 # One layer, narrow: the conditioning path is what is under test, and every op costs compile time on 2 shared cores.
 _DCFG = DecoderConfig.tiny(num_layers=1, d_model=16, num_heads=2, num_kv_heads=1, mlp_dim=32, vocab_size=64)
@@ -208,3 +208,5 @@ def test_every_parameter_has_logical_axis_names():
     specs = jax.tree.leaves(logical_specs(state), is_leaf=lambda x: x is None or isinstance(x, tuple))
     assert specs and all(isinstance(s, tuple) for s in specs)
     assert logical_specs(state)["prefix"] == ("prefix", "embed")
+    for names in specs:  # every name has a rule (an unknown one raises KeyError)
+        logical_to_mesh_spec(names)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mojax.models.ranker import AugmentedRanker, ListRanker, ListRankerConfig, num_params
-from mojax.sharding import logical_specs
+from mojax.sharding import logical_specs, logical_to_mesh_spec
 
 F, L, C = 5, 6, 2
 _CFG = ListRankerConfig(num_features=F, d_model=8, num_layers=2, num_heads=2, mlp_dim=16, cond_dim=C)
@@ -194,7 +194,7 @@ def test_augmented_ranker_starts_at_base_and_base_gets_no_gradient():
 
 
 def test_num_params_and_logical_names():
-    d, m, f, c = 8, 16, F + C, 2
+    d, m, f = 8, 16, F + C
     block = 2 * d + 4 * d * d + (2 * d + d * m + m + m * d + d)  # LN, q/k/v/out, MLP (LN + up + down)
     expected = f * d + d + 2 * block + 2 * d + d + 1
     assert num_params(_RANKER) == expected
@@ -204,6 +204,7 @@ def test_num_params_and_logical_names():
                             is_leaf=lambda s: s is None or isinstance(s, tuple))
     assert len(specs) == len(jax.tree.leaves(nnx.state(_RANKER, nnx.Param)))
     assert all(isinstance(s, tuple) for s in specs)
+    for names in specs:  # every name has a rule (an unknown one raises KeyError)
+        logical_to_mesh_spec(names)
     with pytest.raises(TypeError):
         num_params([1, 2])
-    del c
