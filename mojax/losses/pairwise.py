@@ -72,7 +72,10 @@ def pair_loss(
 
 
 def dpo_sigmoid(h: Array, *, beta, label_smoothing: float = 0.0) -> Array:
-    r"""DPO / conservative DPO per pair: :math:`-(1-\varepsilon)\log\sigma(\beta h) - \varepsilon\log\sigma(-\beta h)`."""
+    r"""DPO / conservative DPO per pair.
+
+    .. math:: -(1-\varepsilon)\log\sigma(\beta h) - \varepsilon\log\sigma(-\beta h)
+    """
     z = beta * h
     return -(1.0 - label_smoothing) * log_sigmoid(z) - label_smoothing * log_sigmoid(-z)
 

@@ -53,7 +53,8 @@ def test_sequence_logps_matches_float64_and_ignores_padding_targets():
     assert got.shape == (B,) and got.dtype == jnp.float32
     # Leading axes [B, N] (pairs) work the same.
     pair = np.stack([logits, logits[::-1]], 1)
-    got2 = sequence_logps(pair, np.stack([targets, targets[::-1]], 1), where=jnp.asarray(np.stack([where, where[::-1]], 1)))
+    pair_where = jnp.asarray(np.stack([where, where[::-1]], 1))
+    got2 = sequence_logps(pair, np.stack([targets, targets[::-1]], 1), where=pair_where)
     np.testing.assert_allclose(got2[:, 0], got, rtol=1e-6)
 
 
