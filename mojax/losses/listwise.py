@@ -101,7 +101,8 @@ def listnet_loss(
     target = normalize_labels(labels, where=where, label_norm=label_norm)
     terms = target * masked_log_softmax(scores, where)
     if weights is not None:
-        terms = terms * as_float(weights)
+        weights = jnp.broadcast_to(as_float(weights), terms.shape)
+        terms = terms * (weights if where is None else jnp.where(where, weights, 0.0))
     return reduce_masked(-jnp.sum(terms, axis=-1), list_where, reduce_fn)
 
 

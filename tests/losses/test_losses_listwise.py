@@ -84,6 +84,10 @@ def test_listnet_item_masking_equals_truncation_and_empty_list():
     np.testing.assert_allclose(a, b, rtol=1e-6)
     g = jax.grad(lambda s: listnet_loss(s, labels, where=where))(garbage)
     assert np.all(np.isfinite(g)) and g[1] == 0 and g[3] == 0
+    weights = jnp.array([2.0, jnp.nan, 0.5, jnp.nan])  # per-item weights on padding must not matter either
+    np.testing.assert_allclose(listnet_loss(garbage, labels, where=where, weights=weights),
+                               listnet_loss(scores[[0, 2]], labels[[0, 2]], weights=weights[jnp.array([0, 2])]),
+                               rtol=1e-6)
     none = jnp.zeros(4, bool)
     assert float(listnet_loss(garbage, labels, where=none)) == 0.0
     assert np.all(np.isfinite(jax.grad(lambda s: listnet_loss(s, labels, where=none))(garbage)))
