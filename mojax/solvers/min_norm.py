@@ -216,8 +216,10 @@ def _two_objective_weights(num: jax.Array, dist_sq: jax.Array) -> jax.Array:
 
 
 def _gram(grads: jax.Array) -> jax.Array:
-    # HIGHEST: on TPU/GPU the default matmul precision is bf16-like, too coarse for a QP on near-parallel gradients.
-    gram = jnp.matmul(grads, grads.T, precision=jax.lax.Precision.HIGHEST)
+    # Products + sum rather than grads @ grads.T: (1) no reduced-precision matmul passes on TPU/GPU (the default
+    # matmul precision there is bf16-like, too coarse for a QP on near-parallel gradients); (2) under vmap it fuses
+    # into one multiply-reduce, where XLA:CPU's batched dot_general measured 3-20x slower (BUILD_NOTES, solvers).
+    gram = jnp.sum(grads[:, None, :] * grads[None, :, :], axis=-1)  # [K, K]
     return 0.5 * (gram + gram.T)
 
 
@@ -256,8 +258,9 @@ def gram_min_norm_weights(
     if k == 1:
         lam = jnp.ones((1,), gram.dtype)
     elif k == 2:
-        dist_sq = gram[0, 0] + gram[1, 1] - 2.0 * gram[0, 1]
-        lam = _two_objective_weights(gram[1, 1] - gram[0, 1], jnp.maximum(dist_sq, 0.0))
+        # G11 + G22 − 2 G12 = ‖g1 − g2‖²; exactly 0 for identical rows (same products, same summation order).
+        dist_sq = jnp.maximum(gram[0, 0] + gram[1, 1] - 2.0 * gram[0, 1], 0.0)
+        lam = _two_objective_weights(gram[1, 1] - gram[0, 1], dist_sq)
     else:
         lam = _solve_general(gram, 2 * k + 2 if num_iters is None else num_iters, fista_iters)
     return (lam, _info(gram, lam)) if return_info else lam
@@ -287,8 +290,7 @@ def min_norm_weights(
     .. math:: \\lambda^\\star = \\arg\\min_{\\lambda\\in\\Delta^K} \\big\\|\\lambda^\\top \\mathrm{grads}\\big\\|_2^2
 
     The QP is solved on the K x K Gram matrix (:func:`gram_min_norm_weights`); K = 2 uses the closed form
-    ``γ = clip((g2·g2 − g1·g2)/‖g1 − g2‖², 0, 1)`` with ``‖g1 − g2‖²`` formed from the difference (not from the Gram)
-    to avoid cancellation. Zero, identical and collinear gradients give finite weights on the simplex attaining the
+    ``γ = clip((g2·g2 − g1·g2)/‖g1 − g2‖², 0, 1)``. Zero, identical and collinear gradients give finite weights on the simplex attaining the
     minimal norm (uniform weights when every point is optimal).
 
     Args:
@@ -309,13 +311,4 @@ def min_norm_weights(
     grads = _check_grads(grads)
     if normalize:
         grads = normalize_rows(grads)
-    if grads.shape[0] != 2:
-        return gram_min_norm_weights(
-            _gram(grads), num_iters=num_iters, fista_iters=fista_iters, return_info=return_info
-        )
-    diff = grads[0] - grads[1]
-    # Elementwise products + sums rather than jnp.dot: exact in the input dtype on every backend, and under vmap
-    # they fuse into one pass, where XLA:CPU's batched dot is ~10x slower (BUILD_NOTES, solvers).
-    num = -jnp.sum(grads[1] * diff)  # g2·(g2 − g1)
-    lam = _two_objective_weights(num, jnp.sum(diff * diff))
-    return (lam, _info(_gram(grads), lam)) if return_info else lam
+    return gram_min_norm_weights(_gram(grads), num_iters=num_iters, fista_iters=fista_iters, return_info=return_info)
