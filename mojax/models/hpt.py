@@ -20,7 +20,7 @@ from flax import nnx
 
 from mojax.sharding import partitioned
 
-__all__ = ["HPTConfig", "HyperPromptTuning", "ConditionedLM"]
+__all__ = ["HPTConfig", "HyperPromptTuning", "ConditionedLM", "conditioning_vector"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
