@@ -406,10 +406,11 @@ def w_cos_objective(*, label_norm: str, num_objectives: int, concentration: floa
 
     def objective(model, batch, rng):
         size = batch["features"].shape[0]
+        rng_w, _ = jax.random.split(rng)  # the key layout of T-COS-DPO and of mojax.train's sampler
         if per_example:
-            w = sample_simplex_weights(rng, (size,), num_objectives, concentration=concentration)
+            w = sample_simplex_weights(rng_w, (size,), num_objectives, concentration=concentration)
         else:
-            w = jnp.broadcast_to(sample_simplex_weights(rng, (), num_objectives, concentration=concentration),
+            w = jnp.broadcast_to(sample_simplex_weights(rng_w, (), num_objectives, concentration=concentration),
                                  (size, num_objectives))
         beta = batch["beta"][:, None]  # [B, 1]: one temperature for every objective
         per_obj = per_objective_losses(policy_diff(model, batch, w), batch, beta, label_norm)

@@ -121,7 +121,7 @@ def test_w_cos_objective_conditions_on_the_sampled_weight():
     obj = E.w_cos_objective(label_norm="softmax", num_objectives=2, concentration=1.0, penalty=0.0,
                             per_example=False)
     loss, _ = obj(model, batch, key)
-    w = np.asarray(sample_simplex_weights(key, (), 2))
+    w = np.asarray(sample_simplex_weights(jax.random.split(key)[0], (), 2))
     scores = model(batch["features"], where=batch["where"], cond=np.tile(w, (6, 1)))
     want = sum(w[k] * listwise_dpo_loss(scores, batch["ref_scores"], batch["aux"][:, k], beta=0.8,
                                         where=batch["where"]) for k in range(2))
@@ -288,3 +288,28 @@ def test_quick_prop31_and_report(quick_run):
     saved = json.loads((run_dir / "config.json").read_text())
     want = dataclasses.asdict(dataclasses.replace(E.get_config(quick=True), out=str(run_dir)))
     assert saved == json.loads(json.dumps(want))
+
+
+@pytest.mark.parametrize("temperature", [False, True])
+def test_cos_objectives_match_the_engines_ltr_cos_dpo_objective(temperature):
+    # Two independent implementations of W/T-COS-DPO for rankers: the experiment's (correction-only, β as a batch
+    # input) and mojax.train's ltr_cos_dpo_objective (full scores against cached reference scores).
+    from mojax.train.objectives import COSDPOSampling, ltr_cos_dpo_objective
+
+    rng = np.random.default_rng(8)
+    batch = _batch(rng, pad=False)
+    model = _ranker(cond_dim=4 if temperature else 2)
+    key = jax.random.PRNGKey(11)
+    engine = ltr_cos_dpo_objective(
+        sampling=COSDPOSampling(num_objectives=2, temperature=temperature, beta_min=0.5, beta_max=2.0),
+        beta=0.6, penalty=0.3, label_norm="softmax", ref_mode="cached")
+    want, _ = engine(model, batch | {"labels": batch["aux"]}, key)
+    if temperature:
+        mine = E.t_cos_objective(beta=0.6, label_norm="softmax", num_objectives=2, concentration=1.0, penalty=0.3,
+                                 beta_range=(0.5, 2.0))
+        got, _ = mine(model, batch, key)
+    else:
+        mine = E.w_cos_objective(label_norm="softmax", num_objectives=2, concentration=1.0, penalty=0.3,
+                                 per_example=False)
+        got, _ = mine(model, batch | {"beta": np.full((6,), 0.6, np.float32)}, key)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
