@@ -1,6 +1,6 @@
 """Batched autoregressive decoding with a KV cache: greedy, temperature and nucleus (top-p) sampling.
 
-One jitted function per (model graph, shapes, greedy/sampled, eos or not): the prompt (left padded, optionally
+One jitted function per (model graph, shapes, greedy/sampled): the prompt (left padded, optionally
 after prefix embeddings) fills the cache in one pass, then a ``lax.while_loop`` appends one token per step and stops
 early once every row has produced EOS.
 """
@@ -48,9 +48,9 @@ def _next_token(logits, rng, temperature, top_p, greedy: bool):
     return jax.random.categorical(rng, top_p_filter(scaled, top_p), axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy", "has_eos", "use_lora"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy", "use_lora"))
 def _generate(graphdef, state, prompt_ids, prompt_mask, prefix_embeds, rng, temperature, top_p, eos_id, pad_id, *,
-              max_new_tokens: int, greedy: bool, has_eos: bool, use_lora: bool):
+              max_new_tokens: int, greedy: bool, use_lora: bool):
     model = nnx.merge(graphdef, state)
     B, T = prompt_ids.shape
     P = 0 if prefix_embeds is None else prefix_embeds.shape[1]
@@ -71,8 +71,7 @@ def _generate(graphdef, state, prompt_ids, prompt_mask, prefix_embeds, rng, temp
         tok = jnp.where(live, tok, pad_id)
         tokens = tokens.at[:, step].set(tok)
         mask = mask.at[:, step].set(live)
-        if has_eos:
-            done = done | (tok == eos_id)
+        done = done | (tok == eos_id)  # eos_id = -1 (no EOS) never matches a token id
         logits, cache = model(tok[:, None], attention_mask=live[:, None], cache=cache, use_lora=use_lora)
         return step + 1, cache, logits[:, -1], tokens, mask, done, rng
 
@@ -128,6 +127,5 @@ def generate(model: Decoder, prompt_ids: jax.Array, *, attention_mask: jax.Array
     tokens, mask = _generate(graphdef, state, prompt_ids, attention_mask, prefix_embeds, rng,
                              jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p),
                              jnp.int32(-1 if eos_id is None else eos_id), jnp.int32(pad_id),
-                             max_new_tokens=max_new_tokens, greedy=greedy, has_eos=eos_id is not None,
-                             use_lora=use_lora)
+                             max_new_tokens=max_new_tokens, greedy=greedy, use_lora=use_lora)
     return GenerateOutput(tokens=tokens, mask=mask)

@@ -21,9 +21,10 @@ def tiny():
     return random_model(DecoderConfig.tiny("llama", vocab_size=97), seed=1)
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2", "gpt_neox"])
+@pytest.mark.parametrize("name", ["llama", "gpt2", "gpt_neox", "mistral"])
 def test_greedy_matches_transformers_generate(name):
-    """Left-padded prompts, greedy, EOS 2 / pad 0: the same tokens as ``transformers`` ``generate``."""
+    """Left-padded prompts, greedy, EOS 2 / pad 0: the same tokens as ``transformers`` ``generate`` (Mistral: a
+    sliding window of 4 over 7 + 8 tokens, so the cache's window masking is exercised)."""
     torch = torch_or_skip()
     path = hf_checkpoint(name)
     ids, mask = batch("left", B=3, T=7, seed=5)
@@ -40,15 +41,17 @@ def test_greedy_matches_transformers_generate(name):
 def test_cached_decoding_equals_full_forward(tiny):
     """Greedy tokens equal step-by-step argmax of full (uncached) forward passes, with a prefix and left padding."""
     ids, mask = batch("left", B=2, T=6, seed=2)
+    n = 5
     prefix = jax.random.normal(jax.random.key(0), (2, 3, tiny.config.d_model))
-    out = generate(tiny, ids, attention_mask=mask, max_new_tokens=5, prefix_embeds=prefix)
-    seq, m = jnp.asarray(ids), jnp.asarray(mask)
-    for step in range(5):
-        logits = call(tiny, seq, m, prefix=prefix)
-        nxt = jnp.argmax(logits[:, -1], axis=-1)
-        np.testing.assert_array_equal(np.asarray(out.tokens[:, step]), np.asarray(nxt))
-        seq = jnp.concatenate([seq, nxt[:, None]], axis=1)
-        m = jnp.concatenate([m, jnp.ones((2, 1), m.dtype)], axis=1)
+    out = generate(tiny, ids, attention_mask=mask, max_new_tokens=n, prefix_embeds=prefix)
+    # one fixed-width buffer, right padded: causal attention makes the padding invisible (and one compile suffices)
+    seq = np.concatenate([ids, np.zeros((2, n), ids.dtype)], axis=1)
+    m = np.concatenate([mask, np.zeros((2, n), mask.dtype)], axis=1)
+    for step in range(n):
+        last = ids.shape[1] + step - 1
+        nxt = np.argmax(np.asarray(call(tiny, seq, m, prefix=prefix))[:, last], axis=-1)
+        np.testing.assert_array_equal(np.asarray(out.tokens[:, step]), nxt)
+        seq[:, last + 1], m[:, last + 1] = nxt, 1
     assert bool(out.mask.all())
 
 
@@ -86,11 +89,12 @@ def test_eos_stops_a_row(tiny):
 
 def test_tiny_top_p_sampling_is_greedy(tiny):
     ids, mask = batch("left", B=2, T=6, seed=2)
-    greedy = generate(tiny, ids, attention_mask=mask, max_new_tokens=5).tokens
-    sampled = generate(tiny, ids, attention_mask=mask, max_new_tokens=5, temperature=1.0, top_p=1e-6,
+    greedy = generate(tiny, ids, attention_mask=mask, max_new_tokens=N_NEW).tokens
+    sampled = generate(tiny, ids, attention_mask=mask, max_new_tokens=N_NEW, temperature=1.0, top_p=1e-6,
                        rng=jax.random.key(3)).tokens
     np.testing.assert_array_equal(np.asarray(greedy), np.asarray(sampled))
-    hot = generate(tiny, ids, attention_mask=mask, max_new_tokens=5, temperature=5.0, rng=jax.random.key(3)).tokens
+    hot = generate(tiny, ids, attention_mask=mask, max_new_tokens=N_NEW, temperature=5.0,
+                   rng=jax.random.key(3)).tokens
     assert not np.array_equal(np.asarray(hot), np.asarray(greedy))  # high temperature explores
 
 

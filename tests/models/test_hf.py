@@ -16,7 +16,7 @@ from mojax.models import Decoder, DecoderConfig, generate, load_hf, load_llama2c
 from mojax.models.hf import config_from_hf, read_safetensors
 
 FAMILIES = ["gpt2", "llama", "qwen2", "mistral", "gpt_neox", "gpt_neox_seq", "llama_rope_llama3",
-            "llama_rope_linear", "llama_rope_yarn"]
+            "llama_rope_linear"]
 TOL = 1e-4
 STORIES = SHARED / "data" / "tinyllamas-stories260K" / "stories260K.bin"
 GPT2_BPE = SHARED / "data" / "gpt2-bpe"
@@ -38,6 +38,33 @@ def test_logits_match_transformers(name):
         ours = _ours(model, ids, mask)
         assert np.abs(ref).max() > 1.0  # the random weights are large enough for the comparison to mean something
         np.testing.assert_array_less(np.abs(ours - ref)[mask == 1].max(), TOL, err_msg=f"{name} {kind}")
+
+
+@pytest.mark.parametrize("rope", [
+    dict(rope_type="linear", factor=4.0),
+    dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+         original_max_position_embeddings=64),
+    dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=64),
+    dict(rope_type="yarn", factor=8.0, original_max_position_embeddings=128, beta_fast=16, beta_slow=2,
+         truncate=False),
+    dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=64, mscale=1.0, mscale_all_dim=0.5),
+])
+def test_rope_frequencies_match_transformers(rope):
+    """Scaled rotary frequencies and the cos/sin factor equal transformers' ROPE_INIT_FUNCTIONS."""
+    torch_or_skip()
+    import transformers as tf
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    hf = tf.LlamaConfig(hidden_size=256, num_attention_heads=2, num_key_value_heads=2, intermediate_size=8,
+                        num_hidden_layers=1, vocab_size=8, max_position_embeddings=512,
+                        rope_parameters={"rope_theta": 10000.0, **rope})
+    inv_ref, scale_ref = ROPE_INIT_FUNCTIONS[rope["rope_type"]](hf, "cpu")
+    ours = config_from_hf(hf.to_dict())
+    inv, scale = ours.rope_inv_freq()
+    np.testing.assert_allclose(inv, inv_ref.numpy(), rtol=1e-5)
+    assert scale == pytest.approx(scale_ref, rel=1e-6)
+    default, _ = ours.replace(rope_scaling=None).rope_inv_freq()
+    assert not np.allclose(inv, default)  # the scaling did something
 
 
 def test_left_padding_equals_unpadded():
