@@ -13,6 +13,7 @@ latter is ``[B, R, N]`` and :func:`ref_axis_first` moves it to the batch layout'
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tempfile
@@ -77,6 +78,17 @@ def tokenizer_identity(tokenizer: Any) -> str:
     return str(tokenizer)
 
 
+@functools.lru_cache(maxsize=16)
+def _forward(graphdef: nnx.GraphDef, chunk_size: int | None, model_kwargs: tuple) -> Any:
+    """One jitted forward per model structure, reused across models with the same graph (SPO's rounds)."""
+
+    @jax.jit
+    def forward(state, batch):
+        return sequence_logps(nnx.merge(graphdef, state), batch, chunk_size=chunk_size, **dict(model_kwargs))
+
+    return forward
+
+
 def compute_logps(model: nnx.Module, examples: Mapping[str, Any], *, batch_size: int = 32,
                   chunk_size: int | None = 128, **model_kwargs: Any) -> np.ndarray:
     """Sequence log-probs ``[n, N]`` of every response, in jitted batches (the last one padded and trimmed)."""
@@ -85,11 +97,7 @@ def compute_logps(model: nnx.Module, examples: Mapping[str, Any], *, batch_size:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def forward(state, batch):
-        return sequence_logps(nnx.merge(graphdef, state), batch, chunk_size=chunk_size, **model_kwargs)
-
+    forward = _forward(graphdef, chunk_size, tuple(sorted(model_kwargs.items())))
     out = []
     for start in range(0, n, batch_size):
         batch = {k: v[start:start + batch_size] for k, v in arrays.items()}

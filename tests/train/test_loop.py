@@ -29,15 +29,23 @@ def _run(run_dir, steps, *, stop_flag=None, eval_fn=None, on_step=None):
                  data_report={"kept": 64, "skipped": 0}, on_step=on_step)
 
 
-def test_run_dir_metrics_eval_and_resume(tmp_path):
-    evals = []
+def test_stop_flag_then_resume_with_run_dir_metrics_and_eval(tmp_path):
+    flag, evals = StopFlag(), []
+
+    def on_step(step, metrics):
+        if step == 4:
+            flag.set()  # as the SIGTERM handler would
 
     def eval_fn(model, step):
         evals.append(step)
         return {"embed_norm": float(np.linalg.norm(np.asarray(model.embed[...])))}
 
-    result = _run(tmp_path, 6, eval_fn=eval_fn)
-    assert result.start_step == 0 and int(result.state.step) == 6 and not result.stopped
+    stopped = _run(tmp_path, 6, stop_flag=flag, on_step=on_step, eval_fn=eval_fn)
+    assert stopped.stopped and int(stopped.state.step) == 4 and evals == [3]
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [3, 4]
+
+    result = _run(tmp_path, 6, eval_fn=eval_fn)  # same run dir: resumes at 4
+    assert result.start_step == 4 and int(result.state.step) == 6 and not result.stopped
     assert evals == [3, 6]
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["steps"] == 6 and config["log_every"] == 2
@@ -47,22 +55,7 @@ def test_run_dir_metrics_eval_and_resume(tmp_path):
     assert [x["step"] for x in train_lines] == [2, 4, 6]
     assert all(np.isfinite(x["loss"]) and x["count"] == 8.0 and x["steps_per_s"] > 0 for x in train_lines)
     assert [x["step"] for x in lines if "eval/embed_norm" in x] == [3, 6]
-    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [3, 6]
-
-    more = _run(tmp_path, 8)  # same run dir, more steps: resumes at 6
-    assert more.start_step == 6 and int(more.state.step) == 8
-
-
-def test_stop_flag_saves_and_returns(tmp_path):
-    flag = StopFlag()
-
-    def on_step(step, metrics):
-        if step == 4:
-            flag.set()
-
-    result = _run(tmp_path, 10, stop_flag=flag, on_step=on_step)
-    assert result.stopped and int(result.state.step) == 4
-    assert (tmp_path / "checkpoints" / "4").is_dir()
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [4, 6]  # keep-2
 
 
 def test_train_config_validation():

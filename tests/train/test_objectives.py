@@ -215,11 +215,6 @@ def test_bilevel_stable_po_gradient_matches_finite_differences():
         analytic = sum(float(jnp.vdot(g, d)) for g, d in zip(jax.tree.leaves(grad), jax.tree.leaves(direction)))
         assert abs(analytic) > 1e-3
         np.testing.assert_allclose(analytic, float(fd), rtol=1e-6)
-        # The hypergradient differs from the first-order one (the Hessian term is there).
-        fo = O.bilevel_stable_po_objective(beta=0.5, penalty=1.0, inner_lr=0.1, first_order=True, chunk_size=None)
-        g_fo = jax.jit(jax.grad(lambda p: fo(nnx.merge(graphdef, p, rest), batch, None)[0]))(params)
-        diff = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(g_fo)))
-        assert diff > 1e-6
         # inner_lr = 0: the bilevel objective is the penalty form.
         zero = O.bilevel_stable_po_objective(beta=0.5, penalty=1.0, inner_lr=0.0, chunk_size=None)(model, batch,
                                                                                                   None)[0]
@@ -258,8 +253,8 @@ def _separate_head_grads(model, batch, k):
     return jnp.stack([jax.grad(loss_k)(kernel, i).ravel() for i in range(k)])
 
 
-@pytest.mark.parametrize("k", [2, 3])
-def test_more_lambda_in_step_equals_min_norm_of_head_gradients(k):
+def test_more_lambda_in_step_equals_min_norm_of_head_gradients():
+    k = 3  # K >= 3 exercises the general QP (K = 2 is the solver's closed form)
     build = lambda: RewardModel(TinyLM(rngs=nnx.Rngs(0)), num_heads=2, d_model=8, rngs=nnx.Rngs(1))  # noqa: E731
     objective = O.more_objective(num_datasets=k, ema_decay=0.99, normalize=True)
     tx = optax.sgd(0.5)
@@ -291,8 +286,9 @@ def test_bradley_terry_objective_matches_numpy():
 
 def test_ltr_cos_dpo_at_init_is_log_of_list_length_and_listnet_matches_numpy():
     k, f = 2, 5
-    base = ListRanker(ListRankerConfig.tiny(num_features=f), rngs=nnx.Rngs(0))
-    delta = ListRanker(ListRankerConfig.tiny(num_features=f, cond_dim=k), rngs=nnx.Rngs(1))
+    small = dict(num_features=f, d_model=8, num_layers=0, num_heads=1, mlp_dim=8)  # item-wise MLP: cheap to trace
+    base = ListRanker(ListRankerConfig(**small), rngs=nnx.Rngs(0))
+    delta = ListRanker(ListRankerConfig(**small, cond_dim=k), rngs=nnx.Rngs(1))
     model = AugmentedRanker(base, delta)
     rs = np.random.RandomState(0)
     where = np.ones((6, 4), bool)

@@ -20,17 +20,21 @@ def _examples():
     return make_batch(11, batch=10)  # 10 examples: batches of 4 leave a padded last batch
 
 
-def _dpo_losses(table, examples):
-    data = attach_ref_logps(examples, table)
+def _dpo_losses(tables, examples):
+    """Two DPO steps from the same initial state for each cached table (one compiled step for all)."""
     tx = optax.adam(1e-2)
-    graphdef, state, _ = create_train_state(lambda: TinyLM(rngs=nnx.Rngs(0)), tx, mesh=make_mesh(MeshConfig()))
+    graphdef, state0, _ = create_train_state(lambda: TinyLM(rngs=nnx.Rngs(0)), tx, mesh=make_mesh(MeshConfig()))
     step = jax.jit(make_train_step(graphdef, O.dpo_objective(beta=0.5), tx))
-    losses = []
-    for i in range(2):
-        batch = {k: jnp.asarray(v[4 * i:4 * i + 4]) for k, v in data.items()}
-        state, m = step(state, batch, jax.random.PRNGKey(i))
-        losses.append(float(m["loss"]))
-    return losses
+    out = []
+    for table in tables:
+        data = attach_ref_logps(examples, table)
+        state, losses = state0, []
+        for i in range(2):
+            batch = {k: jnp.asarray(v[4 * i:4 * i + 4]) for k, v in data.items()}
+            state, m = step(state, batch, jax.random.PRNGKey(i))
+            losses.append(float(m["loss"]))
+        out.append(losses)
+    return out
 
 
 def test_cache_reused_with_identical_losses_and_invalidated_by_weights_data_tokenizer(tmp_path):
@@ -45,7 +49,8 @@ def test_cache_reused_with_identical_losses_and_invalidated_by_weights_data_toke
     second, hits = cached_reference_logps(reference, examples, cache_dir=tmp_path, tokenizer="tok-a", batch_size=4)
     assert hits == [True]
     assert first.tobytes() == second.tobytes()
-    assert _dpo_losses(first, examples) == _dpo_losses(second, examples)
+    losses_first, losses_second = _dpo_losses([first, second], examples)
+    assert losses_first == losses_second
 
     changed = TinyLM(rngs=nnx.Rngs(5))
     changed.w_in[...] = changed.w_in[...] + 1e-3  # one weight tensor nudged
