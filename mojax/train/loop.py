@@ -257,7 +257,7 @@ def train(
                 bar.update(1)
             if eval_fn is not None and config.eval_every and step % config.eval_every == 0 and step < config.steps:
                 _evaluate(eval_fn, graphdef, state, step, writer, history)
-            if stop_flag is not None and stop_flag.is_set():
+            if stop_flag is not None and _stop_requested(stop_flag):
                 # Checked last, so a signal that arrived anywhere in this iteration still saves this step.
                 checkpointer.save(step, state, {"iterator": _iterator_state(data), "step": step})
                 stopped = True
@@ -271,6 +271,16 @@ def train(
             bar.close()
     return TrainResult(state=state, graphdef=graphdef, run_dir=run_dir, start_step=start_step, history=history,
                        stopped=stopped)
+
+
+def _stop_requested(flag: StopFlag) -> bool:
+    """Whether any process's flag is set: every process must stop (and save) at the same step, or the others would
+    wait forever in the next step's collectives. One tiny all-gather per step, only in multi-process runs."""
+    if jax.process_count() == 1:
+        return flag.is_set()
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.int32(flag.is_set()))))
 
 
 def _evaluate(eval_fn, graphdef, state, step, writer, history) -> None:

@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from flax import nnx
 
 from _train_tiny import TinyLM, make_batch, nll_objective
@@ -68,6 +70,18 @@ def test_split_microbatches_is_strided_and_handles_ref_axis():
     np.testing.assert_array_equal(micro["ref_logps"][1], np.asarray(batch["ref_logps"])[:, 1::4])
     with pytest.raises(ValueError, match="not divisible by accum_steps"):
         split_microbatches({"x": jnp.arange(6)}, 4)
+
+
+@settings(max_examples=25, deadline=None)
+@given(per=st.integers(1, 4), accum=st.sampled_from([1, 2, 3, 4]), trailing=st.integers(0, 2))
+def test_split_microbatches_partitions_the_batch(per, accum, trailing):
+    """Every example lands in exactly one microbatch, at position (i // A) of microbatch (i mod A)."""
+    b = per * accum
+    x = np.arange(b * 2 ** trailing).reshape((b,) + (2,) * trailing)
+    micro = np.asarray(split_microbatches({"x": jnp.asarray(x)}, accum)["x"])
+    assert micro.shape == (accum, per) + x.shape[1:]
+    for i in range(b):
+        np.testing.assert_array_equal(micro[i % accum, i // accum], x[i])
 
 
 def test_non_finite_update_is_skipped_and_counted():
