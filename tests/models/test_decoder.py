@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from decoder_testlib import batch, call, forward, random_model
 from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mojax.models import Decoder, DecoderConfig, RopeScaling
 from mojax.models.decoder import positions_from_mask
@@ -70,6 +72,50 @@ def test_positions_from_mask():
     mask = jnp.array([[0, 0, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 1, 0, 1]])
     np.testing.assert_array_equal(positions_from_mask(mask), [[0, 0, 0, 1, 2], [0, 1, 2, 2, 2], [0, 0, 1, 1, 2]])
     np.testing.assert_array_equal(positions_from_mask(mask, jnp.array([3, 0, 1]))[:, -1], [5, 2, 3])
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 8), st.booleans()), min_size=3, max_size=3), st.integers(0, 1000))
+def test_padding_is_invisible(rows, seed):
+    """Whatever the padding (left or right, any amount), real tokens get the logits of the unpadded row, computed
+    independently one row at a time at full width (one compiled shape)."""
+    T = 8
+    model = _padding_model()
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(3, 97, (3, T))
+    mask = np.zeros((3, T), np.int32)
+    for b, (n, left) in enumerate(rows):
+        mask[b, T - n:] = 1 if left else 0
+        mask[b, :n] = 0 if left else 1
+    padded = forward(model, np.where(mask == 1, ids, 0), mask)
+    for b in range(3):
+        real = ids[b, mask[b] == 1]
+        alone = forward(model, np.concatenate([real, np.zeros(T - len(real), int)])[None].repeat(3, 0),
+                        (np.arange(T) < len(real))[None].repeat(3, 0).astype(np.int32))[0, : len(real)]
+        np.testing.assert_allclose(padded[b, mask[b] == 1], alone, atol=2e-5)
+
+
+_PADDING_MODEL = []
+
+
+def _padding_model():
+    if not _PADDING_MODEL:
+        _PADDING_MODEL.append(random_model(DecoderConfig.tiny("qwen2", vocab_size=97), seed=9))
+    return _PADDING_MODEL[0]
+
+
+def test_rotary_logits_are_invariant_to_a_position_shift(tiny):
+    """RoPE scores depend on relative positions only: shifting every position by c leaves the logits unchanged,
+    while a learned-position model (GPT-2) changes."""
+    ids, mask = batch("full", B=2, T=6, seed=7)
+    base = np.asarray(tiny(jnp.asarray(ids), positions=jnp.arange(6)[None].repeat(2, 0)))
+    np.testing.assert_allclose(base, forward(tiny, ids, mask), atol=2e-5)  # eager vs jit rounding
+    shifted = np.asarray(tiny(jnp.asarray(ids), positions=jnp.arange(6)[None].repeat(2, 0) + 17))
+    np.testing.assert_allclose(shifted, base, atol=1e-4)
+    gpt2 = random_model(DecoderConfig.tiny("gpt2", vocab_size=97), seed=1)
+    pos = jnp.arange(6)[None].repeat(2, 0)
+    assert np.abs(np.asarray(gpt2(jnp.asarray(ids), positions=pos + 17) - gpt2(jnp.asarray(ids), positions=pos))
+                  ).max() > 1e-2
 
 
 def test_leading_axes_are_flattened(tiny):
