@@ -10,6 +10,10 @@ whole ``TrainState`` and the iterator state are restored and training continues 
 then takes exactly the same steps on exactly the same batches with the same keys as an uninterrupted run, so the
 final parameters are bitwise identical (tested by killing a run with SIGKILL). ``metrics.jsonl`` is appended to, so
 steps after the last checkpoint of a killed run appear twice (the later line wins).
+
+Multi-process runs: every process runs this loop on its own share of the data; process 0 writes the run directory
+and metrics, Orbax writes checkpoints cooperatively. The iterator state saved is process 0's: with lockstep Grain
+iterators over per-process shards (``mojax.data.PipelineConfig``) every process's state is the same position.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -215,6 +220,9 @@ def train(
                     raise ValueError("the checkpoint holds a data-iterator state but `data` has no set_state(); "
                                      "resuming would repeat batches")
                 data.set_state(data_state["iterator"])
+            else:
+                warnings.warn(f"resuming at step {start_step} with a data iterator that has no get_state(): it "
+                              "starts from its beginning, so the resumed run sees different batches", stacklevel=2)
 
     writer = MetricsWriter(run_dir, tensorboard=config.tensorboard, enabled=jax.process_index() == 0)
     history: list[dict[str, Any]] = []
