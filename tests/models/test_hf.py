@@ -12,7 +12,7 @@ import pytest
 from decoder_testlib import SHARED, batch, forward, hf_checkpoint, hf_logits, random_model, torch_or_skip
 from flax import nnx
 
-from mojax.models import Decoder, DecoderConfig, generate, load_hf, load_llama2c, load_tokenizer, save_hf
+from mojax.models import DecoderConfig, generate, load_hf, load_llama2c, load_tokenizer, save_hf
 from mojax.models.hf import config_from_hf, read_safetensors
 
 FAMILIES = ["gpt2", "llama", "qwen2", "mistral", "gpt_neox", "gpt_neox_seq", "llama_rope_llama3",
@@ -203,8 +203,9 @@ def _read_llama2c(path):
     return w, dict(dim=dim, L=L, H=H, K=K, V=abs(V))
 
 
-def _llama2c_forward(w, hp, tokens):
-    """llama2.c's run.c forward in NumPy: rotary embedding on interleaved pairs (complex multiplication)."""
+def _llama2c_forward(w, hp, tokens, interleaved=True):
+    """llama2.c's run.c forward in NumPy: rotary embedding on interleaved pairs (complex multiplication);
+    ``interleaved=False`` rotates halves instead (what a loader that forgot the permutation would compute)."""
     H, K, dim = hp["H"], hp["K"], hp["dim"]
     h = dim // H
     T = len(tokens)
@@ -213,11 +214,16 @@ def _llama2c_forward(w, hp, tokens):
         return x / np.sqrt(np.mean(x * x, -1, keepdims=True) + 1e-5) * g
 
     def rope(x, n):  # x [T, n*h]: pairs (2i, 2i+1) of each head rotated by pos * 10000^(-2i/h)
-        xc = x.reshape(T, n, h // 2, 2)
-        z = xc[..., 0] + 1j * xc[..., 1]
         freq = 10000.0 ** (-np.arange(0, h, 2) / h)
+        if interleaved:
+            xc = x.reshape(T, n, h // 2, 2)
+            z = xc[..., 0] + 1j * xc[..., 1]
+        else:
+            xc = x.reshape(T, n, 2, h // 2)
+            z = xc[:, :, 0] + 1j * xc[:, :, 1]
         z = z * np.exp(1j * np.arange(T)[:, None, None] * freq)
-        return np.stack([z.real, z.imag], -1).reshape(T, n * h)
+        parts = np.stack([z.real, z.imag], -1 if interleaved else 2)
+        return parts.reshape(T, n * h)
 
     x = w["emb"][tokens]
     for layer in range(hp["L"]):
@@ -257,8 +263,8 @@ def test_llama2c_matches_numpy_reference(stories):
     ref = _llama2c_forward(w, hp, tokens)
     ours = forward(stories, tokens[None])[0]
     assert np.abs(ours - ref).max() < 1e-4
-    # without the permutation the logits would differ: guard the test's own sensitivity
-    assert stories.config.num_kv_heads == 4 and stories.config.tie_embeddings
+    # the comparison can tell: rotating halves of the unpermuted weights (a forgotten permutation) is far off
+    assert np.abs(_llama2c_forward(w, hp, tokens, interleaved=False) - ref).max() > 0.1
 
 
 def test_llama2c_greedy_continuation_is_sensible(stories):
