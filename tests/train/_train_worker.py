@@ -38,7 +38,42 @@ def mesh_parity() -> None:
     one, _ = run(make_mesh(MeshConfig(), devices=jax.devices()[:1]))
     eight, specs = run(make_mesh(MeshConfig(data=2, fsdp=2, tensor=2)))
     sharded = [s for s in specs if "fsdp" in s or "tensor" in s]
-    print(json.dumps({"devices": jax.device_count(), "one": one, "eight": eight, "sharded_specs": sharded}))
+    lora_one, _ = _lora_dpo_losses(make_mesh(MeshConfig(), devices=jax.devices()[:1]))
+    lora_eight, lora_specs = _lora_dpo_losses(make_mesh(MeshConfig(data=2, fsdp=2, tensor=2)))
+    print(json.dumps({"devices": jax.device_count(), "one": one, "eight": eight, "sharded_specs": sharded,
+                      "lora_one": lora_one, "lora_eight": lora_eight,
+                      "lora_sharded": [s for s in lora_specs if "fsdp" in s or "tensor" in s]}))
+
+
+def _lora_dpo_losses(mesh):
+    """3 LoRA-DPO steps (accumulation 2, reference = LoRA base) of the real tiny Decoder on ``mesh``."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from mojax.models import Decoder, DecoderConfig, LoRAConfig, add_lora
+    from mojax.train.objectives import dpo_objective
+    from mojax.train.state import create_train_state
+    from mojax.train.step import OptimizerConfig, jit_train_step, make_optimizer, make_train_step
+
+    cfg = DecoderConfig.tiny(num_layers=1)
+    tx = make_optimizer(OptimizerConfig(learning_rate=1e-2))
+    rs = np.random.RandomState(0)
+    batches = []
+    for _ in range(3):
+        ids = rs.randint(1, cfg.vocab_size, size=(8, 2, 8)).astype(np.int32)
+        loss_mask = np.zeros((8, 2, 8), bool)
+        loss_mask[..., 3:] = True
+        batches.append({"input_ids": ids, "attention_mask": np.ones_like(ids), "loss_mask": loss_mask})
+    build = lambda: add_lora(Decoder(cfg, rngs=nnx.Rngs(0)), LoRAConfig(rank=2), rngs=nnx.Rngs(1))  # noqa: E731
+    graphdef, state, shardings = create_train_state(build, tx, mesh=mesh, wrt=nnx.LoRAParam)
+    step = jit_train_step(make_train_step(graphdef, dpo_objective(beta=0.5, ref_mode="lora"), tx, accum_steps=2),
+                          shardings, batches[0], mesh)
+    losses = []
+    for i, b in enumerate(batches):
+        state, m = step(state, b, jax.random.fold_in(state.rng, i))
+        losses.append(float(m["loss"]))
+    return losses, sorted({str(x.sharding.spec) for x in jax.tree.leaves(state.rest)})
 
 
 def _sharded_losses(mesh, local: bool):

@@ -145,7 +145,8 @@ def test_clipping_bounds_the_update():
 
 
 def test_eight_device_mesh_matches_one_device():
-    """3 steps on a 2×2×2 CPU mesh give the losses of one device (≤1e-5), in a subprocess with 8 fake devices."""
+    """3 steps on a 2×2×2 CPU mesh give the losses of one device (≤1e-5), in a subprocess with 8 fake devices:
+    TinyLM (all parameters trained) and the real tiny Decoder under LoRA-DPO."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, str(HERE / "_train_worker.py"), "mesh_parity"], env=env, cwd=HERE,
                          capture_output=True, text=True, timeout=120)
@@ -155,3 +156,7 @@ def test_eight_device_mesh_matches_one_device():
     one, eight = np.array(result["one"]), np.array(result["eight"])
     assert one.shape == (3,) and np.ptp(one) > 1e-3
     np.testing.assert_allclose(eight, one, atol=1e-5, rtol=0)
+    # The real tiny Decoder with LoRA, DPO against the LoRA base: frozen weights sharded over fsdp and tensor.
+    assert result["lora_sharded"]
+    assert abs(result["lora_one"][0] - np.log(2)) < 1e-6
+    np.testing.assert_allclose(result["lora_eight"], result["lora_one"], atol=1e-5, rtol=0)
