@@ -54,7 +54,8 @@ from mojax.data.report import DataReport
 from mojax.data.synthetic_lm import SyntheticLMConfig
 from mojax.data.tokenize import TokenizeConfig, collate, tokenize_examples
 from mojax.losses import next_token_targets, sequence_logps_from_hidden
-from mojax.models import Decoder, DecoderConfig, generate, load_hf, load_llama2c
+from mojax.metrics import hypervolume, pareto_front, win_rate
+from mojax.models import Decoder, DecoderConfig, generate, load_hf, load_llama2c, load_tokenizer
 from mojax.train.mesh import MeshConfig, make_mesh
 from mojax.train.objectives import sft_objective
 from mojax.train.state import create_train_state, step_key
@@ -68,6 +69,7 @@ __all__ = [
     "SFTConfig",
     "TrainConfig",
     "build_decoder",
+    "clamp_batch",
     "collate_pairs",
     "config_key",
     "copy_model",
@@ -79,12 +81,15 @@ __all__ = [
     "load_model",
     "load_params",
     "make_logps_fn",
+    "pad_width",
     "pair_logps",
     "real_pairs",
+    "real_setup",
     "sample_and_score",
     "save_params",
     "sft_corpus",
     "sft_policy",
+    "split_pairs",
     "synthetic_pairs",
     "token_nll",
     "train_policy",
@@ -369,6 +374,88 @@ def real_pairs(path: str | os.PathLike, tokenizer: Any, *, objective: int = 0, m
     return PairData(arrays=arrays, prompts=[ex.prompt_ids for ex in tokenized]), report
 
 
+def pad_width(data: PairData, width: int) -> PairData:
+    """``data`` with its token arrays right-padded (masked) to row width ``width`` ≥ ``data.width``."""
+    if width < data.width:
+        raise ValueError(f"cannot pad rows of width {data.width} down to {width}")
+    if width == data.width:
+        return data
+    extra = width - data.width
+    arrays = dict(data.arrays)
+    for k in ("input_ids", "attention_mask", "loss_mask"):
+        arrays[k] = np.pad(arrays[k], [(0, 0)] * (arrays[k].ndim - 1) + [(0, extra)])
+    return dataclasses.replace(data, arrays=arrays)
+
+
+def split_pairs(data: PairData, *, eval_fraction: float, seed: int) -> tuple[PairData, PairData]:
+    """A seeded random ``(train, held_out)`` split; the held-out part gets ``round(eval_fraction·E)`` ≥ 1 pairs."""
+    if not 0 < eval_fraction < 1:
+        raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
+    n = len(data)
+    n_eval = min(max(int(round(eval_fraction * n)), 1), n - 1)
+    if n < 2:
+        raise ValueError(f"need at least 2 pairs to split, got {n}")
+    order = np.random.default_rng(seed).permutation(n)
+    return data.subset(np.sort(order[n_eval:])), data.subset(np.sort(order[:n_eval]))
+
+
+def real_setup(data_path: str | os.PathLike, *, tokenizer_path: str | os.PathLike | None, model: ModelConfig,
+               sft: SFTConfig, objective: int = 0, eval_fraction: float = 0.2, max_length: int = 128,
+               max_prompt_length: int = 96, seed: int = 0, cache_dir: str | os.PathLike | None = None,
+               progress: bool = True) -> tuple[Decoder, dict[str, Any], PairData, PairData]:
+    """π_0 and a train / held-out split of real preference pairs.
+
+    The tokenizer comes from ``tokenizer_path`` (a Hugging Face directory or the raw GPT-2 BPE files) or else from
+    ``model.model_path``. The policy is ``model.model_path`` (a Hugging Face directory) or, without one, the tiny
+    decoder of ``model`` sized to the tokenizer's vocabulary; either way it is then fitted by SFT on the training
+    pairs' chosen responses (``sft.steps = 0`` skips it) — the usual start of DPO when no SFT model exists —
+    and cached like :func:`sft_policy` (keyed by the file's size and mtime, the tokenizer path and the configs).
+
+    Returns:
+      ``(policy, info, train, held_out)``; ``info`` as in :func:`sft_policy` plus the data report's summary.
+    """
+    tok_src = tokenizer_path if tokenizer_path is not None else model.model_path
+    if tok_src is None:
+        raise ValueError("real data needs a tokenizer: give tokenizer_path or a model_path that has one")
+    tokenizer = load_tokenizer(tok_src)
+    data, report = real_pairs(data_path, tokenizer, objective=objective, max_length=max_length,
+                              max_prompt_length=max_prompt_length)
+    train, held = split_pairs(data, eval_fraction=eval_fraction, seed=seed)
+    if model.model_path is not None:
+        policy = load_model(model.model_path)
+    else:
+        vocab = len(tokenizer)
+        dc = DecoderConfig(model_type="llama", vocab_size=vocab, d_model=model.d_model, num_layers=model.num_layers,
+                           num_heads=model.num_heads, mlp_dim=model.mlp_dim, max_positions=max(2 * max_length, 128),
+                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                           pad_token_id=0)
+        policy = Decoder(dc, rngs=nnx.Rngs(sft.seed))
+    st = Path(data_path).stat()
+    key = config_key("real", str(Path(data_path).resolve()), st.st_size, int(st.st_mtime), str(tok_src), objective,
+                     eval_fraction, max_length, max_prompt_length, seed, model, dataclasses.replace(sft, cache=True))
+    path = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "sft" / key / "params.npz"
+    chosen_only = dataclasses.replace(held, arrays={**held.arrays, "loss_mask": held.arrays["loss_mask"][:, :1],
+                                                    "input_ids": held.arrays["input_ids"][:, :1],
+                                                    "attention_mask": held.arrays["attention_mask"][:, :1]})
+    info: dict[str, Any] = {"key": key, "path": str(path), "data_report": report.summary(),
+                            "nll_before": token_nll(policy, chosen_only)}
+    if sft.cache and path.is_file():
+        load_params(policy, path)
+        info.update(cached=True, seconds=0.0)
+    elif sft.steps > 0:
+        cfg = TrainConfig(steps=sft.steps, batch_size=min(sft.batch_size, len(train)), learning_rate=sft.learning_rate,
+                          warmup_steps=sft.warmup_steps, seed=sft.seed, eval_every=0)
+        policy, hist = train_policy(policy, sft_objective(response_index=0), train, cfg, desc="SFT (chosen)",
+                                    progress=progress)
+        info.update(cached=False, seconds=hist.seconds)
+        if sft.cache:
+            save_params(policy, path)
+    else:
+        info.update(cached=False, seconds=0.0)
+    info["nll_after"] = token_nll(policy, chosen_only)
+    return policy, info, train, held
+
+
 def iterate_batches(data: PairData, batch_size: int, *, steps: int, seed: int) -> Iterator[dict[str, np.ndarray]]:
     """``steps`` batches of ``batch_size`` examples: a fresh permutation each epoch (seeded), no partial batches."""
     if batch_size > len(data):
@@ -467,6 +554,13 @@ class History:
         """Mean of a step metric over the ``last`` steps (a less noisy end-of-training value)."""
         values = self.metrics[key]
         return float(np.mean(values[-last:]))
+
+
+def clamp_batch(config: TrainConfig, num_examples: int) -> TrainConfig:
+    """``config`` with ``batch_size`` cut to ``num_examples`` when the data set is smaller (small real samples)."""
+    if num_examples < 1:
+        raise ValueError("cannot train on an empty data set")
+    return dataclasses.replace(config, batch_size=min(config.batch_size, num_examples))
 
 
 def train_policy(model: nnx.Module, objective: Objective, data: PairData, config: TrainConfig, *,
@@ -652,12 +746,10 @@ def win_rates(rewards_a: np.ndarray, rewards_b: np.ndarray) -> np.ndarray:
     ``rewards_a``, ``rewards_b``: ``[N, K]`` judged scores (true rewards, or a reward model's) of the two policies'
     responses to the same N prompts. Identical policies give 0.5 in expectation.
     """
-    from mojax.metrics import win_rate
-
     a, b = np.asarray(rewards_a, np.float64), np.asarray(rewards_b, np.float64)
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError(f"rewards must both be [N, K], got {a.shape} and {b.shape}")
-    return np.array([float(win_rate(a[:, k], b[:, k], ties=0.5)) for k in range(a.shape[1])])
+    return np.asarray(win_rate(a, b, ties=0.5), np.float64)
 
 
 def front_hypervolume(points: np.ndarray, reference: Sequence[float]) -> tuple[np.ndarray, float]:
@@ -665,8 +757,6 @@ def front_hypervolume(points: np.ndarray, reference: Sequence[float]) -> tuple[n
 
     Used for weight sweeps: one point per weight (mean true rewards of the policy's samples).
     """
-    from mojax.metrics import hypervolume, pareto_front
-
     pts = np.asarray(points, np.float64)
     front = np.asarray(pareto_front(pts, maximize=True))
     return front, float(hypervolume(pts, np.asarray(reference, np.float64), maximize=True))

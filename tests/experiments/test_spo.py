@@ -1,0 +1,87 @@
+"""SPO experiment: a --quick smoke run (metrics.json schema, finiteness, report) and its pure pieces."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+
+import experiments._lm_common as L
+from experiments import spo as S
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    cache = tmp_path_factory.getbasetemp() / "lm_experiment_cache"  # shared with test_stable_po in the same session
+    config = dataclasses.replace(S.get_config(quick=True), out=str(tmp_path_factory.mktemp("spo")),
+                                 cache_dir=str(cache))
+    run_dir = S.main(config)
+    return config, run_dir, json.loads((run_dir / "metrics.json").read_text())
+
+
+def _finite(x):
+    return all(_finite(v) for v in x) if isinstance(x, list) else isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def test_quick_run_writes_the_documented_schema(quick_run):
+    config, run_dir, metrics = quick_run
+    spo = S.alpha_name(config.alphas[0])
+    assert set(metrics["methods"]) == {"sft", "dpo_dim1", "s_dpo", spo, "dpo_mix"}
+    for name, m in metrics["methods"].items():
+        assert len(m["mean_true_rewards"]) == 2 and _finite(m["mean_true_rewards"])
+        assert len(m["win_rate_vs_sft"]) == 2 and all(0 <= w <= 1 for w in m["win_rate_vs_sft"])
+        assert _finite(m["train_seconds"])
+    assert metrics["methods"]["sft"]["win_rate_vs_sft"] == [0.5, 0.5]  # a policy against itself
+    assert set(metrics["spo_vs"][spo]) == {"sft", "dpo_dim1", "s_dpo", "dpo_mix"}
+    for name in ("s_dpo", spo):
+        for when in ("start", "end"):
+            p = metrics["phi"][name][when]
+            assert 0 < p["agree_mean"] < 1 and 0 < p["conflict_mean"] < 1
+            assert p["agree_count"] + p["conflict_count"] <= config.num_pairs
+    # S-DPO at θ = π_1 has z = 0 for every pair: ϕ = ½ exactly.
+    assert metrics["phi"]["s_dpo"]["start"]["agree_mean"] == pytest.approx(0.5, abs=1e-6)
+    # SPO at θ = π_1: ϕ = σ(αΔu) > ½ exactly on the agreeing pairs.
+    assert metrics["phi"][spo]["start"]["agree_mean"] > 0.5 > metrics["phi"][spo]["start"]["conflict_mean"]
+    assert metrics["front"]["hypervolume"] >= 0 and len(metrics["front"]["points"]) == 1 + len(config.alphas)
+    assert isinstance(metrics["claim"]["keeps_dim1_vs_s_dpo"], bool)
+    report = (run_dir / "report.md").read_text()
+    assert "## Did the paper's claim hold here?" in report
+    for png in ("rewards.png", "phi.png", "round2.png"):
+        assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_phi_per_pair_matches_the_closed_form():
+    rng = np.random.default_rng(0)
+    logps = rng.normal(-10, 2, (50, 2))
+    prev = rng.normal(-10, 2, (50, 2, 2))  # [E, (π_0, π_1), (chosen, rejected)]
+    beta, alpha = 0.2, 0.35
+    delta_u = (prev[:, 1, 0] - prev[:, 0, 0]) - (prev[:, 1, 1] - prev[:, 0, 1])
+    z = beta * ((logps[:, 0] - prev[:, 1, 0]) - (logps[:, 1] - prev[:, 1, 1])) - alpha * delta_u
+    want = 1 / (1 + np.exp(z))  # ϕ = σ(−z)
+    np.testing.assert_allclose(S.phi_per_pair(logps, prev, beta=beta, alpha=alpha), want, rtol=1e-5, atol=1e-6)
+    split = S.phi_split(want, delta_u)
+    assert split["agree_mean"] == pytest.approx(want[delta_u > 0].mean())
+    assert split["agree_count"] + split["conflict_count"] == 50
+
+
+def test_concat_pairs_pads_and_keeps_every_pair():
+    task = S.get_config(quick=True).task
+    a = L.synthetic_pairs(task, dimension=0, num_pairs=3, seed=0)
+    b = L.pad_width(L.synthetic_pairs(task, dimension=1, num_pairs=2, seed=1), a.width + 8)
+    both = S.concat_pairs(a, b)
+    assert len(both) == 5 and both.width == a.width + 8
+    np.testing.assert_array_equal(both.arrays["input_ids"][:3, :, :a.width], a.arrays["input_ids"])
+    assert not both.arrays["attention_mask"][:3, :, a.width:].any()  # the padding is masked
+    np.testing.assert_array_equal(both.arrays["input_ids"][3:], b.arrays["input_ids"])
+    with pytest.raises(ValueError, match="pad"):
+        L.pad_width(b, a.width)
+
+
+def test_bad_config_is_rejected():
+    with pytest.raises(ValueError, match="distinct"):
+        S.Config(dimensions=(1, 1))
+    with pytest.raises(ValueError, match="alphas"):
+        S.Config(alphas=(0.0,))
