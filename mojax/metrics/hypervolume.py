@@ -16,7 +16,9 @@ Algorithms (reference moved to the origin, so every kept point is > 0):
 * 3-D: ``HV = ∬ max{z_p : x_p ≥ x, y_p ≥ y} dx dy``. On the grid of sorted x and y coordinates the integrand is
   a 2-D prefix maximum; with points ordered by y, column ``a`` (the a-th largest x) holds ``z_p`` where
   ``rank_x(p) ≤ a`` and a running maximum down the column gives the integrand, weighted by ``Δy ⊗ Δx``. O(n²)
-  work in blocks of columns (O(n · block) memory), every step a vectorised NumPy call.
+  work in blocks of columns (O(n · block) memory), one vectorised NumPy call per row. This is the slow case:
+  moocore's C HV3D+ sweep is O(n log n) and ~10-100x faster at n = 1000 (BUILD_NOTES, Performance); a sorted
+  sweep in Python pays ~µs of interpreter time per point and was no faster here.
 * K ≥ 4: dimension sweep (HSO; While et al. 2006) on the last coordinate: ``HV_K = Σ_i (z_i − z_{i+1}) ·
   HV_{K−1}(front of the i highest points)``, bottoming out in the 3-D kernel; the (K−1)-front is kept
   non-dominated as points are added and slabs of zero thickness are skipped.
@@ -28,7 +30,7 @@ import numpy as np
 
 __all__ = ["hypervolume", "pareto_front"]
 
-_BLOCK = 512  # columns per block in the 3-D kernel: bounds memory at n * 512 floats
+_BLOCK = 1024  # columns per block in the 3-D kernel: bounds memory at n * 1024 floats
 
 
 def _prepare(points, reference=None, *, maximize: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -131,8 +133,12 @@ def _hv3d(pts: np.ndarray) -> float:
     for start in range(0, n, _BLOCK):
         cols = np.arange(start, min(n, start + _BLOCK))
         grid = np.where(rank_x_by_y <= cols[None, :], z_by_y, 0.0)  # [n, b]: z of points with x >= column's x
-        np.maximum.accumulate(grid, axis=0, out=grid)  # [n, b]: ... and y >= row's y
-        total += float(dy @ grid @ dx[cols])
+        # Running max down the rows (points with y >= row's y). A row-by-row np.maximum on contiguous rows measured
+        # 2-6x faster than np.maximum.accumulate(axis=0), which walks the array column by column.
+        for row in range(1, n):
+            np.maximum(grid[row], grid[row - 1], out=grid[row])
+        # einsum, not BLAS: a multithreaded gemv measured slower than this single pass on the shared 2-core box.
+        total += float(np.einsum("i,ij,j->", dy, grid, dx[cols], optimize=False))
     return total
 
 
