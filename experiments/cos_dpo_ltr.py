@@ -458,13 +458,20 @@ def ranker_config(config: Config, num_features: int, *, d_model: int, cond_dim: 
 
 @dataclasses.dataclass
 class Trained:
-    """A finished run: the model's graph and state, the train-loss curve and its wall time (compile included)."""
+    """A finished run: the model's graph and train state, the train-loss curve and its wall time (compile included)."""
 
     graphdef: Any
-    params: Any
-    rest: Any
+    state: Any
     losses: np.ndarray
     seconds: float
+
+    @property
+    def params(self) -> Any:
+        return self.state.params
+
+    @property
+    def rest(self) -> Any:
+        return self.state.rest
 
 
 class Experiment:
@@ -483,16 +490,23 @@ class Experiment:
 
     def fit(self, name: str, model: nnx.Module, objective: Callable, data: Mapping[str, np.ndarray], *,
             steps: int, seed: int, wrt: Any = nnx.Param, tx=None, fixed: Mapping[str, np.ndarray] | None = None,
-            desc: str = "") -> Trained:
+            desc: str = "", resume: Trained | None = None) -> Trained:
         """Train ``model`` for ``steps`` steps with the engine's step, jitted once per ``name`` and then reused.
 
         ``data`` holds per-query arrays (batches are drawn epoch by epoch in a seeded order); ``fixed`` holds
         per-run entries broadcast over the batch (the weight of a DPO-LS run), traced inputs of the same step.
+        ``resume`` continues an earlier run of the same method (its state is donated: the earlier ``Trained`` is
+        spent); ``model`` and ``wrt`` are then ignored.
         """
         c = self.config
         tx = self.tx if tx is None else tx
         with Timer() as timer:
-            graphdef, state, shardings = create_train_state(model, tx, mesh=self.mesh, rng=seed, wrt=wrt)
+            if resume is None:
+                graphdef, state, shardings = create_train_state(model, tx, mesh=self.mesh, rng=seed, wrt=wrt)
+            else:
+                if name not in self._steps:
+                    raise ValueError(f"resume needs the step of {name!r} compiled by an earlier run")
+                graphdef, state, shardings = resume.graphdef, resume.state, None
             batch_size = min(c.batch_size, len(next(iter(data.values()))))
             num = len(next(iter(data.values())))
             rng = np.random.default_rng(seed)
@@ -512,7 +526,86 @@ class Experiment:
                 state, metrics = step_fn(state, batch, keys[i])
                 losses.append(metrics["loss"])
             jax.block_until_ready(state)
-        return Trained(graphdef, state.params, state.rest, np.asarray(jax.device_get(losses)), timer.seconds)
+        return Trained(graphdef, state, np.asarray(jax.device_get(losses)), timer.seconds)
+
+    # -- the base ranker and the fine-tuning models ----------------------------------------------------------
+
+    def train_base(self) -> Trained:
+        """Train the base ranker (ListNet on the main relevance label) and cache its scores as ``f_ref``."""
+        c = self.config
+        model = ListRanker(ranker_config(c, self.num_features, d_model=c.base_d_model), rngs=nnx.Rngs(c.seed))
+        base_tx = make_optimizer(OptimizerConfig(learning_rate=c.base_learning_rate))
+        self.train_data = {"features": self.train.features, "where": self.train.where, "main": self.train.main,
+                           "aux": self.train.aux}
+        self.base = self.fit("base", model, listnet_objective(), self.train_data, steps=c.base_steps, seed=c.seed,
+                             tx=base_tx, desc="base (ListNet)")
+        self.base_model = nnx.merge(self.base.graphdef, self.base.params, self.base.rest)
+        ref_fn = jax.jit(lambda f, w: self.base_model(f, where=w))
+        self.ref_train = np.asarray(ref_fn(self.train.features, self.train.where))
+        self.ref_test = np.asarray(ref_fn(self.test.features, self.test.where))
+        self.train_data["ref_scores"] = self.ref_train
+        self.base_point, self.base_main = self.evaluate(np.zeros_like(self.ref_test), self.ref_test)
+        self._initial: dict[int, tuple[Any, Any, Any]] = {}
+        return self.base
+
+    def finetune_model(self, cond_dim: int) -> tuple[nnx.Module, Any]:
+        """A fresh fine-tuning model with ``cond_dim`` conditioning inputs, and its trainable-variable filter.
+
+        Every run of every method starts from the same initialisation (seed + 1) for its shape: soups average runs
+        that share their initialisation, and the methods differ only in their objectives. Built once per shape and
+        then copied from host arrays, since the train step donates its whole state (frozen base included) and runs
+        must not share buffers.
+        """
+        c = self.config
+        if cond_dim not in self._initial:
+            cfg = ranker_config(c, self.num_features, d_model=c.d_model, cond_dim=cond_dim)
+            rngs = nnx.Rngs(c.seed + 1)
+            if c.conditioning == "augment":
+                model, wrt = AugmentedRanker(nnx.merge(self.base.graphdef, self.base.params, self.base.rest),
+                                             ListRanker(cfg, rngs=rngs)), AugmentedRanker.trainable
+            else:
+                model, wrt = ListRanker(cfg, rngs=rngs), nnx.Param
+            graphdef, state = nnx.split(model)
+            self._initial[cond_dim] = (graphdef, jax.device_get(state), wrt)
+        graphdef, state, wrt = self._initial[cond_dim]
+        return nnx.merge(graphdef, jax.tree.map(np.array, state)), wrt
+
+    def run_dpo_ls(self, weights: np.ndarray) -> list[Trained]:
+        """DPO-LS: one run of ``run_steps`` per weight (all from the same initialisation and data order)."""
+        c = self.config
+        obj = fixed_weight_objective(beta=c.beta, label_norm=c.label_norm)
+        runs = []
+        for i, w in enumerate(weights):
+            model, wrt = self.finetune_model(0)
+            runs.append(self.fit("dpo_ls", model, obj, self.train_data, steps=c.run_steps, seed=c.seed + 1, wrt=wrt,
+                                 fixed={"weights": w}, desc=f"DPO-LS {i + 1}/{len(weights)}"))
+        return runs
+
+    def train_w_cos(self, beta: float, *, steps: int | None = None, resume: Trained | None = None) -> Trained:
+        """The one W-COS-DPO run (``cos_steps`` steps at temperature ``beta``), or ``steps`` more of ``resume``."""
+        c = self.config
+        k = self.num_objectives
+        model, wrt = (None, None) if resume is not None else self.finetune_model(k)
+        obj = w_cos_objective(label_norm=c.label_norm, num_objectives=k, concentration=c.concentration,
+                              penalty=c.penalty, per_example=c.per_example_weights)
+        # a resumed chunk draws a fresh data order and fresh weights (another seed), as a longer run would
+        seed = c.seed + 1 + (0 if resume is None else int(resume.state.step))
+        return self.fit("w_cos_dpo", model, obj, self.train_data, steps=steps or c.cos_steps, seed=seed, wrt=wrt,
+                        fixed={"beta": np.float32(beta)}, desc=f"W-COS-DPO β={beta:g}", resume=resume)
+
+    def w_cos_diffs(self, trained: Trained, weights: np.ndarray) -> list[np.ndarray]:
+        """Test-set corrections ``f − f_ref`` of a weight-conditioned model at each weight."""
+        return [self.scores(trained, self.test, self.ref_test, cond=w) for w in weights]
+
+    def count(self, cond_dim: int) -> int:
+        """Trained parameters of one fine-tuning model (the frozen base excluded)."""
+        model, wrt = self.finetune_model(cond_dim)
+        return num_params(model, wrt)
+
+    def eval_points(self, diffs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Aux NDCG points ``[n, K]`` and main NDCG ``[n]`` of test-set corrections ``f − f_ref`` (one per weight)."""
+        pts, mains = zip(*(self.evaluate(d, self.ref_test) for d in diffs))
+        return np.stack(pts), np.asarray(mains)
 
     # -- evaluation -------------------------------------------------------------------------------------------
 
@@ -606,54 +699,15 @@ def main(config: Config) -> Path:
     exp = Experiment(c)
     K, F = exp.num_objectives, exp.num_features
     weights = simplex_weights(K, c.num_weights, seed=c.seed).astype(np.float32)
-    train_data = {"features": exp.train.features, "where": exp.train.where, "main": exp.train.main,
-                  "aux": exp.train.aux}
     print(f"[{EXPERIMENT}] {len(exp.train)} train / {len(exp.test)} test queries, L={exp.train.where.shape[1]}, "
           f"F={F}, K={K} ({', '.join(exp.objective_names)}); run dir {run_dir}", file=sys.stderr)
 
-    # Base ranker on the main relevance label.
-    base_model = ListRanker(ranker_config(c, F, d_model=c.base_d_model), rngs=nnx.Rngs(c.seed))
-    base_tx = make_optimizer(OptimizerConfig(learning_rate=c.base_learning_rate))
-    base = exp.fit("base", base_model, listnet_objective(), train_data, steps=c.base_steps, seed=c.seed, tx=base_tx,
-                   desc="base (ListNet)")
-    base_model = nnx.merge(base.graphdef, base.params, base.rest)
-    ref_fn = jax.jit(lambda f, w: base_model(f, where=w))
-    ref_train = np.asarray(ref_fn(exp.train.features, exp.train.where))
-    ref_test = np.asarray(ref_fn(exp.test.features, exp.test.where))
-    train_data["ref_scores"] = ref_train
+    base = exp.train_base()
+    base_model, ref_train, ref_test = exp.base_model, exp.ref_train, exp.ref_test
+    train_data = exp.train_data
     zeros_test = np.zeros_like(ref_test)
-    base_point, base_main = exp.evaluate(zeros_test, ref_test)
-
-    initial: dict[int, tuple[Any, Any, Any]] = {}
-
-    def finetune_model(cond_dim: int) -> tuple[nnx.Module, Any]:
-        """A fresh fine-tuning model with ``cond_dim`` conditioning inputs, and its trainable-variable filter.
-
-        Every run of every method starts from the same initialisation (seed + 1) for its shape: soups average runs
-        that share their initialisation, and the methods differ only in their objectives. Built once per shape and
-        then copied from host arrays, since the train step donates its whole state (frozen base included) and runs
-        must not share buffers.
-        """
-        if cond_dim not in initial:
-            cfg = ranker_config(c, F, d_model=c.d_model, cond_dim=cond_dim)
-            rngs = nnx.Rngs(c.seed + 1)
-            if c.conditioning == "augment":
-                model, wrt = AugmentedRanker(nnx.merge(base.graphdef, base.params, base.rest),
-                                             ListRanker(cfg, rngs=rngs)), AugmentedRanker.trainable
-            else:
-                model, wrt = ListRanker(cfg, rngs=rngs), nnx.Param
-            graphdef, state = nnx.split(model)
-            initial[cond_dim] = (graphdef, jax.device_get(state), wrt)
-        graphdef, state, wrt = initial[cond_dim]
-        return nnx.merge(graphdef, jax.tree.map(np.array, state)), wrt
-
-    def count(cond_dim: int) -> int:
-        model, wrt = finetune_model(cond_dim)
-        return num_params(model, wrt)
-
-    def eval_points(diffs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        pts, mains = zip(*(exp.evaluate(d, ref_test) for d in diffs))
-        return np.stack(pts), np.asarray(mains)
+    base_point, base_main = exp.base_point, exp.base_main
+    finetune_model, count, eval_points = exp.finetune_model, exp.count, exp.eval_points
 
     results: dict[str, dict[str, Any]] = {}
     curves: dict[str, np.ndarray] = {"base (ListNet)": base.losses}
@@ -662,11 +716,7 @@ def main(config: Config) -> Path:
     # DPO-LS: one run per weight, one compile.
     ls_runs: list[Trained] = []
     if "dpo_ls" in methods:
-        obj = fixed_weight_objective(beta=c.beta, label_norm=c.label_norm)
-        for i, w in enumerate(weights):
-            model, wrt = finetune_model(0)
-            ls_runs.append(exp.fit("dpo_ls", model, obj, train_data, steps=c.run_steps, seed=init_seed, wrt=wrt,
-                                   fixed={"weights": w}, desc=f"DPO-LS {i + 1}/{len(weights)}"))
+        ls_runs = exp.run_dpo_ls(weights)
         ls_diffs = [exp.scores(r, exp.test, ref_test) for r in ls_runs]
         pts, mains = eval_points(ls_diffs)
         results["dpo_ls"] = method_summary(pts, mains, base_point, seconds=sum(r.seconds for r in ls_runs),
@@ -705,17 +755,12 @@ def main(config: Config) -> Path:
         results["mo_dpo"] = method_summary(pts, mains, base_point, seconds=seconds, params=runs * count(0),
                                            runs=runs, steps=runs * c.run_steps, weights=weights)
 
-    def train_w_cos(beta: float) -> Trained:
-        model, wrt = finetune_model(K)
-        obj = w_cos_objective(label_norm=c.label_norm, num_objectives=K, concentration=c.concentration,
-                              penalty=c.penalty, per_example=c.per_example_weights)
-        return exp.fit("w_cos_dpo", model, obj, train_data, steps=c.cos_steps, seed=init_seed, wrt=wrt,
-                       fixed={"beta": np.float32(beta)}, desc=f"W-COS-DPO β={beta:g}")
+    train_w_cos = exp.train_w_cos
 
     wcos = None
     if "w_cos_dpo" in c.methods or c.prop31:
         wcos = train_w_cos(c.beta)
-        wcos_diffs = [exp.scores(wcos, exp.test, ref_test, cond=w) for w in weights]
+        wcos_diffs = exp.w_cos_diffs(wcos, weights)
         pts, mains = eval_points(wcos_diffs)
         results["w_cos_dpo"] = method_summary(pts, mains, base_point, seconds=wcos.seconds, params=count(K), runs=1,
                                               steps=c.cos_steps, weights=weights)
