@@ -53,18 +53,15 @@ def _check_gram(gram: jax.Array) -> jax.Array:
     gram = jnp.asarray(gram)
     if gram.ndim != 2 or gram.shape[0] != gram.shape[1] or gram.shape[0] < 1:
         raise ValueError(f"gram must be a square [K, K] matrix with K >= 1, got shape {gram.shape}")
-    if not jnp.issubdtype(gram.dtype, jnp.floating):
-        gram = gram.astype(jnp.result_type(float))
-    return gram
+    # At least float32: a bf16/fp16 Gram cannot resolve the QP (and integer input is promoted).
+    return gram.astype(jnp.promote_types(gram.dtype, jnp.float32))
 
 
 def _check_grads(grads: jax.Array) -> jax.Array:
     grads = jnp.asarray(grads)
     if grads.ndim != 2 or grads.shape[0] < 1:
         raise ValueError(f"grads must be a [K, P] matrix with K >= 1 (flatten each gradient first), got {grads.shape}")
-    if not jnp.issubdtype(grads.dtype, jnp.floating):
-        grads = grads.astype(jnp.result_type(float))
-    return grads
+    return grads.astype(jnp.promote_types(grads.dtype, jnp.float32))
 
 
 def _matvec(matrix: jax.Array, vector: jax.Array) -> jax.Array:
@@ -290,6 +287,9 @@ def gram_min_norm_weights(
         lam = _two_objective_weights(gram[1, 1] - gram[0, 1], dist_sq)
     else:
         lam = _solve_general(gram, 2 * k + 2 if num_iters is None else num_iters, fista_iters)
+    # NaN/inf gradients would otherwise leave the uniform start untouched (every comparison is False): make the
+    # failure visible instead.
+    lam = jnp.where(jnp.all(jnp.isfinite(gram)), lam, jnp.nan)
     return (lam, _info(gram, lam)) if return_info else lam
 
 
@@ -318,7 +318,8 @@ def min_norm_weights(
 
     The QP is solved on the K x K Gram matrix (:func:`gram_min_norm_weights`); K = 2 uses the closed form
     ``γ = clip((g2·g2 − g1·g2)/‖g1 − g2‖², 0, 1)``. Zero, identical and collinear gradients give finite weights on the simplex attaining the
-    minimal norm (uniform weights when every point is optimal).
+    minimal norm (uniform weights when every point is optimal). Non-finite gradients give NaN weights. Inputs below
+    float32 (bf16, fp16) are promoted to float32.
 
     Args:
       grads: ``[K, P]``, one flattened gradient per objective (e.g. MORE's per-dataset head gradients).

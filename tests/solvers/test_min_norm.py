@@ -193,6 +193,10 @@ def test_ema_update_and_errors():
     with pytest.raises(ValueError, match="square"):
         gram_min_norm_weights(jnp.ones((2, 3)))
     assert np.asarray(min_norm_weights(jnp.ones((1, 3)))).tolist() == [1.0]
+    # Non-finite gradients are reported, not hidden behind the uniform start; low precision is promoted.
+    bad = jnp.asarray([[1.0, np.nan], [0.0, 1.0], [1.0, 1.0]])
+    assert np.all(np.isnan(np.asarray(_solve(bad))))
+    assert _solve(jnp.ones((3, 4), jnp.bfloat16)).dtype == jnp.float32
 
 
 def test_fista_warm_start_reaches_the_same_optimum():
