@@ -216,12 +216,26 @@ _SHARDED = textwrap.dedent("""
         err = np.abs(out - ref).max()
         assert err < 1e-5, (mt, err)
         print(mt, "max abs diff", err)
+    # tensor = 4 does not divide the 2 KV heads: those weights are replicated along that dimension, not refused
+    mesh4 = jax.make_mesh((2, 1, 4), ("data", "fsdp", "tensor"), axis_types=(AxisType.Auto,) * 3)
+    model = random_model(DecoderConfig.tiny("llama", vocab_size=96), seed=1, scale=0.2)
+    tmp = tempfile.mkdtemp()
+    save_hf(model, tmp)
+    sharded = load_hf(tmp, mesh=mesh4)
+    attn = sharded.blocks[0].attn
+    assert attn.k_proj.kernel[...].sharding.spec == P(None, None, None), attn.k_proj.kernel[...].sharding
+    assert attn.q_proj.kernel[...].sharding.spec == P(None, "tensor", None), attn.q_proj.kernel[...].sharding
+    with jax.set_mesh(mesh4):
+        out = forward(sharded, jax.device_put(ids, named_sharding(mesh4, "batch", "seq")),
+                      jax.device_put(mask, named_sharding(mesh4, "batch", "seq")))
+    assert np.abs(out - forward(model, ids, mask)).max() < 1e-5
     print("SHARDED_OK")
 """)
 
 
 def test_sharded_forward_equals_single_device(tmp_path):
-    """load_hf(mesh=2×2×2 data×fsdp×tensor) shards weights by the logical rules and gives single-device logits."""
+    """load_hf(mesh=2×2×2 data×fsdp×tensor) shards weights by the logical rules and gives single-device logits;
+    on a 2×1×4 mesh, weights whose dimension tensor = 4 does not divide are replicated along it."""
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
     script = tmp_path / "sharded.py"
     script.write_text(_SHARDED.format(testdir=str(Path(__file__).parent)))
