@@ -20,8 +20,8 @@ Algorithms (reference moved to the origin, so every kept point is > 0):
   moocore's C HV3D+ sweep is O(n log n) and ~10-100x faster at n = 1000 (BUILD_NOTES, Performance); a sorted
   sweep in Python pays ~µs of interpreter time per point and was no faster here.
 * K ≥ 4: dimension sweep (HSO; While et al. 2006) on the last coordinate: ``HV_K = Σ_i (z_i − z_{i+1}) ·
-  HV_{K−1}(front of the i highest points)``, bottoming out in the 3-D kernel; the (K−1)-front is kept
-  non-dominated as points are added and slabs of zero thickness are skipped.
+  HV_{K−1}(front of the i highest points)``, where each slab's (K−1)-volume is updated by the new point's
+  exclusive contribution computed on its WFG limit set (While et al. 2012), recursing down to the 3-D kernel.
 """
 
 from __future__ import annotations
@@ -143,25 +143,29 @@ def _hv3d(pts: np.ndarray) -> float:
 
 
 def _hv_sweep(pts: np.ndarray) -> float:
-    """Dimension sweep on the last coordinate, for K >= 4 (points > 0, reference 0)."""
+    """Dimension sweep on the last coordinate, for K >= 4 (points > 0, reference 0).
+
+    The (K−1)-dimensional volume of the slab front grows by each new point's exclusive contribution,
+    ``vol(box p) − HV(nds{min(q, p) : q ∈ front})`` (the WFG "limit set" of While et al. 2012), instead of being
+    recomputed from scratch: limit sets are much smaller than the front, which made 5-D n = 300 ~10x faster.
+    """
     order = np.argsort(-pts[:, -1], kind="stable")
     pts = pts[order]
     z = np.append(pts[:, -1], 0.0)
     front = np.empty((0, pts.shape[1] - 1))
     total = 0.0
     sub_hv = 0.0
-    changed = False
     for i in range(pts.shape[0]):
         p = pts[i, :-1]
         if not (front.size and np.any(np.all(front >= p, axis=1))):
+            if front.size:
+                limit = np.unique(np.minimum(front, p), axis=0)
+                limit = limit[~_dominated_mask(limit)]
+                sub_hv += float(np.prod(p)) - _hv(limit)
+            else:
+                sub_hv += float(np.prod(p))
             front = np.vstack([front[~np.all(p >= front, axis=1)], p])
-            changed = True
-        thickness = z[i] - z[i + 1]
-        if thickness > 0:
-            if changed:
-                sub_hv = _hv(front)
-                changed = False
-            total += thickness * sub_hv
+        total += (z[i] - z[i + 1]) * sub_hv
     return total
 
 
