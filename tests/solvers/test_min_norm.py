@@ -199,6 +199,18 @@ def test_ema_update_and_errors():
     assert _solve(jnp.ones((3, 4), jnp.bfloat16)).dtype == jnp.float32
 
 
+def test_weights_are_constants_under_grad():
+    grads = jnp.asarray(np.random.default_rng(6).normal(size=(3, 8)), jnp.float32)
+
+    def loss(scale):
+        lam = min_norm_weights(grads * scale)
+        return jnp.sum(lam * jnp.sum(grads * scale, axis=1))
+
+    lam = min_norm_weights(grads)
+    # d/dscale of Σ λ_k (g_k · scale) with λ held fixed.
+    np.testing.assert_allclose(np.asarray(jax.jit(jax.grad(loss))(jnp.ones(8))), np.asarray(lam @ grads), rtol=1e-5)
+
+
 def test_fista_warm_start_reaches_the_same_optimum():
     rng = np.random.default_rng(5)
     grads = rng.normal(size=(6, 24)) * np.exp(rng.normal(size=(6, 1)))
