@@ -72,7 +72,9 @@ def ndcg(
         discounts = jnp.where(position < k, discounts, 0.0)
     discounts = discounts.astype(dtype)
     dcg = jnp.sum(jnp.take_along_axis(gains, order, axis=-1) * discounts, axis=-1)
-    ideal = -jnp.sort(-gains, axis=-1)  # masked gains are 0 and sort after every positive gain
+    # Masked items sort last (−inf) and then count 0, so they never displace a valid item from the ideal top k.
+    ideal = -jnp.sort(-jnp.where(valid, gains, -jnp.inf), axis=-1)
+    ideal = jnp.where(jnp.isfinite(ideal), ideal, 0.0)
     idcg = jnp.sum(ideal * discounts, axis=-1)
     values = jnp.where(idcg > 0, dcg / jnp.where(idcg > 0, idcg, 1.0), jnp.asarray(empty_value, dtype))
     return values if reduce_fn is None else reduce_fn(values)

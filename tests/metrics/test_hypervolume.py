@@ -89,6 +89,10 @@ def test_simple_closed_forms():
     assert hypervolume([[3.0], [2.0]], [1.0]) == 2.0
     # Two unit-overlapping cubes in 4-D: 2 + 2 − 1.
     assert hypervolume([[2.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 2.0]], np.zeros(4)) == 3.0
+    # Points on the reference boundary, duplicates, and a 4-D set where nothing dominates the reference.
+    assert hypervolume([[0.0, 3.0], [2.0, 2.0], [2.0, 2.0]], [0.0, 0.0]) == 4.0
+    assert hypervolume([[1.0, 1.0, 1.0, -1.0], [0.0, 2.0, 2.0, 2.0]], np.zeros(4)) == 0.0
+    assert hypervolume([[1.0, 2.0, 1.0, 1.0]] * 3, np.zeros(4)) == 2.0
     with pytest.raises(ValueError, match="reference"):
         hypervolume([[1.0, 2.0]], [0.0])
     with pytest.raises(ValueError, match=r"\[n, K\]"):
