@@ -141,6 +141,32 @@ def test_cos_dpo_is_weighted_dpo_with_the_sampled_weights():
         np.testing.assert_allclose(m["objective_losses"], dpo.mean(0), rtol=2e-5)
 
 
+def test_t_cos_dpo_conditions_on_the_temperature_direction():
+    """T-COS-DPO: the model sees (w, d = β/‖β‖₁); objective k trains at temperature K·β·d_k."""
+    k = 2
+    hpt = HyperPromptTuning(HPTConfig(num_objectives=k, num_prefix_tokens=2, rank=2, hidden_dim=8,
+                                      condition_on_temperature=True), d_model=8, rngs=nnx.Rngs(1))
+    model = ConditionedLM(TinyLM(rngs=nnx.Rngs(0)), hpt)
+    batch = _batch()
+    rs = np.random.RandomState(4)
+    first = rs.randint(0, 2, size=(8, k))
+    labels = np.stack([first, 1 - first], axis=-1).astype(np.float32)
+    ref = rs.normal(-8, 1, size=(8, 2))
+    batch.update(labels=jnp.asarray(labels), ref_logps=jnp.asarray(ref, jnp.float32))
+    sampling = O.COSDPOSampling(num_objectives=k, per_example=True, temperature=True, beta_min=0.1, beta_max=2.0)
+    beta, rng = 0.3, jax.random.PRNGKey(11)
+    loss, _ = O.cos_dpo_objective(sampling=sampling, beta=beta)(model, batch, rng)
+    w, d = (np.asarray(x, np.float64) for x in O.sample_conditioning(rng, 8, sampling))
+    np.testing.assert_allclose(d.sum(-1), 1.0, rtol=1e-6)
+    assert np.ptp(d[:, 0]) > 1e-3  # per-example temperature directions differ
+    pol = np_logps(model, batch, weights=jnp.repeat(jnp.asarray(w, jnp.float32), 2, axis=0),
+                   temperatures=jnp.repeat(jnp.asarray(d, jnp.float32), 2, axis=0))
+    h = (pol - ref)
+    sign = np.where(labels[:, :, 0] == 1, 1.0, -1.0)
+    dpo = -np_logsig(k * beta * d * sign * (h[:, 0] - h[:, 1])[:, None])  # [B, K]
+    np.testing.assert_allclose(loss, np.mean(np.sum(w * dpo, axis=1)), rtol=2e-5)
+
+
 def test_spo_objective_phi_and_alpha_zero_is_dpo_against_last_round():
     model = TinyLM(rngs=nnx.Rngs(0))
     rs = np.random.RandomState(1)
