@@ -37,6 +37,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.custom_batching import custom_vmap
 from optax.projections import projection_simplex
 
 __all__ = [
@@ -239,12 +240,23 @@ def _two_objective_weights(num: jax.Array, dist_sq: jax.Array) -> jax.Array:
     return jnp.stack([gamma, 1.0 - gamma])
 
 
+@custom_vmap
 def _gram(grads: jax.Array) -> jax.Array:
-    # Products + sum rather than grads @ grads.T: (1) no reduced-precision matmul passes on TPU/GPU (the default
-    # matmul precision there is bf16-like, too coarse for a QP on near-parallel gradients); (2) under vmap it fuses
-    # into one multiply-reduce, where XLA:CPU's batched dot_general measured 3-20x slower (BUILD_NOTES, solvers).
-    gram = jnp.sum(grads[:, None, :] * grads[None, :, :], axis=-1)  # [K, K]
+    """``grads gradsᵀ`` ``[K, K]``; the formulation depends on batching (see ``_gram_batched``)."""
+    # Unbatched: one 2-D matmul (a BLAS/Eigen call on CPU; HIGHEST avoids bf16-like passes on TPU/GPU).
+    gram = jnp.matmul(grads, grads.T, precision=jax.lax.Precision.HIGHEST)
     return 0.5 * (gram + gram.T)
+
+
+@_gram.def_vmap
+def _gram_batched(axis_size: int, in_batched: list[bool], grads: jax.Array) -> tuple[jax.Array, bool]:
+    # Under vmap a matmul becomes a batched dot_general, which XLA:CPU runs 3-20x slower than products + sum fused
+    # into one reduction (BUILD_NOTES, solvers); the products are exact in the input dtype on every backend.
+    del axis_size
+    if not in_batched[0]:
+        return _gram(grads), False
+    gram = jnp.sum(grads[:, :, None, :] * grads[:, None, :, :], axis=-1)  # [B, K, K]
+    return 0.5 * (gram + jnp.swapaxes(gram, -1, -2)), True
 
 
 def _info(gram: jax.Array, lam: jax.Array) -> dict[str, jax.Array]:
@@ -339,7 +351,9 @@ def min_norm_weights(
       >>> min_norm_weights(jnp.array([[1.0, 0.0], [0.0, 1.0]])).tolist()
       [0.5, 0.5]
     """
-    grads = _check_grads(grads)
+    # No gradient flows through λ (see gram_min_norm_weights); stopping it before the Gram also keeps autodiff away
+    # from the custom batching rule of ``_gram``.
+    grads = jax.lax.stop_gradient(_check_grads(grads))
     if normalize:
         grads = normalize_rows(grads)
     return gram_min_norm_weights(_gram(grads), num_iters=num_iters, fista_iters=fista_iters, return_info=return_info)
