@@ -337,3 +337,25 @@ def test_ltr_cos_dpo_at_init_is_log_of_list_length_and_listnet_matches_numpy():
         expected.append(-(target * logp).sum())
     loss, _ = O.ltr_listnet_objective()(base, batch, None)
     np.testing.assert_allclose(loss, np.mean(expected), rtol=1e-5)
+
+
+def test_listwise_dpo_on_two_binary_items_is_dpo_and_ltr_listwise_at_init():
+    model = TinyLM(rngs=nnx.Rngs(0))
+    rs = np.random.RandomState(6)
+    batch = _batch(ref_logps=jnp.asarray(rs.normal(-8, 1, size=(8, 2)), jnp.float32),
+                   labels=jnp.asarray(np.tile([[[1.0, 0.0]]], (8, 1, 1)), jnp.float32))
+    listwise, m = O.listwise_dpo_objective(beta=0.7, label_norm="l1")(model, batch, None)
+    dpo, _ = O.dpo_objective(beta=0.7)(model, batch, None)
+    np.testing.assert_allclose(listwise, dpo, rtol=1e-6)
+    assert float(m["count"]) == 8.0
+
+    f = 3
+    small = dict(num_features=f, d_model=8, num_layers=0, num_heads=1, mlp_dim=8)
+    ranker = AugmentedRanker(ListRanker(ListRankerConfig(**small), rngs=nnx.Rngs(0)),
+                             ListRanker(ListRankerConfig(**small), rngs=nnx.Rngs(1)))
+    where = np.array([[1, 1, 1, 1], [1, 1, 0, 0]], bool)
+    ltr = {"features": jnp.asarray(rs.normal(size=(2, 4, f)), jnp.float32), "where": jnp.asarray(where),
+           "labels": jnp.asarray(rs.randint(0, 3, size=(2, 1, 4)), jnp.float32)}
+    loss, m = O.ltr_listwise_dpo_objective(beta=2.0)(ranker, ltr, None)
+    np.testing.assert_allclose(loss, np.mean(np.log([4.0, 2.0])), rtol=1e-6)  # s = β(f − f_ref) = 0 at init
+    assert float(m["count"]) == 2.0
