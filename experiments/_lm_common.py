@@ -29,6 +29,7 @@ Everything is deterministic given the config seeds.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import hashlib
@@ -91,6 +92,7 @@ __all__ = [
     "sft_policy",
     "split_pairs",
     "synthetic_pairs",
+    "synthetic_width",
     "token_nll",
     "train_policy",
     "win_rates",
@@ -339,15 +341,19 @@ def synthetic_pairs(task: SyntheticLMConfig, *, dimension: int, num_pairs: int, 
     # select() keeps only objective `dimension`'s rewards; reorder the full reward vectors the same way.
     swap = np.array([ex.labels[dimension, 1] > ex.labels[dimension, 0] for ex in full.examples])
     rewards = np.where(swap[:, None, None], full.rewards[:, ::-1, :], full.rewards)
-    width = _synthetic_width(task)
+    width = synthetic_width(task)
     return PairData(arrays=collate_pairs(one.examples, width=width, pad_id=synthetic_lm.PAD),
                     prompts=[ex.prompt_ids for ex in one.examples], rewards=rewards.astype(np.float32),
                     true_prob=one.true_prob)
 
 
-def _synthetic_width(task: SyntheticLMConfig) -> int:
+def synthetic_width(task: SyntheticLMConfig) -> int:
+    """Row width T of synthetic pairs: the power of two ≥ longest prompt + longest response (32 by default)."""
     need = task.max_prompt_length + task.max_response_length
     return 1 << (need - 1).bit_length()
+
+
+_synthetic_width = synthetic_width  # the first version's private name (experiments/more_rm.py uses it)
 
 
 def real_pairs(path: str | os.PathLike, tokenizer: Any, *, objective: int = 0, max_length: int = 256,
@@ -497,11 +503,12 @@ def make_logps_fn(model: nnx.Module, *, use_lora: bool = True) -> Callable[[Mapp
 def pair_logps(model: nnx.Module, data: PairData, *, batch_size: int = 256, use_lora: bool = True) -> np.ndarray:
     """Log-probs ``[E, N]`` (float32 NumPy) of every response of ``data`` under ``model``, in data order.
 
-    Chunks of ``batch_size`` (the last one padded by repetition, so one shape compiles).
+    Chunks of exactly ``batch_size`` rows (a short last chunk is filled by repeating rows and the extra outputs
+    dropped), so every call with the same row width reuses one compiled forward.
     """
     fn = make_logps_fn(model, use_lora=use_lora)
     n = len(data)
-    bs = min(batch_size, n)
+    bs = batch_size  # always full chunks (small sets repeat rows): one compiled shape per width for every caller
     out = []
     for start in range(0, n, bs):
         index = np.arange(start, start + bs) % n
@@ -563,6 +570,27 @@ def clamp_batch(config: TrainConfig, num_examples: int) -> TrainConfig:
     return dataclasses.replace(config, batch_size=min(config.batch_size, num_examples))
 
 
+# Jitted steps by (objective object, graph, optimizer, filter, mesh, batch signature): a second run of the same
+# objective object on same-shaped data (e.g. SPO's DPO round 1 and DPO-Mix) reuses the executable instead of
+# re-tracing and recompiling (seconds each on a 2-core CPU). Small: objectives are few per process.
+_STEP_CACHE: collections.OrderedDict = collections.OrderedDict()
+_STEP_CACHE_SIZE = 16
+
+
+def _compiled_step(objective, graphdef, opt: OptimizerConfig, tx, wrt, mesh: Mesh, shardings, batch):
+    signature = tuple(sorted((k, np.shape(v), str(np.asarray(v).dtype)) for k, v in batch.items()))
+    key = (id(objective), graphdef, opt, repr(wrt), mesh, signature)
+    hit = _STEP_CACHE.get(key)
+    if hit is not None and hit[0] is objective:
+        _STEP_CACHE.move_to_end(key)
+        return hit[1]
+    step_fn = jit_train_step(make_train_step(graphdef, objective, tx), shardings, batch, mesh)
+    _STEP_CACHE[key] = (objective, step_fn)  # holding the objective keeps its id from being reused
+    while len(_STEP_CACHE) > _STEP_CACHE_SIZE:
+        _STEP_CACHE.popitem(last=False)
+    return step_fn
+
+
 def train_policy(model: nnx.Module, objective: Objective, data: PairData, config: TrainConfig, *,
                  wrt: Any = nnx.Param, eval_fn: Callable[[nnx.Module], Mapping[str, float]] | None = None,
                  desc: str = "train", mesh: Mesh | None = None, progress: bool = True
@@ -590,13 +618,14 @@ def train_policy(model: nnx.Module, objective: Objective, data: PairData, config
     if config.steps < 1:
         raise ValueError(f"steps must be >= 1, got {config.steps}")
     mesh = make_mesh(MeshConfig()) if mesh is None else mesh
-    tx = make_optimizer(OptimizerConfig(learning_rate=config.learning_rate, warmup_steps=config.warmup_steps,
-                                        max_grad_norm=config.max_grad_norm, weight_decay=config.weight_decay))
+    opt = OptimizerConfig(learning_rate=config.learning_rate, warmup_steps=config.warmup_steps,
+                          max_grad_norm=config.max_grad_norm, weight_decay=config.weight_decay)
+    tx = make_optimizer(opt)
     graphdef, state, shardings = create_train_state(copy_model(model), tx, mesh=mesh, rng=config.seed, wrt=wrt,
                                                     extras=init_extras(objective, model))
     batches = iterate_batches(data, config.batch_size, steps=config.steps, seed=config.seed)
     first = next(batches)
-    step_fn = jit_train_step(make_train_step(graphdef, objective, tx), shardings, first, mesh)
+    step_fn = _compiled_step(objective, graphdef, opt, tx, wrt, mesh, shardings, first)
     history = History()
 
     def current() -> nnx.Module:
@@ -648,7 +677,7 @@ def token_nll(model: nnx.Module, data: PairData, *, batch_size: int = 256) -> fl
 def sft_corpus(task: SyntheticLMConfig, *, num_sequences: int, seed: int) -> PairData:
     """The task's unlabelled base-distribution responses as N = 1 rows (labels = their true rewards)."""
     examples = synthetic_lm.make_sft_corpus(task, num_examples=num_sequences, seed=seed)
-    return PairData(arrays=collate_pairs(examples, width=_synthetic_width(task), pad_id=synthetic_lm.PAD),
+    return PairData(arrays=collate_pairs(examples, width=synthetic_width(task), pad_id=synthetic_lm.PAD),
                     prompts=[ex.prompt_ids for ex in examples])
 
 
@@ -696,9 +725,14 @@ def sft_policy(task: SyntheticLMConfig, model_config: ModelConfig = ModelConfig(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def left_pad(prompts: Sequence[np.ndarray], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Left-pad prompts into ``(ids [N, Tp] int32, mask [N, Tp] bool)`` for :func:`mojax.models.generate`."""
-    width = max(len(p) for p in prompts)
+def left_pad(prompts: Sequence[np.ndarray], pad_id: int = 0, *, width: int | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pad prompts into ``(ids [N, Tp] int32, mask [N, Tp] bool)`` for :func:`mojax.models.generate`;
+    ``Tp`` = ``width`` (default: the longest prompt)."""
+    longest = max(len(p) for p in prompts)
+    width = longest if width is None else width
+    if longest > width:
+        raise ValueError(f"a prompt has {longest} tokens, more than the width {width}")
     ids = np.full((len(prompts), width), pad_id, np.int32)
     mask = np.zeros((len(prompts), width), bool)
     for i, p in enumerate(prompts):
@@ -723,9 +757,9 @@ def sample_and_score(model: nnx.Module, prompts: Sequence[np.ndarray], task: Syn
     if not prompts:
         raise ValueError("sample_and_score needs at least one prompt")
     max_new = task.max_response_length if max_new_tokens is None else max_new_tokens
-    ids, mask = left_pad(prompts, synthetic_lm.PAD)
+    ids, mask = left_pad(prompts, synthetic_lm.PAD, width=task.max_prompt_length)
     n = len(prompts)
-    bs = min(batch_size, n)
+    bs = batch_size  # full chunks of one shape (see pair_logps): one compiled decoder per model graph
     key = jax.random.key(seed)
     chunks = []
     for c, start in enumerate(range(0, n, bs)):

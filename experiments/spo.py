@@ -76,7 +76,8 @@ class Config:
         each). No true rewards exist there: the evaluation is held-out preference accuracy per dimension under the
         policies' implicit rewards against π_0.
       max_real_pairs: cap on pairs read per real file.
-      cache_dir: SFT / compilation cache. seed: data seed. progress: tqdm bars. out: run directory.
+      cache_dir: SFT / compilation cache. compile_cache: turn on JAX's persistent compilation cache under it (a
+        process-wide setting; off in the quick preset). seed: data seed. progress: tqdm bars. out: run directory.
     """
 
     task: SyntheticLMConfig = SyntheticLMConfig()
@@ -90,12 +91,13 @@ class Config:
     num_pairs: int = 2048
     num_samples: int = 512
     beta: float = 0.1
-    alphas: tuple[float, ...] = (0.1,)
+    alphas: tuple[float, ...] = (0.1, 0.5)
     sample_temperature: float = 1.0
     data_paths: tuple[str, ...] = ()
     tokenizer_path: str | None = None
     max_real_pairs: int | None = None
     cache_dir: str | None = None
+    compile_cache: bool = True
     seed: int = 0
     progress: bool = True
     out: str | None = None
@@ -122,8 +124,8 @@ def get_config(quick: bool = False) -> Config:
     small = lm.TrainConfig(steps=6, batch_size=16, learning_rate=1e-3, warmup_steps=0, eval_every=0)
     return Config(model=lm.ModelConfig(d_model=32, num_layers=1, num_heads=2, mlp_dim=64),
                   sft=lm.SFTConfig(steps=30, batch_size=32, learning_rate=1e-2, warmup_steps=3, num_sequences=256),
-                  round1=small, round2=dataclasses.replace(small, seed=1), num_pairs=64, num_samples=32,
-                  progress=False)
+                  round1=small, round2=dataclasses.replace(small, seed=1), num_pairs=64, num_samples=32, alphas=(0.1,),
+                  compile_cache=False, progress=False)
 
 
 def alpha_name(alpha: float) -> str:
@@ -203,7 +205,8 @@ def main(config: Config) -> Path:
     """Round 1, round 2 (SPO per α and S-DPO), DPO-Mix; evaluate and write the run directory."""
     run_dir = make_run_dir("spo", config.out)
     save_config(run_dir, config)
-    lm.enable_compilation_cache(None if config.cache_dir is None else Path(config.cache_dir) / "jax")
+    if config.compile_cache:  # process-wide JAX setting: off in the quick preset (tests share the process)
+        lm.enable_compilation_cache(None if config.cache_dir is None else Path(config.cache_dir) / "jax")
     data = build_data(config)
     pi0 = data["policy"]
     train1 = lm.with_ref_logps(data["train"][0], [pi0])

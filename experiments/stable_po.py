@@ -84,7 +84,8 @@ class Config:
         is then ``model.model_path`` (a Hugging Face directory) or a tiny decoder of the tokenizer's vocabulary, SFT
         on the training pairs' chosen responses; there are no true rewards, so no sampling evaluation.
       real_objective: the label row of real data (PKU-SafeRLHF: 0 better, 1 safer).
-      cache_dir: SFT / compilation cache (default ``runs/_cache`` or ``$MOJAX_CACHE``).
+      cache_dir: SFT / compilation cache (default ``runs/_cache`` or ``$MOJAX_CACHE``). compile_cache: turn on
+        JAX's persistent compilation cache under it (a process-wide setting; off in the quick preset).
       seed: data seed. progress: tqdm bars. out: run directory (default ``runs/stable_po/<UTC time>``).
     """
 
@@ -109,6 +110,7 @@ class Config:
     tokenizer_path: str | None = None
     real_objective: int = 0
     cache_dir: str | None = None
+    compile_cache: bool = True
     seed: int = 0
     progress: bool = True
     out: str | None = None
@@ -138,7 +140,8 @@ def get_config(quick: bool = False) -> Config:
     return Config(model=lm.ModelConfig(d_model=32, num_layers=1, num_heads=2, mlp_dim=64),
                   sft=lm.SFTConfig(steps=30, batch_size=32, learning_rate=1e-2, warmup_steps=3, num_sequences=256),
                   train=lm.TrainConfig(steps=6, batch_size=16, learning_rate=1e-3, warmup_steps=0, eval_every=3),
-                  num_train_pairs=64, num_eval_pairs=32, num_samples=32, penalty_sweep=(), progress=False)
+                  num_train_pairs=64, num_eval_pairs=32, num_samples=32, penalty_sweep=(), compile_cache=False,
+                  progress=False)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -239,7 +242,8 @@ def main(config: Config) -> Path:
     """Run every method from the same π_0 and write the run directory; returns its path."""
     run_dir = make_run_dir("stable_po", config.out)
     save_config(run_dir, config)
-    lm.enable_compilation_cache(None if config.cache_dir is None else Path(config.cache_dir) / "jax")
+    if config.compile_cache:  # process-wide JAX setting: off in the quick preset (tests share the process)
+        lm.enable_compilation_cache(None if config.cache_dir is None else Path(config.cache_dir) / "jax")
     setup = build_setup(config)
     policy, held, held_ref = setup["policy"], setup["held"], setup["held_ref"]
     lengths = held.arrays["loss_mask"].sum(-1)
