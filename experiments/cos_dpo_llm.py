@@ -78,8 +78,7 @@ from mojax.data.tokenize import TokenizeConfig, collate, tokenize_examples
 from mojax.models import ConditionedLM, HPTConfig, HyperPromptTuning, LoRAConfig, add_lora, generate, load_tokenizer
 from mojax.models import merge_lora
 from mojax.models.ranker import num_params
-from mojax.train.objectives import (COSDPOSampling, cos_dpo_objective, example_mask, modpo_objective,
-                                    reference_logps, sequence_logps)
+from mojax.train.objectives import COSDPOSampling, cos_dpo_objective, example_mask, reference_logps, sequence_logps
 
 METHOD_LABELS = {"w_cos_dpo": "W-COS-DPO (HPT + LoRA)", "dpo_ls": "DPO-LS", "dpo_soup": "DPO Soup",
                  "mo_dpo": "MO-DPO"}
@@ -205,6 +204,30 @@ def scalarized_dpo_objective(*, beta: float, chunk_size: int = 128):
     return objective
 
 
+def batch_weights_modpo_objective(*, beta: float, chunk_size: int = 128):
+    """MO-DPO on objective 0 (:func:`mojax.losses.modpo_loss`) with ``w`` read from ``batch["weights"]`` ``[B, 2]``.
+
+    The same loss as :func:`mojax.train.objectives.modpo_objective` (which bakes w in as a constant): response 0 is
+    objective 0's chosen one, ``batch["ref_logps"]`` ``[2, B, 2]`` holds π_ref (row 0) and the objective-1 DPO model
+    (row 1), whose implicit reward margin ``β·Δ[logπ_1 − logπ_ref]`` enters the loss. Reading w from the batch lets
+    one compiled step serve every weight of the sweep.
+    """
+
+    def objective(model, batch, rng):
+        del rng
+        logps = sequence_logps(model, batch, chunk_size=chunk_size)  # [B, 2]
+        table = jnp.asarray(batch["ref_logps"], jnp.float32)
+        ref = table[0]
+        others = beta * ((table[1:, :, 0] - ref[None, :, 0]) - (table[1:, :, 1] - ref[None, :, 1]))  # [1, B]
+        where = example_mask(batch, logps.shape[0])
+        loss, metrics = L.modpo_loss(logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1], others.T,
+                                     jnp.asarray(batch["weights"], jnp.float32), beta=beta, objective_index=0,
+                                     where=where, return_metrics=True)
+        return loss, {**metrics, "count": jnp.sum(where).astype(jnp.float32)}
+
+    return objective
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------------------------------------------
@@ -254,8 +277,9 @@ def real_data(config: Config) -> tuple[nnx.Module, dict[str, Any], lm.PairData, 
                                        max_prompt_length=config.max_prompt_length, seed=config.seed,
                                        cache_dir=config.cache_dir, progress=config.progress)
     info["data_report"] = report.summary()
-    names = list(getattr(ReaderConfig(), "objectives", ("objective 0", "objective 1")))
-    names = [str(names[k]) if k < len(names) else f"objective {k}" for k in config.objectives]
+    # PKU-SafeRLHF's label rows are named by the reader config ("better" = helpfulness, "safer" = harmlessness).
+    label_rows = ReaderConfig().pku_objectives
+    names = [str(label_rows[k]) if k < len(label_rows) else f"objective {k}" for k in config.objectives]
     return policy, info, train, held, names
 
 
@@ -416,15 +440,15 @@ def train_modpo(config: Config, pi0: nnx.Module, train: lm.PairData, weights: np
     other = lm.pair_logps(obj1_model, data)[:, None]  # [E, 1, 2]
     data = dataclasses.replace(data, arrays={**data.arrays, "ref_logps": np.concatenate([ref0, other], axis=1)})
     models, seconds = [obj1_model], obj1_seconds
+    runner = StepRunner(batch_weights_modpo_objective(beta=config.beta), cfg, wrt=nnx.LoRAParam)
+    start = lora_policy(pi0, config.lora, seed=config.seed)
     for w in weights[1:]:
-        objective = modpo_objective(beta=config.beta, weights=(float(w[0]), float(w[1])), objective_index=0)
-        model, hist = lm.train_policy(lora_policy(pi0, config.lora, seed=config.seed), objective, data, cfg,
-                                      wrt=nnx.LoRAParam, desc=f"MO-DPO w={w[0]:.1f}", progress=config.progress)
+        model, hist = runner.run(start, _with_weights(data, w), desc=f"MO-DPO w={w[0]:.1f}", progress=config.progress)
         models.append(model)
         seconds += hist.seconds
     n = len(weights)
-    return {"models": models, "seconds": seconds, "num_params": lora_size * n, "total_params": base_size + lora_size * n,
-            "runs": n, "steps": cfg.steps * n}
+    return {"models": models, "seconds": seconds, "num_params": lora_size * n,
+            "total_params": base_size + lora_size * n, "runs": n, "steps": cfg.steps * n}
 
 
 def claim_paragraph(metrics: dict[str, Any]) -> str:
@@ -449,8 +473,8 @@ def claim_paragraph(metrics: dict[str, Any]) -> str:
     if "dpo_ls" in m:
         rel = next(v for v in verdicts if v[0] == "dpo_ls")
         comparable = rel[1] >= -0.02
-        text += (f" The paper's claim — a front comparable to (or better than) DPO-LS's at a fraction of its training "
-                 f"cost — {'held' if comparable and rel[2] < 1 else 'did not hold'} here: HV "
+        text += (" The paper's claim — a front comparable to (or better than) DPO-LS's at a fraction of its "
+                 f"training cost — {'held' if comparable and rel[2] < 1 else 'did not hold'} here: HV "
                  f"{'within 2% of or above' if comparable else 'more than 2% below'} DPO-LS's at "
                  f"{rel[2]:.2f}× its training time.")
     spread = np.ptp(np.asarray(cos["front"]), axis=0)
@@ -492,8 +516,9 @@ def main(config: Config) -> Path:
     base_point = point(pi0, weights[0])
     metrics: dict[str, Any] = {"objectives": names, "reference_point": list(config.reference_point),
                                "weights": weights, "sft": sft_info, "base_point": base_point,
-                               "point_definition": ("mean true rewards of one sampled response per held-out prompt"
-                                                    if synthetic else "held-out implicit-reward accuracy per objective"),
+                               "point_definition": (
+                                   "mean true rewards of one sampled response per held-out prompt" if synthetic
+                                   else "held-out implicit-reward accuracy per objective"),
                                "methods": {}}
     for name, res in trained.items():
         front = np.stack([point(m, w) for m, w in zip(res["models"], weights)])

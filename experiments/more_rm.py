@@ -4,17 +4,18 @@ Run::
 
     python -m experiments.more_rm                    # synthetic task, a few minutes on 2 CPU cores
     python -m experiments.more_rm --quick            # seconds-long smoke preset (CI)
-    python -m experiments.more_rm --data-paths /work/shared/data/hh-rlhf/helpful-base-test-part1.jsonl.gz \\
-        /work/shared/data/hh-rlhf/harmless-base-test-part1.jsonl.gz /work/shared/data/hh-rlhf/helpful-online-test.jsonl.gz \\
-        /work/shared/data/hh-rlhf/helpful-rejection-sampled-test.jsonl.gz --tokenizer-path /work/shared/data/gpt2-bpe
+    H=/work/shared/data/hh-rlhf
+    python -m experiments.more_rm --data-paths $H/helpful-base-test-part1.jsonl.gz \\
+        $H/harmless-base-test-part1.jsonl.gz $H/helpful-online-test.jsonl.gz \\
+        $H/helpful-rejection-sampled-test.jsonl.gz --tokenizer-path /work/shared/data/gpt2-bpe
 
 Protocol (Zeng et al., "Diverse preferences ... MORE", paper ``more-diversified-preferences.md``). K preference
 datasets that genuinely disagree: on the synthetic task, dataset k holds base-distribution pairs labelled by
 Bradley–Terry on its own mixture of the true rewards, by default a shared preference plus a dataset-specific bias —
 ``½ topic + ½ class_a``, ``½ topic + ½ class_b`` (class_a and class_b conflict, corr −0.5) and
-``½ topic + ½ brevity`` — equal sizes, independent prompts. One reward model ``r(x, y) = wᵀh(x, y)`` (a bias-free head on the last real
-token's hidden state; backbone = the SFT policy π_0 shared with the other LM experiments, i.e. the usual "RM from the
-SFT model" start) is trained on all of them by:
+``½ topic + ½ brevity`` — equal sizes, independent prompts. One reward model ``r(x, y) = wᵀh(x, y)`` (a bias-free
+head on the last real token's hidden state; backbone = the SFT policy π_0 shared with the other LM experiments,
+i.e. the usual "RM from the SFT model" start) is trained on all of them by:
 
 - **MORE** — every step, per-dataset BT losses ``L_k``, head-only gradients ``g_k`` (EMA 0.99, L2-normalised, as the
   released code), ``λ = argmin_{λ∈Δ^K} ‖Σ λ_k g_k‖²`` and the loss ``Σ λ_k L_k`` (λ held constant);

@@ -167,3 +167,22 @@ def test_config_validation():
         cd.Config(objectives=(0, 5))
     with pytest.raises(ValueError, match="tokenizer"):
         cd.Config(data_path="x.jsonl")
+
+
+def test_batch_weights_modpo_equals_the_engine_objective():
+    """MO-DPO with w from the batch equals mojax.train's modpo_objective with w baked in, at two weights."""
+    from mojax.train.objectives import modpo_objective
+
+    _, pi0, data = _tiny_setup()
+    other = _randomize_lora(cd.lora_policy(pi0, cd.Config().lora, seed=1), seed=5)
+    policy = _randomize_lora(cd.lora_policy(pi0, cd.Config().lora, seed=1), seed=6)
+    data = cd.swap_to_first(lm.with_ref_logps(data, [pi0, other]), 0)
+    graphdef, state = nnx.split(policy)
+    for w in ([0.3, 0.7], [0.9, 0.1]):
+        batch = cd._with_weights(data, np.array(w, np.float32)).batch(np.arange(len(data)))
+        ours = cd.batch_weights_modpo_objective(beta=0.2)
+        engine = modpo_objective(beta=0.2, weights=tuple(w), objective_index=0)
+        a = jax.jit(lambda st, b: ours(nnx.merge(graphdef, st), b, None)[0])(state, batch)
+        b = jax.jit(lambda st, b: engine(nnx.merge(graphdef, st), b, None)[0])(state, batch)
+        assert float(a) == pytest.approx(float(b), rel=1e-6, abs=1e-6)
+        assert float(a) > 0

@@ -52,8 +52,8 @@ def test_quick_run_schema_and_artefacts(quick_run):
 
 
 def test_logged_lambda_is_the_min_norm_point_of_the_logged_head_gradients(quick_run):
-    """Every step's λ is on the simplex and minimises ‖λᵀĜ‖² over the simplex for that step's (EMA, normalised)
-    head-gradient rows Ĝ — checked against scipy's SLSQP, an independent QP solver."""
+    """Every step's λ is on the simplex and minimises ‖λᵀĜ‖² over the simplex for that step's (EMA,
+    normalised) head-gradient rows Ĝ — checked against scipy's SLSQP, an independent QP solver."""
     logged = np.load(quick_run / "lambda_qp.npz")
     lam, rows = logged["lambda"].astype(np.float64), logged["qp_rows"].astype(np.float64)
     steps, k = lam.shape
