@@ -250,13 +250,21 @@ def _gram(grads: jax.Array) -> jax.Array:
 
 @_gram.def_vmap
 def _gram_batched(axis_size: int, in_batched: list[bool], grads: jax.Array) -> tuple[jax.Array, bool]:
-    # Under vmap a matmul becomes a batched dot_general, which XLA:CPU runs 3-20x slower than products + sum fused
-    # into one reduction (BUILD_NOTES, solvers); the products are exact in the input dtype on every backend.
+    # Under vmap a matmul becomes a batched dot_general, which XLA:CPU runs 3-20x slower than either alternative
+    # (BUILD_NOTES, solvers): on CPU, a sequential map of 2-D matmuls (K >= 3) or products + sum fused into one
+    # reduction (K = 2, where the matmul call overhead dominates); on GPU/TPU, the fused products, exact in the input
+    # dtype and fully parallel (a sequential map would serialise there).
     del axis_size
     if not in_batched[0]:
         return _gram(grads), False
-    gram = jnp.sum(grads[:, :, None, :] * grads[:, None, :, :], axis=-1)  # [B, K, K]
-    return 0.5 * (gram + jnp.swapaxes(gram, -1, -2)), True
+
+    def fused(g):
+        gram = jnp.sum(g[:, :, None, :] * g[:, None, :, :], axis=-1)  # [B, K, K]
+        return 0.5 * (gram + jnp.swapaxes(gram, -1, -2))
+
+    if grads.shape[1] <= 2:
+        return fused(grads), True
+    return jax.lax.platform_dependent(grads, cpu=lambda g: jax.lax.map(_gram, g), default=fused), True
 
 
 def _info(gram: jax.Array, lam: jax.Array) -> dict[str, jax.Array]:

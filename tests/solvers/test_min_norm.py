@@ -123,6 +123,13 @@ def test_jit_matches_eager_and_vmap_matches_loop():
     jitted = np.stack([np.asarray(_solve(g)) for g in grads])
     np.testing.assert_allclose(np.asarray(min_norm_weights(grads[0])), jitted[0], atol=1e-6)  # eager
     np.testing.assert_allclose(np.asarray(jax.jit(jax.vmap(min_norm_weights))(grads)), jitted, atol=1e-6)
+    # Both batching rules of the Gram (K = 2 fused products, K >= 3 per-problem matmuls) and nested vmap.
+    pairs = grads[:, :2]
+    np.testing.assert_allclose(
+        np.asarray(jax.vmap(min_norm_weights)(pairs)), np.stack([np.asarray(_solve(g)) for g in pairs]), atol=1e-6
+    )
+    nested = np.asarray(jax.jit(jax.vmap(jax.vmap(min_norm_weights)))(grads.reshape(2, 2, 5, 32)))
+    np.testing.assert_allclose(nested.reshape(4, 5), jitted, atol=1e-6)
     # float32 agrees with the float64 optimum in objective.
     with jax.enable_x64(True):
         g64 = np.asarray(grads, np.float64)
