@@ -134,6 +134,10 @@ def run(shape: Shape, *, remat: bool, chunk_size: int, steps: int, warmup: int, 
     # (same init for both: the first loss is ln 2, a check that the step is the DPO step)
     graphdef, state, shardings = create_train_state(build, tx, mesh=mesh, wrt=AnchoredPolicy.trainable)
     n_params = param_count(state.params)
+    # The FLOP count's N must be the model's: total = matmul kernels + token embedding + RMSNorm gains.
+    expected = shape.matmul_params + shape.vocab * shape.d_model + (2 * shape.layers + 1) * shape.d_model
+    if n_params != expected:
+        raise RuntimeError(f"model has {n_params} parameters, the FLOP count assumes {expected}")
 
     rng = np.random.default_rng(0)
     b, t = shape.pairs, shape.seq_len
