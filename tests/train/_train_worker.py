@@ -160,8 +160,12 @@ def _grain_pairs(num_examples: int = 64, batch: int = 8, seed: int = 0):
     return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
 
 
-def train_run(run_dir: str, steps: str, every: str, out: str, sleep: str = "0") -> None:
-    """Train TinyLM through the host loop with checkpoints; print each step; save the final params to ``out``."""
+def train_run(run_dir: str, steps: str, every: str, out: str, hold: str = "0") -> None:
+    """Train TinyLM through the host loop with checkpoints; print each step; save the final params to ``out``.
+
+    ``hold`` > 0: after printing that step, wait (up to 10 min) for a signal, so a test can deliver SIGKILL/SIGTERM at a
+    known step however slow the machine is.
+    """
     import time
 
     import jax
@@ -178,7 +182,10 @@ def train_run(run_dir: str, steps: str, every: str, out: str, sleep: str = "0") 
 
     def on_step(step, metrics):
         print(f"step {step} loss {metrics['loss']:.6f}", flush=True)
-        time.sleep(float(sleep))
+        if step == int(hold):
+            deadline = time.monotonic() + 600
+            while not flag.is_set() and time.monotonic() < deadline:
+                time.sleep(0.02)
 
     result = train(model=lambda: TinyLM(rngs=nnx.Rngs(0)), objective=nll_objective,
                    tx=make_optimizer(OptimizerConfig(learning_rate=1e-2)), data=_grain_pairs(),

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -71,11 +72,11 @@ def test_config_validation_and_sigterm_flag():
         signal.signal(signal.SIGTERM, old)
 
 
-def _launch(run_dir, out, sleep="0"):
+def _launch(run_dir, out, hold=0):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
     return subprocess.Popen([sys.executable, WORKER, "train_run", str(run_dir), str(STEPS), str(EVERY), str(out),
-                             sleep], cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             str(hold)], cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _complete_checkpoints(run_dir):
@@ -83,13 +84,14 @@ def _complete_checkpoints(run_dir):
     return sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) if ckpts.is_dir() else []
 
 
-def _interrupt_after(proc, step, sig, run_dir=None):
-    """Send ``sig`` once the run printed step ``step`` (and, if ``run_dir``, has a complete checkpoint)."""
+def _interrupt_at(proc, step, sig, run_dir=None):
+    """Send ``sig`` once the run (holding at ``step``) printed it and, if ``run_dir``, has a complete checkpoint."""
     for line in proc.stdout:
-        if line.startswith("step ") and int(line.split()[1]) >= step:
-            if run_dir is None or _complete_checkpoints(run_dir):
-                proc.send_signal(sig)
-                break
+        if line.startswith(f"step {step} "):
+            while run_dir is not None and not _complete_checkpoints(run_dir) and proc.poll() is None:
+                time.sleep(0.05)  # the async write of checkpoint 3 may still be in flight
+            proc.send_signal(sig)
+            break
     proc.communicate(timeout=120)
     return proc.returncode
 
@@ -103,27 +105,34 @@ def _assert_bitwise(a, b):
 
 
 def test_sigkill_and_sigterm_then_resume_are_bitwise_identical(tmp_path):
-    full = _launch(tmp_path / "full", tmp_path / "full.npz")
-    killed = _launch(tmp_path / "killed", tmp_path / "killed.npz", sleep="0.15")
-    termed = _launch(tmp_path / "termed", tmp_path / "termed.npz", sleep="0.15")
-    # SIGKILL at step 5 or later, once a checkpoint is complete (async writes may lag on a loaded machine).
-    assert _interrupt_after(killed, 5, signal.SIGKILL, tmp_path / "killed") == -signal.SIGKILL
-    assert _interrupt_after(termed, 4, signal.SIGTERM) == 0  # SIGTERM: save and exit cleanly
-    resumed_killed = _launch(tmp_path / "killed", tmp_path / "killed.npz")
-    resumed_termed = _launch(tmp_path / "termed", tmp_path / "termed2.npz")
-    for proc in (full, resumed_killed, resumed_termed):
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err[-3000:]
-    reference = np.load(tmp_path / "full.npz")
-    assert int(reference["step"]) == STEPS and int(reference["start_step"]) == 0
+    procs = []
+    try:
+        full = _launch(tmp_path / "full", tmp_path / "full.npz")
+        killed = _launch(tmp_path / "killed", tmp_path / "killed.npz", hold=5)
+        termed = _launch(tmp_path / "termed", tmp_path / "termed.npz", hold=4)
+        procs += [full, killed, termed]
+        # SIGKILL after step 5 (between checkpoints 3 and 6), once checkpoint 3 is complete.
+        assert _interrupt_at(killed, 5, signal.SIGKILL, tmp_path / "killed") == -signal.SIGKILL
+        assert _interrupt_at(termed, 4, signal.SIGTERM) == 0  # SIGTERM: save and exit cleanly
+        resumed_killed = _launch(tmp_path / "killed", tmp_path / "killed.npz")
+        resumed_termed = _launch(tmp_path / "termed", tmp_path / "termed2.npz")
+        procs += [resumed_killed, resumed_termed]
+        for proc in (full, resumed_killed, resumed_termed):
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err[-3000:]
+        reference = np.load(tmp_path / "full.npz")
+        assert int(reference["step"]) == STEPS and int(reference["start_step"]) == 0
 
-    # Checkpoints every 3 steps: resumes from 3, 6 or 9, never from scratch.
-    resumed = np.load(tmp_path / "killed.npz")
-    assert int(resumed["start_step"]) in (3, 6, 9) and int(resumed["step"]) == STEPS
-    _assert_bitwise(reference, resumed)
+        resumed = np.load(tmp_path / "killed.npz")
+        assert int(resumed["start_step"]) == 3 and int(resumed["step"]) == STEPS
+        _assert_bitwise(reference, resumed)
 
-    stopped = np.load(tmp_path / "termed.npz")
-    assert bool(stopped["stopped"]) and 4 <= int(stopped["step"]) < STEPS
-    resumed = np.load(tmp_path / "termed2.npz")
-    assert int(resumed["start_step"]) == int(stopped["step"])
-    _assert_bitwise(reference, resumed)
+        stopped = np.load(tmp_path / "termed.npz")
+        assert bool(stopped["stopped"]) and int(stopped["step"]) == 4
+        resumed = np.load(tmp_path / "termed2.npz")
+        assert int(resumed["start_step"]) == 4
+        _assert_bitwise(reference, resumed)
+    finally:
+        for proc in procs:  # a failed assertion must not leave a run holding for a signal
+            if proc.poll() is None:
+                proc.kill()
