@@ -92,7 +92,7 @@ def _interrupt_at(proc, step, sig, run_dir=None):
                 time.sleep(0.05)  # the async write of checkpoint 3 may still be in flight
             proc.send_signal(sig)
             break
-    proc.communicate(timeout=120)
+    proc.communicate(timeout=400)
     return proc.returncode
 
 
@@ -118,7 +118,7 @@ def test_sigkill_and_sigterm_then_resume_are_bitwise_identical(tmp_path):
         resumed_termed = _launch(tmp_path / "termed", tmp_path / "termed2.npz")
         procs += [resumed_killed, resumed_termed]
         for proc in (full, resumed_killed, resumed_termed):
-            _, err = proc.communicate(timeout=120)
+            _, err = proc.communicate(timeout=400)
             assert proc.returncode == 0, err[-3000:]
         reference = np.load(tmp_path / "full.npz")
         assert int(reference["step"]) == STEPS and int(reference["start_step"]) == 0

@@ -33,7 +33,7 @@ def test_two_processes_match_one_process_with_eight_devices():
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     outs = []
     for proc in procs + [single]:
-        out, err = proc.communicate(timeout=170)
+        out, err = proc.communicate(timeout=400)
         assert proc.returncode == 0, err[-3000:]
         outs.append(json.loads(out.strip().splitlines()[-1]))
     p0, p1, one = outs

@@ -149,7 +149,7 @@ def test_eight_device_mesh_matches_one_device():
     TinyLM (all parameters trained) and the real tiny Decoder under LoRA-DPO."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, str(HERE / "_train_worker.py"), "mesh_parity"], env=env, cwd=HERE,
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["devices"] == 8 and result["sharded_specs"], result
