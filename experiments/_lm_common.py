@@ -72,6 +72,7 @@ __all__ = [
     "build_decoder",
     "clamp_batch",
     "collate_pairs",
+    "compact_vocabulary",
     "config_key",
     "copy_model",
     "default_cache_dir",
@@ -86,6 +87,7 @@ __all__ = [
     "pair_logps",
     "real_pairs",
     "real_setup",
+    "remap_tokens",
     "sample_and_score",
     "save_params",
     "sft_corpus",
@@ -405,10 +407,36 @@ def split_pairs(data: PairData, *, eval_fraction: float, seed: int) -> tuple[Pai
     return data.subset(np.sort(order[n_eval:])), data.subset(np.sort(order[:n_eval]))
 
 
+def compact_vocabulary(datasets: Sequence[PairData], keep: Sequence[int] = ()) -> np.ndarray:
+    """The sorted token ids used by ``datasets`` (real tokens only) plus ``keep`` (e.g. PAD, EOS): ``[V']``.
+
+    A tiny decoder trained from scratch on a small real sample needs only the ids that occur; a GPT-2 BPE
+    vocabulary of 50,257 would make its unembedding (and the ``[tokens, V]`` log-softmax) ~50× larger for nothing.
+    """
+    ids = [np.asarray(keep, np.int64)]
+    for d in datasets:
+        ids.append(d.arrays["input_ids"][d.arrays["attention_mask"].astype(bool)].astype(np.int64))
+    return np.unique(np.concatenate(ids))
+
+
+def remap_tokens(data: PairData, vocab: np.ndarray) -> PairData:
+    """``data`` with token ids replaced by their index in ``vocab`` (:func:`compact_vocabulary`); padding → 0."""
+    ids = data.arrays["input_ids"]
+    real = data.arrays["attention_mask"].astype(bool)
+    pos = np.searchsorted(vocab, ids)
+    ok = (pos < len(vocab)) & (vocab[np.minimum(pos, len(vocab) - 1)] == ids)
+    if not np.all(ok[real]):
+        raise ValueError("a real token id is missing from the compact vocabulary")
+    new = np.where(real, pos, 0).astype(np.int32)
+    return dataclasses.replace(data, arrays={**data.arrays, "input_ids": new},
+                               prompts=[np.searchsorted(vocab, p).astype(np.int32) for p in data.prompts])
+
+
 def real_setup(data_path: str | os.PathLike, *, tokenizer_path: str | os.PathLike | None, model: ModelConfig,
                sft: SFTConfig, objective: int = 0, eval_fraction: float = 0.2, max_length: int = 128,
                max_prompt_length: int = 96, seed: int = 0, cache_dir: str | os.PathLike | None = None,
-               progress: bool = True) -> tuple[Decoder, dict[str, Any], PairData, PairData]:
+               progress: bool = True, compact_vocab: bool = False, vocab_extra: Sequence[PairData] = (),
+               max_examples: int | None = None) -> tuple[Decoder, dict[str, Any], PairData, PairData]:
     """π_0 and a train / held-out split of real preference pairs.
 
     The tokenizer comes from ``tokenizer_path`` (a Hugging Face directory or the raw GPT-2 BPE files) or else from
@@ -416,6 +444,10 @@ def real_setup(data_path: str | os.PathLike, *, tokenizer_path: str | os.PathLik
     decoder of ``model`` sized to the tokenizer's vocabulary; either way it is then fitted by SFT on the training
     pairs' chosen responses (``sft.steps = 0`` skips it) — the usual start of DPO when no SFT model exists —
     and cached like :func:`sft_policy` (keyed by the file's size and mtime, the tokenizer path and the configs).
+    With ``compact_vocab`` a from-scratch decoder works on the sample's compact vocabulary (the ids of this file
+    and of ``vocab_extra``, :func:`compact_vocabulary`); the returned pairs are remapped, and ``info["vocab"]``
+    maps compact ids back to the tokenizer's (remap other data with :func:`remap_tokens`). Without it (default),
+    the decoder has the tokenizer's full vocabulary and ``info["vocab"]`` is None.
 
     Returns:
       ``(policy, info, train, held_out)``; ``info`` as in :func:`sft_policy` plus the data report's summary.
@@ -425,25 +457,32 @@ def real_setup(data_path: str | os.PathLike, *, tokenizer_path: str | os.PathLik
         raise ValueError("real data needs a tokenizer: give tokenizer_path or a model_path that has one")
     tokenizer = load_tokenizer(tok_src)
     data, report = real_pairs(data_path, tokenizer, objective=objective, max_length=max_length,
-                              max_prompt_length=max_prompt_length)
+                              max_prompt_length=max_prompt_length, max_examples=max_examples)
     train, held = split_pairs(data, eval_fraction=eval_fraction, seed=seed)
+    vocab = None
     if model.model_path is not None:
         policy = load_model(model.model_path)
     else:
-        vocab = len(tokenizer)
-        dc = DecoderConfig(model_type="llama", vocab_size=vocab, d_model=model.d_model, num_layers=model.num_layers,
+        size, eos = len(tokenizer), tokenizer.eos_token_id
+        if compact_vocab:  # only the ids the data uses (padding positions are masked, whatever id they hold)
+            vocab = compact_vocabulary([train, held, *vocab_extra], keep=[eos])
+            train, held = remap_tokens(train, vocab), remap_tokens(held, vocab)
+            size, eos = len(vocab), int(np.searchsorted(vocab, eos))
+        dc = DecoderConfig(model_type="llama", vocab_size=size, d_model=model.d_model, num_layers=model.num_layers,
                            num_heads=model.num_heads, mlp_dim=model.mlp_dim, max_positions=max(2 * max_length, 128),
-                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                           pad_token_id=0)
+                           eos_token_id=eos, pad_token_id=0)
         policy = Decoder(dc, rngs=nnx.Rngs(sft.seed))
     st = Path(data_path).stat()
     key = config_key("real", str(Path(data_path).resolve()), st.st_size, int(st.st_mtime), str(tok_src), objective,
-                     eval_fraction, max_length, max_prompt_length, seed, model, dataclasses.replace(sft, cache=True))
+                     eval_fraction, max_length, max_prompt_length, max_examples, seed, model,
+                     dataclasses.replace(sft, cache=True),
+                     None if vocab is None else hashlib.sha256(vocab.tobytes()).hexdigest())
     path = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "sft" / key / "params.npz"
     chosen_only = dataclasses.replace(held, arrays={**held.arrays, "loss_mask": held.arrays["loss_mask"][:, :1],
                                                     "input_ids": held.arrays["input_ids"][:, :1],
                                                     "attention_mask": held.arrays["attention_mask"][:, :1]})
     info: dict[str, Any] = {"key": key, "path": str(path), "data_report": report.summary(),
+                            "vocab_size": policy.config.vocab_size, "num_train": len(train), "num_held_out": len(held),
                             "nll_before": token_nll(policy, chosen_only)}
     if sft.cache and path.is_file():
         load_params(policy, path)
@@ -459,6 +498,7 @@ def real_setup(data_path: str | os.PathLike, *, tokenizer_path: str | os.PathLik
     else:
         info.update(cached=False, seconds=0.0)
     info["nll_after"] = token_nll(policy, chosen_only)
+    info["vocab"] = vocab
     return policy, info, train, held
 
 

@@ -152,11 +152,16 @@ def build_data(config: Config) -> dict[str, Any]:
         return {"policy": policy, "sft_info": info, "train": pairs, "held": None, "prompts": prompts, "names": names}
     files = config.data_paths if len(config.data_paths) == 2 else config.data_paths * 2
     objectives = (0, 0) if len(config.data_paths) == 2 else (0, 1)
+    tokenizer = lm.load_tokenizer(config.tokenizer_path or config.model.model_path)
+    data2, _ = lm.real_pairs(files[1], tokenizer, objective=objectives[1], max_length=128, max_prompt_length=96,
+                             max_examples=config.max_real_pairs)
     policy, info, train1, held1 = lm.real_setup(files[0], tokenizer_path=config.tokenizer_path, model=config.model,
                                                 sft=config.sft, objective=objectives[0], seed=config.seed,
-                                                cache_dir=config.cache_dir, progress=config.progress)
-    tokenizer = lm.load_tokenizer(config.tokenizer_path or config.model.model_path)
-    data2, _ = lm.real_pairs(files[1], tokenizer, objective=objectives[1], max_length=128, max_prompt_length=96)
+                                                cache_dir=config.cache_dir, progress=config.progress,
+                                                compact_vocab=True, vocab_extra=[data2],
+                                                max_examples=config.max_real_pairs)
+    if info["vocab"] is not None:
+        data2 = lm.remap_tokens(data2, info["vocab"])
     train2, held2 = lm.split_pairs(data2, eval_fraction=0.2, seed=config.seed)
     width = max(train1.width, train2.width)
     train = [lm.pad_width(train1, width), lm.pad_width(train2, width)]

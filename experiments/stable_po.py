@@ -83,7 +83,8 @@ class Config:
       data_path, tokenizer_path: real preference pairs (HH-RLHF / PKU-SafeRLHF / …) and their tokenizer; the policy
         is then ``model.model_path`` (a Hugging Face directory) or a tiny decoder of the tokenizer's vocabulary, SFT
         on the training pairs' chosen responses; there are no true rewards, so no sampling evaluation.
-      real_objective: the label row of real data (PKU-SafeRLHF: 0 better, 1 safer).
+      real_objective: the label row of real data (PKU-SafeRLHF: 0 better, 1 safer). max_real_pairs: cap on the
+        pairs read from the file.
       cache_dir: SFT / compilation cache (default ``runs/_cache`` or ``$MOJAX_CACHE``). compile_cache: turn on
         JAX's persistent compilation cache under it (a process-wide setting; off in the quick preset).
       seed: data seed. progress: tqdm bars. out: run directory (default ``runs/stable_po/<UTC time>``).
@@ -109,6 +110,7 @@ class Config:
     data_path: str | None = None
     tokenizer_path: str | None = None
     real_objective: int = 0
+    max_real_pairs: int | None = None
     cache_dir: str | None = None
     compile_cache: bool = True
     seed: int = 0
@@ -226,7 +228,8 @@ def build_setup(config: Config) -> dict[str, Any]:
                                                       eval_fraction=config.num_eval_pairs /
                                                       (config.num_eval_pairs + config.num_train_pairs),
                                                       seed=config.seed, cache_dir=config.cache_dir,
-                                                      progress=config.progress)
+                                                      progress=config.progress, compact_vocab=True,
+                                                      max_examples=config.max_real_pairs)
         true_margin = None
         names = [f"objective_{config.real_objective}"]
     return {"policy": policy, "sft_info": sft_info, "train": lm.with_ref_logps(train, [policy]),
@@ -293,7 +296,7 @@ def main(config: Config) -> Path:
 
     claim = claim_summary(results, n_eval=len(held), penalty=config.penalty)
     metrics = {"methods": results, "objectives": setup["names"], "dimension": config.dimension,
-               "sft": {**{k: v for k, v in setup["sft_info"].items() if k != "train_nll"}, **base_eval,
+               "sft": {**{k: v for k, v in setup["sft_info"].items() if k not in ("train_nll", "vocab")}, **base_eval,
                        **({"mean_true_rewards": sft_rewards.mean(0).tolist()} if synthetic else {})},
                "claim": claim}
     save_metrics(run_dir, metrics)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -194,3 +195,27 @@ def test_load_params_rejects_a_foreign_checkpoint(tmp_path, sft):
     np.savez(tmp_path / "missing.npz", **{k: v for k, v in stored.items() if k != name})
     with pytest.raises(ValueError, match="missing"):
         L.load_params(model, tmp_path / "missing.npz")
+
+
+SHARED = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data").resolve()
+
+
+def test_real_setup_on_pku_sample_remaps_to_a_compact_vocabulary(tmp_path):
+    path = SHARED / "pku-saferlhf-sample" / "alpaca7b-test-first15.jsonl"
+    if not path.is_file():
+        pytest.skip("shared sample data (../shared/data) not present")
+    from mojax.models import load_tokenizer
+
+    tok_dir = SHARED / "gpt2-bpe"
+    policy, info, train, held = L.real_setup(path, tokenizer_path=tok_dir, model=MODEL,
+                                             sft=dataclasses.replace(SFT, steps=0), objective=1, eval_fraction=0.2,
+                                             max_length=64, max_prompt_length=32, cache_dir=tmp_path,
+                                             progress=False, compact_vocab=True)
+    assert len(train) + len(held) == 15 and len(held) == 3
+    vocab = info["vocab"]
+    assert policy.config.vocab_size == len(vocab) < 5000  # ~1k distinct GPT-2 ids instead of 50,257
+    raw, _ = L.real_pairs(path, load_tokenizer(tok_dir), objective=1, max_length=64, max_prompt_length=32)
+    raw_train, _ = L.split_pairs(raw, eval_fraction=0.2, seed=0)
+    real = train.arrays["attention_mask"].astype(bool)
+    np.testing.assert_array_equal(vocab[train.arrays["input_ids"]][real], raw_train.arrays["input_ids"][real])
+    assert np.isfinite(info["nll_before"]) and info["nll_before"] == info["nll_after"]  # steps = 0: no SFT

@@ -59,22 +59,24 @@ def test_quick_run_writes_the_documented_schema(quick_run):
 
 
 def test_penalty_zero_stable_po_is_dpo_and_the_hinge_adds_lambda_times_the_drop():
-    task = S.get_config(quick=True).task
-    model = L.build_decoder(task, L.ModelConfig(d_model=16, num_layers=1, num_heads=2, mlp_dim=16))
-    data = L.synthetic_pairs(task, dimension=0, num_pairs=8, seed=0)
+    quick = S.get_config(quick=True)
+    model = L.build_decoder(quick.task, quick.model)  # the quick run's graph: its compiled log-prob pass is reused
+    data = L.synthetic_pairs(quick.task, dimension=0, num_pairs=8, seed=0)
     logps = L.pair_logps(model, data)
     ref = logps + np.array([[0.7, -0.2]], np.float32) * np.arange(8)[:, None] / 8  # chosen fell by up to 0.6
     batch = {k: jnp.asarray(v) for k, v in dataclasses.replace(
         data, arrays={**data.arrays, "ref_logps": ref[:, None, :]}).batch(np.arange(8)).items()}
-    cfg = dataclasses.replace(S.get_config(quick=True), beta=0.3, penalty=0.0)
-    rng = jax.random.key(0)
-    plain, _ = S.make_objective("stable_po", cfg)(model, batch, rng)
+    cfg = dataclasses.replace(quick, beta=0.3, penalty=0.0)
+    lam = 2.0
+    objectives = [S.make_objective("stable_po", cfg), S.make_objective("dpo", cfg),
+                  S.make_objective("stable_po", dataclasses.replace(cfg, penalty=lam))]
+    graphdef, state = nnx.split(model)
+    # One jitted evaluation of the three objectives (eager op-by-op dispatch is slow on a shared 2-core CPU).
+    plain, dpo, pen = jax.jit(lambda st, b: [f(nnx.merge(graphdef, st), b, jax.random.key(0))[0]
+                                             for f in objectives])(state, batch)
     want = dpo_loss(logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1], beta=0.3)
     np.testing.assert_allclose(plain, want, rtol=1e-5)
-    dpo, _ = S.make_objective("dpo", cfg)(model, batch, rng)
     np.testing.assert_allclose(dpo, want, rtol=1e-5)
-    lam = 2.0
-    pen, _ = S.make_objective("stable_po", dataclasses.replace(cfg, penalty=lam))(model, batch, rng)
     hinge = np.maximum(ref[:, 0] - logps[:, 0], 0).mean()
     np.testing.assert_allclose(pen, float(want) + lam * hinge, rtol=1e-5)
     assert hinge > 0.1  # the check above exercised an active hinge
