@@ -394,7 +394,8 @@ def write_outputs(run_dir: Path, config: Config, metrics: dict[str, Any], synthe
                  what_ran=what, command=command_line(), tables={"Final metrics (held-out)": rows},
                  plots=[("logp_trajectories.png", "held-out chosen / rejected log-probs during training"),
                         ("accuracy.png", "held-out preference accuracy during training")],
-                 claim=claim_paragraph(results, claim))
+                 claim=claim_paragraph(results, claim, dimension=k if synthetic else None,
+                                       objective=metrics["objectives"][k]))
 
 
 def _verdict(c: dict[str, Any]) -> str:
@@ -404,8 +405,9 @@ def _verdict(c: dict[str, Any]) -> str:
     return f"chosen {chosen}; accuracy {'not worse' if c['accuracy_not_worse'] else 'worse'}"
 
 
-def claim_paragraph(results: dict[str, dict[str, Any]], claim: dict[str, Any]) -> str:
-    """One honest paragraph from the numbers (never canned)."""
+def claim_paragraph(results: dict[str, dict[str, Any]], claim: dict[str, Any], *, dimension: int | None = None,
+                    objective: str = "") -> str:
+    """One honest paragraph from the numbers (never canned); ``dimension`` adds the true-reward comparison."""
     if "dpo" not in results or "stable_po" not in claim:
         return ("The comparison needs both DPO and Stable PO (penalty); this run had "
                 f"{', '.join(method_label(m) for m in results)}, so the claim was not tested.")
@@ -426,6 +428,14 @@ def claim_paragraph(results: dict[str, dict[str, Any]], claim: dict[str, Any]) -
     if "simpo" in results:
         parts.append(f"SimPO alone moved the chosen log-prob by {results['simpo']['chosen_logp_delta']:+.3f} "
                      f"(accuracy {results['simpo']['accuracy']:.3f}).")
+    if dimension is not None and "mean_true_rewards" in dpo:
+        r_dpo, r_spo = dpo["mean_true_rewards"][dimension], spo["mean_true_rewards"][dimension]
+        parts.append(f"On the true reward the pairs were labelled by (`{objective}`), DPO's samples score "
+                     f"{r_dpo:.3f} (win rate {dpo['win_rate_vs_sft'][dimension]:.1%} against π_0) and Stable PO's "
+                     f"{r_spo:.3f} ({spo['win_rate_vs_sft'][dimension]:.1%}): "
+                     + ("the displaced likelihood went to responses the true reward prefers, so keeping the chosen "
+                        "(base-distribution) responses likely held the policy back here."
+                        if r_dpo > r_spo else "keeping the chosen likelihood did not cost true reward here."))
     if claim.get("held"):
         verdict = "The claim held in this run at the default λ."
     elif claim.get("held_at_some_penalty"):
