@@ -56,6 +56,7 @@ from experiments._common import (
 )
 from mojax.data.synthetic_lm import SyntheticLMConfig
 from mojax.losses import spo_loss
+from mojax.metrics import pareto_front
 from mojax.train.objectives import dpo_objective, spo_objective
 
 
@@ -358,6 +359,12 @@ def write_outputs(run_dir: Path, config: Config, metrics: dict[str, Any], phi: d
     plot_phi(run_dir / "phi.png", phi, delta_u)
     plot_curves(run_dir / "round2.png", {label(n): c["loss"] for n, c in metrics["round2_curves"].items()},
                 ylabel="round-2 training loss", smooth=10)
+    write_spo_report(run_dir, config, metrics)
+
+
+def write_spo_report(run_dir: Path, config: Config, metrics: dict[str, Any]) -> Path:
+    """``report.md`` from ``metrics`` (the plots of :func:`write_outputs` must already be in ``run_dir``)."""
+    names, methods = metrics["dimensions"], metrics["methods"]
     rows = []
     for n, m in methods.items():
         row = {"method": label(n)}
@@ -393,7 +400,7 @@ def write_outputs(run_dir: Path, config: Config, metrics: dict[str, Any], phi: d
         sections["Does π_1's implicit reward track dimension 1?"] = (
             f"On the dimension-2 training pairs, Δu = Δ[logπ_1 − logπ_0] has correlation {du['corr']:.3f} with the "
             f"true `{names[0]}` difference and the same sign on {du['sign_agreement']:.1%} of pairs.")
-    write_report(run_dir, title="SPO: sequential multi-dimensional preference alignment",
+    return write_report(run_dir, title="SPO: sequential multi-dimensional preference alignment",
                  what_ran=info, command=command_line(), tables=tables,
                  plots=[("rewards.png", "per-dimension score of each policy"),
                         ("phi.png", "ϕ at the end of round 2, agreeing vs conflicting pairs"),
@@ -426,6 +433,9 @@ def claim_paragraph(config: Config, metrics: dict[str, Any]) -> str:
             f"{m['dpo_mix']['mean_true_rewards'][0]:.3f}/{m['dpo_mix']['mean_true_rewards'][1]:.3f}. "
             f"At the end of round 2 the mean ϕ is {ph['agree_mean']:.3f} on agreeing pairs (Δu > 0) and "
             f"{ph['conflict_mean']:.3f} on conflicting ones. ")
+    points = np.array([v["mean_true_rewards"] for v in m.values()])
+    optimal = [label(n) for n, keep in zip(m, pareto_front(points, return_mask=True)) if keep]
+    text += f"Pareto-optimal among all policies here (mean true rewards): {', '.join(optimal)}. "
     keeps, gains = c["keeps_dim1_vs_s_dpo"], c["gains_dim2_vs_pi1"]
     if keeps and gains:
         text += ("So SPO kept more of dimension 1 than S-DPO while still gaining dimension 2 over π_1 (margins beyond "
