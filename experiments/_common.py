@@ -402,24 +402,30 @@ def plot_curves(path: str | os.PathLike, curves: Mapping[str, Any], *, xlabel: s
 class Timer:
     """Wall-clock timer: ``with Timer() as t: ...; t.seconds``; reuse accumulates (``t.total``, ``t.count``).
 
-    Uses ``time.perf_counter``. For JAX work, block on the result inside the ``with`` block
-    (``jax.block_until_ready``), or the clock stops while the device is still computing.
+    Uses ``time.perf_counter``; also records this process's CPU time (``cpu_seconds``, ``cpu_total``,
+    ``time.process_time``, all threads), a steadier measure than wall time on a machine shared with other jobs. For
+    JAX work, block on the result inside the ``with`` block (``jax.block_until_ready``), or the clock stops while the
+    device is still computing.
     """
 
     def __init__(self) -> None:
         self.seconds = 0.0  # the last interval
         self.total = 0.0
+        self.cpu_seconds = 0.0
+        self.cpu_total = 0.0
         self.count = 0
-        self._start: float | None = None
+        self._start: tuple[float, float] | None = None
 
     def __enter__(self) -> Timer:
-        self._start = time.perf_counter()
+        self._start = (time.perf_counter(), time.process_time())
         return self
 
     def __exit__(self, *exc: object) -> None:
         assert self._start is not None
-        self.seconds = time.perf_counter() - self._start
+        self.seconds = time.perf_counter() - self._start[0]
+        self.cpu_seconds = time.process_time() - self._start[1]
         self.total += self.seconds
+        self.cpu_total += self.cpu_seconds
         self.count += 1
         self._start = None
 

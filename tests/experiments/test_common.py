@@ -166,6 +166,9 @@ def test_timer_accumulates():
     with t:
         pass
     assert first >= 0.009 and t.count == 2 and math.isclose(t.total, first + t.seconds)
+    with t:
+        sum(i * i for i in range(200_000))  # busy: CPU time accrues
+    assert t.cpu_seconds > 0 and t.cpu_total >= t.cpu_seconds
 
 
 def test_command_line_quotes():
