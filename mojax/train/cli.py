@@ -1,10 +1,31 @@
-"""``python -m mojax.train``: train a LoRA-adapted decoder on synthetic preference pairs with any LM objective.
+"""``python -m mojax.train``: train a LoRA-adapted decoder with any LM objective, on synthetic pairs or your own data.
 
 Every option comes from the frozen configs through ``tyro`` (``--help`` lists them), e.g.::
 
     python -m mojax.train --method dpo --train.steps 50
     python -m mojax.train --method cos-dpo --train.steps 100 --mesh.data 2 --mesh.fsdp 2
     python -m mojax.train --method bilevel-stable-po --stable-penalty 1.0 --train.run-dir runs/spo
+
+Your own data and checkpoint (any format of ``mojax.data.read_preferences``: pairs, chat, HH, PKU-SafeRLHF,
+listwise, tokenized; JSONL, ``.gz``, JSON or Parquet)::
+
+    python -m mojax.train --method dpo --data-path prefs.jsonl --model-path ./gpt2 --max-length 512 \\
+        --max-prompt-length 256 --train.run-dir runs/dpo           # tokenizer read from ./gpt2 when it has one
+    python -m mojax.train --method dpo --data-path pku.jsonl --objective-index 1 --model-path ./gpt2  # "safer"
+    python -m mojax.train --method cos-dpo --data-path pku.jsonl --model-path ./gpt2   # all K objectives
+    python -m mojax.train --method sft --data-path prefs.jsonl --tokenizer-path ./tok  # tiny random decoder
+    python -m mojax.train --method dpo --data-path ids.jsonl --model-path stories15M.bin  # llama2.c + token ids
+
+With ``--data-path`` the file is read and tokenised once (``--data-format`` names the schema, default ``auto``);
+the ``DataReport`` (kept / skipped / truncated records by reason) is printed at the start and saved as
+``<run_dir>/data_report.json``. Multi-objective files (labels ``[K, N]``, e.g. PKU-SafeRLHF's ("better", "safer"))
+train the pairwise methods on dimension ``--objective-index`` (``mojax.data.select_objective``); ``cos-dpo``
+conditions on all K. ``--model-path`` is a local Hugging Face directory (``mojax.models.load_hf``, placed on the
+mesh) or a llama2.c ``.bin`` file (``load_llama2c``); LoRA is added to it and the frozen base is the reference. At the
+end the LoRA adapters are merged and the model is written to ``<run_dir>/hf`` (``--no-save-hf`` to skip), which
+``transformers.AutoModelForCausalLM.from_pretrained`` loads (for ``cos-dpo`` that is the LoRA-merged backbone; the
+HPT conditioning network lives only in the checkpoints). Without ``--model-path`` a tiny random Llama-style decoder
+is trained (sized to the tokenizer's vocabulary when one is given).
 
 The laptop default (a tiny Llama-style decoder, LoRA rank 4, 256 synthetic pairs) runs in well under a minute on
 one CPU core. Multi-host: start the same command on every host with ``--distributed.coordinator-address``,
@@ -15,7 +36,8 @@ then loads its share of every global batch. Resuming is automatic: rerun the sam
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from mojax.train.checkpoint import CheckpointConfig
 from mojax.train.distributed import DistributedConfig
@@ -25,10 +47,13 @@ from mojax.train.step import OptimizerConfig
 
 Method = Literal["dpo", "ipo", "sft", "stable-po", "bilevel-stable-po", "cos-dpo"]
 
+# Files whose presence makes a model directory also a tokenizer directory.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RunConfig:
-    """A command-line training run (synthetic pairs → tiny decoder + LoRA → one objective).
+    """A command-line training run (data → decoder + LoRA → one objective).
 
     Attributes:
       method: the objective (``mojax.train.objectives``).
@@ -37,9 +62,19 @@ class RunConfig:
       inner_lr: the bilevel form's inner SFT step size η.
       cos_penalty: COS-DPO's cosine penalty μ.
       lora_rank: LoRA rank on the attention projections (the reference is the LoRA base model).
-      num_pairs: synthetic preference pairs to generate.
+      num_pairs: synthetic preference pairs to generate (only without ``data_path``).
       batch_size: examples per step per process.
       data_seed: seed of the synthetic data and the shuffle.
+      data_path: a local preference file (JSONL / ``.gz`` / JSON / Parquet); empty = synthetic pairs.
+      data_format: its schema, ``"auto"`` or one of ``mojax.data.readers.FORMATS``.
+      objective_index: the label row (preference dimension) the pairwise methods train on for multi-objective data;
+        ``cos-dpo`` uses all of them.
+      tokenizer_path: a tokenizer directory (``mojax.models.load_tokenizer``); empty = the model directory's
+        tokenizer when it has one.
+      max_length: longest prompt + response row in tokens (longer examples are truncated, see ``mojax.data``).
+      max_prompt_length: longest prompt in tokens (cut from the left).
+      model_path: a Hugging Face model directory or a llama2.c ``.bin``; empty = a tiny random decoder.
+      save_hf: merge LoRA and write the trained model to ``<run_dir>/hf`` at the end (only with ``model_path``).
       train, optimizer, mesh, checkpoint, distributed: the engine's configs.
     """
 
@@ -52,11 +87,28 @@ class RunConfig:
     num_pairs: int = 256
     batch_size: int = 8
     data_seed: int = 0
+    data_path: str = ""
+    data_format: str = "auto"
+    objective_index: int = 0
+    tokenizer_path: str = ""
+    max_length: int = 512
+    max_prompt_length: int = 256
+    model_path: str = ""
+    save_hf: bool = True
     train: TrainConfig = TrainConfig(steps=50, run_dir="runs/train")
     optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-3)
     mesh: MeshConfig = MeshConfig()
     checkpoint: CheckpointConfig = CheckpointConfig(every_steps=25)
     distributed: DistributedConfig = DistributedConfig()
+
+    def __post_init__(self):
+        if not 0 < self.max_prompt_length < self.max_length:
+            raise ValueError(f"need 0 < max_prompt_length < max_length, got {self.max_prompt_length}, "
+                             f"{self.max_length}")
+        if self.objective_index < 0:
+            raise ValueError(f"objective_index must be >= 0, got {self.objective_index}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
 
 
 def _objective(config: RunConfig, num_objectives: int):
@@ -84,6 +136,123 @@ def _trainable(config: RunConfig):
     return nnx.LoRAParam
 
 
+def _load_tokenizer(config: RunConfig):
+    """The tokenizer: ``tokenizer_path``, else the model directory when it holds tokenizer files, else None."""
+    from mojax.models import load_tokenizer
+
+    if config.tokenizer_path:
+        return load_tokenizer(config.tokenizer_path)
+    model = Path(config.model_path) if config.model_path else None
+    if model is not None and model.is_dir() and any((model / f).exists() for f in _TOKENIZER_FILES):
+        return load_tokenizer(model)
+    return None
+
+
+def _adds_bos(tokenizer) -> bool | None:
+    """Whether the tokenizer's own encoding prepends BOS (Llama: yes; GPT-2, whose BOS is EOS: no), so the
+    training rows match what ``tokenizer(text)`` gives at inference. None without a tokenizer (pre-tokenized data)."""
+    if tokenizer is None or getattr(tokenizer, "bos_token_id", None) is None:
+        return None if tokenizer is None else False
+    with_special = tokenizer("a")["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    return len(with_special) > len(plain) and with_special[0] == tokenizer.bos_token_id
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Data:
+    """The training examples and what the model and objective need to know about them."""
+
+    examples: list
+    tokenize: Any  # mojax.data.TokenizeConfig, or None for the synthetic default
+    num_objectives: int  # K of the examples the objective sees (before select_objective for cos-dpo)
+    vocab_needed: int  # 1 + the largest token id in the data
+    report: Any = None  # mojax.data.DataReport
+
+
+def _user_data(config: RunConfig, tokenizer) -> _Data:
+    import numpy as np
+
+    from mojax.data import ReaderConfig, TokenizeConfig, load_tokenized, select_objective
+
+    pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
+    tok_cfg = TokenizeConfig(max_length=config.max_length, max_prompt_length=config.max_prompt_length,
+                             add_bos=_adds_bos(tokenizer), pad_id=0 if pad is None else int(pad))
+    examples, report = load_tokenized(config.data_path, tokenizer, tok_cfg, ReaderConfig(format=config.data_format))
+    k, n = examples[0].labels.shape
+    if config.method != "cos-dpo":
+        if n != 2:
+            raise ValueError(f"{config.data_path}: method {config.method!r} trains on pairs but the examples have "
+                             f"{n} responses; use --method cos-dpo for lists")
+        if not config.objective_index < k:
+            raise ValueError(f"{config.data_path}: objective_index={config.objective_index} but the data has "
+                             f"K={k} objective(s)")
+        # Single-dimension pairs, preferred response first under that dimension.
+        examples = select_objective(examples, config.objective_index)
+    vocab = 1 + max(int(max(ex.prompt_ids.max(initial=0), *(r.max(initial=0) for r in ex.response_ids)))
+                    for ex in examples)
+    return _Data(examples=examples, tokenize=tok_cfg, num_objectives=k, report=report,
+                 vocab_needed=max(vocab, tok_cfg.pad_id + 1))
+
+
+def _synthetic_data(config: RunConfig) -> _Data:
+    from mojax.data import SyntheticLMConfig, make_pairs
+
+    data_cfg = SyntheticLMConfig()
+    pairs = make_pairs(data_cfg, num_pairs=config.num_pairs, seed=config.data_seed)
+    return _Data(examples=pairs.examples, tokenize=None, num_objectives=len(data_cfg.objectives),
+                 vocab_needed=data_cfg.vocab_size)
+
+
+def _load_model(config: RunConfig, mesh):
+    """The pretrained decoder at ``config.model_path`` (HF directory or llama2.c ``.bin``), placed on ``mesh``."""
+    from mojax.models import load_hf, load_llama2c
+
+    path = Path(config.model_path)
+    if path.is_dir():
+        return load_hf(path, mesh=mesh)
+    if path.is_file() and path.suffix == ".bin":
+        return load_llama2c(path, mesh=mesh)
+    raise FileNotFoundError(f"model_path {config.model_path!r}: expected a Hugging Face model directory "
+                            "(config.json + safetensors) or a llama2.c .bin file")
+
+
+def _host_model(model):
+    """``model`` with every array fully on this host: multi-process runs all-gather the shards first (every
+    process must call this; only process 0 then writes)."""
+    import jax
+    from flax import nnx
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        nnx.update(model, multihost_utils.process_allgather(nnx.state(model), tiled=True))
+    return model
+
+
+def export_hf(result: TrainResult, path: str | Path, *, tokenizer: Any = None) -> Path:
+    """Merge the trained LoRA adapters into the base weights and write a ``transformers`` checkpoint to ``path``
+    (with the tokenizer's files when one is given, so ``AutoTokenizer.from_pretrained(path)`` works too).
+
+    For a ``ConditionedLM`` (COS-DPO) the backbone is exported: the HPT network has no Hugging Face counterpart.
+    """
+    import jax
+    from flax import nnx
+
+    from mojax.models import merge_lora, save_hf
+
+    # copy=True: a plain merge shares its Variables with result.state, and merge_lora assigns to them in place (it
+    # would fold the adapters into result.state's base kernels while the adapters stay there: applied twice after).
+    model = nnx.merge(result.graphdef, result.state.params, result.state.rest, copy=True)
+    decoder = getattr(model, "backbone", model)
+    decoder = _host_model(merge_lora(decoder))
+    path = Path(path)
+    if jax.process_index() == 0:
+        save_hf(decoder, path)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(path))
+    return path
+
+
 def run(config: RunConfig) -> TrainResult:
     """Build data, model and objective from ``config`` and train (see the module docstring)."""
     from mojax.train.distributed import initialize
@@ -93,37 +262,59 @@ def run(config: RunConfig) -> TrainResult:
     import jax
     from flax import nnx
 
-    from mojax.data import PipelineConfig, SyntheticLMConfig, make_iterator, make_pairs
-    from mojax.models import (ConditionedLM, Decoder, DecoderConfig, HPTConfig, HyperPromptTuning, LoRAConfig,
-                              add_lora)
+    from mojax.data import PipelineConfig, make_iterator
+    from mojax.models import ConditionedLM, Decoder, DecoderConfig, HPTConfig, HyperPromptTuning, LoRAConfig, add_lora
     from mojax.train.checkpoint import install_sigterm_flag
     from mojax.train.loop import train
     from mojax.train.mesh import make_mesh
     from mojax.train.step import make_optimizer
 
-    data_cfg = SyntheticLMConfig()
-    pairs = make_pairs(data_cfg, num_pairs=config.num_pairs, seed=config.data_seed)
-    num_objectives = len(data_cfg.objectives)
-    data = make_iterator(pairs.examples, PipelineConfig(batch_size=config.batch_size, seed=config.data_seed,
-                                                        num_epochs=None))
-    dec_cfg = DecoderConfig.tiny(vocab_size=data_cfg.vocab_size)
+    primary = jax.process_index() == 0
+    mesh = make_mesh(config.mesh)
+    tokenizer = _load_tokenizer(config)
+    data = _user_data(config, tokenizer) if config.data_path else _synthetic_data(config)
+    if primary and data.report is not None:
+        print(data.report.summary())
 
-    def build():
-        decoder = add_lora(Decoder(dec_cfg, rngs=nnx.Rngs(config.train.seed)), LoRAConfig(rank=config.lora_rank),
-                           rngs=nnx.Rngs(config.train.seed + 1))
+    base = _load_model(config, mesh) if config.model_path else None
+    if base is not None:
+        dec_cfg = base.config
+        if config.data_path and config.max_length > dec_cfg.max_positions:
+            raise ValueError(f"max_length={config.max_length} exceeds the model's max_positions="
+                             f"{dec_cfg.max_positions}")
+    else:
+        vocab = max(data.vocab_needed, len(tokenizer) if tokenizer is not None else 0)
+        positions = max(128, config.max_length if config.data_path else 0)
+        dec_cfg = DecoderConfig.tiny(vocab_size=vocab, max_positions=positions)
+    if data.vocab_needed > dec_cfg.vocab_size:
+        raise ValueError(f"the data holds token id {data.vocab_needed - 1} but the model's vocabulary has "
+                         f"{dec_cfg.vocab_size} entries: tokenizer and model do not match")
+
+    def attach(decoder):
+        decoder = add_lora(decoder, LoRAConfig(rank=config.lora_rank), rngs=nnx.Rngs(config.train.seed + 1))
         if config.method != "cos-dpo":
             return decoder
-        hpt = HyperPromptTuning(HPTConfig(num_objectives=num_objectives), d_model=dec_cfg.d_model,
+        hpt = HyperPromptTuning(HPTConfig(num_objectives=data.num_objectives), d_model=dec_cfg.d_model,
                                 rngs=nnx.Rngs(config.train.seed + 2))
         return ConditionedLM(decoder, hpt)
 
-    mesh = make_mesh(config.mesh)
-    if jax.process_index() == 0:
+    # A loaded model is already on the mesh: pass the module. The tiny one is built inside jit, shard by shard.
+    model = attach(base) if base is not None else (lambda: attach(Decoder(dec_cfg, rngs=nnx.Rngs(config.train.seed))))
+    iterator = make_iterator(data.examples, PipelineConfig(batch_size=config.batch_size, seed=config.data_seed,
+                                                           num_epochs=None), tokenize_config=data.tokenize)
+    if primary:
         print(f"mojax.train: {config.method} on {jax.device_count()} device(s), mesh {dict(mesh.shape)}, "
+              f"{len(data.examples)} examples, model {config.model_path or 'tiny random decoder'}, "
               f"run dir {config.train.run_dir}")
-    return train(model=build, objective=_objective(config, num_objectives), tx=make_optimizer(config.optimizer),
-                 data=data, mesh=mesh, config=config.train, checkpoint=config.checkpoint, wrt=_trainable(config),
-                 run_config=config, stop_flag=install_sigterm_flag())
+    result = train(model=model, objective=_objective(config, data.num_objectives),
+                   tx=make_optimizer(config.optimizer), data=iterator, mesh=mesh, config=config.train,
+                   checkpoint=config.checkpoint, wrt=_trainable(config), run_config=config, data_report=data.report,
+                   stop_flag=install_sigterm_flag())
+    if config.model_path and config.save_hf and not result.stopped:
+        out = export_hf(result, result.run_dir / "hf", tokenizer=tokenizer)
+        if primary:
+            print(f"mojax.train: LoRA merged, model saved to {out}")
+    return result
 
 
 def main(argv: list[str] | None = None) -> TrainResult:

@@ -1,11 +1,59 @@
-"""The command line: tyro parses the frozen configs; a two-step Stable PO run writes its run directory."""
+"""The command line: tyro parses the frozen configs; runs on synthetic pairs, on a user's JSONL with a Hugging Face
+GPT-2 checkpoint (exported back to transformers after merging LoRA), and on multi-objective PKU-style data."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
+
+WORDS = ("how do i bake bread cake knead the dough mix flour water yeast sugar then wait rest it slowly ignore "
+         "that question is dull add salt heat oven").split()
+WORDS = tuple(dict.fromkeys(WORDS))
+
+
+def _tokenizer():
+    """A word-level tokenizer (no BOS, EOS = <eos>, PAD = <pad>): self-made, so the test needs no download."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(("<pad>", "<unk>", "<eos>") + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    """A tiny random GPT-2 saved by transformers, with the tokenizer in the same directory."""
+    torch = pytest.importorskip("torch")
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    path = tmp_path_factory.mktemp("gpt2")
+    tok = _tokenizer()
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=64, vocab_size=len(tok),
+                     bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    GPT2LMHeadModel(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def _write_pairs(path):
+    good = [{"prompt": "how do i bake bread", "chosen": "mix flour water yeast then knead the dough",
+             "rejected": "ignore that question"},
+            {"prompt": "how do i bake cake", "chosen": "mix flour sugar then heat oven",
+             "rejected": "that question is dull"},
+            {"prompt": "how do i knead dough", "chosen": "knead it slowly then rest it", "rejected": "wait"},
+            {"prompt": "how do i mix flour", "chosen": "add water then mix slowly", "rejected": "ignore it"}] * 2
+    lines = [json.dumps(r) for r in good]
+    lines.insert(3, "{not json")                                                     # malformed_json
+    lines.insert(5, json.dumps({"prompt": "how do i bake", "chosen": "add salt"}))   # missing_field
+    lines.insert(7, json.dumps({"prompt": "how", "chosen": "", "rejected": "wait"}))  # empty_response
+    path.write_text("\n".join(lines) + "\n")
+    return len(good)
 
 
 def test_cli_parses_configs_and_trains(tmp_path):
@@ -20,10 +68,101 @@ def test_cli_parses_configs_and_trains(tmp_path):
     assert [x["step"] for x in lines] == [1, 2]
     # The reference is the LoRA base and LoRA's B starts at 0: the policy starts equal to it, so no hinge yet.
     assert lines[0]["hinge"] == 0.0 and abs(lines[0]["preference_loss"] - np.log(2)) < 1e-6
+    assert not (tmp_path / "hf").exists()  # no model path: nothing to export
 
 
-def test_cli_rejects_unknown_method(capsys):
+def test_cli_user_jsonl_and_hf_checkpoint_export(tmp_path, gpt2_dir, capsys):
+    """JSONL with bad lines + a transformers GPT-2 → DPO on LoRA → merged export that transformers loads."""
+    torch = pytest.importorskip("torch")
+    from flax import nnx
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mojax.models import load_hf, merge_lora
     from mojax.train.cli import main
+
+    data = tmp_path / "prefs.jsonl"
+    n_good = _write_pairs(data)
+    run_dir = tmp_path / "run"
+    result = main(["--method", "dpo", "--data-path", str(data), "--model-path", str(gpt2_dir), "--max-length", "32",
+                   "--max-prompt-length", "16", "--batch-size", "4", "--train.steps", "3", "--train.log-every", "1",
+                   "--train.run-dir", str(run_dir), "--train.no-progress", "--checkpoint.every-steps", "0",
+                   "--optimizer.learning-rate", "0.05", "--lora-rank", "2"])
+    out = capsys.readouterr().out
+    assert f"kept {n_good} of {n_good + 3} records" in out and "skipped malformed_json: 1" in out
+
+    report = json.loads((run_dir / "data_report.json").read_text())
+    assert report["kept"] == n_good
+    assert report["skipped"] == {"malformed_json": 1, "missing_field": 1, "empty_response": 1}
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["data_path"] == str(data) and config["model_path"] == str(gpt2_dir)
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3]
+    assert all(math.isfinite(x["loss"]) for x in lines)
+    assert abs(lines[0]["loss"] - math.log(2)) < 1e-5  # the LoRA base is the reference: DPO starts at ln 2
+
+    # The export equals mojax's merged model, and training moved it away from the checkpoint it started from.
+    hf = AutoModelForCausalLM.from_pretrained(run_dir / "hf").eval()
+    tok = AutoTokenizer.from_pretrained(run_dir / "hf")
+    ids = np.asarray(tok("how do i bake bread mix flour then knead the dough")["input_ids"], np.int32)[None]
+    lora_logits = np.asarray(result.model()(ids))
+    merged = merge_lora(nnx.merge(result.graphdef, result.state.params, result.state.rest, copy=True))
+    ours = np.asarray(merged(ids))
+    np.testing.assert_allclose(ours, lora_logits, atol=1e-5, rtol=0)  # merging does not change the function
+    with torch.no_grad():
+        theirs = hf(torch.as_tensor(ids, dtype=torch.long)).logits.numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
+    base = np.asarray(load_hf(gpt2_dir)(ids))
+    assert np.abs(ours - base).max() > 1e-3
+
+
+def _write_pku(path):
+    rows = []
+    for i in range(6):
+        safer = i % 2  # odd rows: the more helpful response 0 is the less safe one
+        rows.append({"prompt": f"how do i {WORDS[i]}", "response_0": "mix flour then heat oven",
+                     "response_1": "ignore that question", "better_response_id": 0, "safer_response_id": safer})
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def test_cli_data_objective_index_selects_dimension(tmp_path, gpt2_dir):
+    """PKU rows have labels [K=2, N=2]: pairwise methods keep row ``objective_index`` with its winner first;
+    cos-dpo keeps both rows."""
+    from mojax.train.cli import RunConfig, _load_tokenizer, _user_data
+
+    path = tmp_path / "pku.jsonl"
+    _write_pku(path)
+    tok = _load_tokenizer(RunConfig(model_path=str(gpt2_dir)))  # found in the model directory
+    assert tok is not None and tok.eos_token == "<eos>"
+    eos = tok.eos_token_id
+    helpful = tok("mix flour then heat oven", add_special_tokens=False)["input_ids"] + [eos]
+    refusal = tok("ignore that question", add_special_tokens=False)["input_ids"] + [eos]
+
+    safer = _user_data(RunConfig(data_path=str(path), objective_index=1, max_length=32, max_prompt_length=16), tok)
+    assert safer.num_objectives == 2 and safer.report.kept == 6
+    for i, ex in enumerate(safer.examples):
+        assert ex.labels.tolist() == [[1.0, 0.0]]
+        assert ex.response_ids[0].tolist() == (refusal if i % 2 else helpful)  # the safer response first
+    better = _user_data(RunConfig(data_path=str(path), max_length=32, max_prompt_length=16), tok)
+    assert all(ex.response_ids[0].tolist() == helpful for ex in better.examples)
+    both = _user_data(RunConfig(method="cos-dpo", data_path=str(path), max_length=32, max_prompt_length=16), tok)
+    assert [ex.labels.tolist() for ex in both.examples[:2]] == [[[1, 0], [1, 0]], [[1, 0], [0, 1]]]
+
+    with pytest.raises(ValueError, match="objective_index=2"):
+        _user_data(RunConfig(data_path=str(path), objective_index=2, max_length=32, max_prompt_length=16), tok)
+
+
+def test_cli_rejects_bad_options(tmp_path):
+    from mojax.train.cli import RunConfig, main, run
 
     with pytest.raises(SystemExit):
         main(["--method", "ppo"])
+    with pytest.raises(ValueError, match="max_prompt_length"):
+        RunConfig(max_length=16, max_prompt_length=16)
+    with pytest.raises(FileNotFoundError, match="model_path"):
+        run(RunConfig(model_path=str(tmp_path / "nowhere"), train=_one_step(tmp_path)))
+
+
+def _one_step(tmp_path):
+    from mojax.train.loop import TrainConfig
+
+    return TrainConfig(steps=1, run_dir=str(tmp_path / "run"), progress=False)
