@@ -17,7 +17,9 @@ What is compared, per model config (``tiny``: GPT-2 d=64, 2 layers, vocab 1,000,
   ``ref_mode="model"``), AdamW (lr ``--lr``, betas 0.9/0.999, eps 1e-8, no weight decay, constant schedule) after
   global-norm clipping at 1.0, float32, no dropout, no gradient checkpointing.
 
-Each side runs in its own process (peak RSS per process, read by the kernel; see ``_bench.run_measured``): mojax
+Each side runs in its own process (peak RSS per process, read by the kernel; see ``_bench.run_measured``), both
+with ``OMP_WAIT_POLICY=PASSIVE`` (on a shared machine torch's spinning OpenMP threads otherwise slow TRL by up to
+~80×; ``--omp-wait-policy ''`` to leave it unset): mojax
 compiles once (timed separately), runs ``--warmup`` untimed steps then ``--steps`` timed steps
 (``block_until_ready`` on the loss each step, host batch transfer included); TRL runs ``--warmup + --steps`` steps and
 a callback times each step between consecutive ``on_step_end`` events (data collation included — it is part of the
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -45,6 +48,8 @@ CONFIGS = {
     "tiny": (1000, 64, 2, 4, 64),
     "small": (50257, 384, 4, 6, 256),
 }
+# The tiny config's steps take ~0.1 s and are noisy on a shared machine: it runs this many times --steps.
+STEP_FACTOR = {"tiny": 10, "small": 1}
 PAIRS = 8
 BETA = 0.1
 
@@ -112,7 +117,7 @@ def role_trl(args) -> dict:
     from _bench import peak_rss_bytes
 
     vocab, _, _, _, t = CONFIGS[args.config]
-    total = args.warmup + args.steps
+    total = args.warmup + args.steps * STEP_FACTOR[args.config]
     examples = make_examples(vocab, t, PAIRS * total)
     data = Dataset.from_list([{"prompt": to_text(e["prompt"]), "chosen": " " + to_text(e["chosen"]),
                                "rejected": " " + to_text(e["rejected"])} for e in examples])
@@ -172,6 +177,74 @@ def mojax_batches(examples, t: int, pad: int):
         yield {"input_ids": ids, "attention_mask": attn, "loss_mask": loss}
 
 
+def compact_sequence_logps(hidden, unembedding, targets, where, *, chunk_rows: int):
+    """PROTOTYPE (not in the library): summed log-probs ``[M]`` of ``hidden [M, T, D]`` computing logits only for
+    chunks of valid (loss) positions.
+
+    The valid positions of the flattened ``[M·T]`` tokens are moved to the front (stable argsort of the mask), cut
+    into chunks of ``chunk_rows`` rows, and a ``lax.scan`` computes a chunk's ``[chunk_rows, V]`` logits only when it
+    holds a valid position (``lax.cond``; the backward pass skips the same chunks), summing each chunk's token
+    log-probs into their sequences with ``segment_sum``. Work is proportional to the number of loss positions instead
+    of M·T (TRL's fused LM head does the same on GPUs, not on CPU). Body rematerialised, as in
+    ``mojax.losses.sequence_logps_from_hidden``. Checked: the driver compares its loss trajectory with TRL's.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    *lead, t, d = hidden.shape
+    m = math.prod(lead)
+    n = m * t
+    chunks = -(-n // chunk_rows)
+    flat_w = where.reshape(n)
+    order = jnp.argsort(jnp.logical_not(flat_w), stable=True)  # valid positions first
+    order = jnp.concatenate([order, jnp.zeros((chunks * chunk_rows - n,), order.dtype)])
+    valid = (jnp.arange(chunks * chunk_rows) < n) & jnp.take(flat_w, order)
+    h = jnp.take(hidden.reshape(n, d), order, axis=0).reshape(chunks, chunk_rows, d)
+    tg = jnp.take(jnp.where(where, targets, 0).reshape(n).astype(jnp.int32), order).reshape(chunks, chunk_rows)
+    seg = jnp.take(jnp.repeat(jnp.arange(m, dtype=jnp.int32), t), order).reshape(chunks, chunk_rows)
+    count = jnp.sum(flat_w)
+
+    @jax.checkpoint
+    def chunk_logps(h_c, t_c, v_c, s_c, w_out):
+        logits = jnp.dot(h_c, w_out, preferred_element_type=jnp.float32)
+        lp = jnp.take_along_axis(logits, t_c[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(logits, axis=-1)
+        return jax.ops.segment_sum(jnp.where(v_c, lp, 0.0), s_c, num_segments=m)
+
+    def body(acc, xs):
+        i, h_c, t_c, v_c, s_c = xs
+        out = jax.lax.cond(i * chunk_rows < count, lambda: chunk_logps(h_c, t_c, v_c, s_c, unembedding),
+                           lambda: jnp.zeros((m,), jnp.float32))
+        return acc + out, None
+
+    total, _ = jax.lax.scan(body, jnp.zeros((m,), jnp.float32),
+                            (jnp.arange(chunks), h, tg, valid.reshape(chunks, chunk_rows), seg))
+    return total.reshape(tuple(lead))
+
+
+def compact_dpo_objective(*, beta: float, chunk_rows: int):
+    """PROTOTYPE: ``dpo_objective(ref_mode="model")`` with :func:`compact_sequence_logps` for both models."""
+    import jax
+    import jax.numpy as jnp
+
+    from mojax import losses as L
+
+    def logps(model, batch):
+        b, n, t = batch["input_ids"].shape
+        flat = lambda x: jnp.asarray(x).reshape(b * n, t)  # noqa: E731
+        targets, where = L.next_token_targets(flat(batch["input_ids"]), flat(batch["loss_mask"]).astype(bool))
+        hidden = model(flat(batch["input_ids"]), attention_mask=flat(batch["attention_mask"]), return_hidden=True)
+        return compact_sequence_logps(hidden, model.unembedding(), targets, where, chunk_rows=chunk_rows).reshape(b, n)
+
+    def objective(model, batch, rng):
+        del rng
+        lp = logps(model.policy, batch)
+        ref = jax.lax.stop_gradient(logps(model.reference, batch))
+        loss, metrics = L.dpo_loss(lp[:, 0], lp[:, 1], ref[:, 0], ref[:, 1], beta=beta, return_metrics=True)
+        return loss, {**metrics, "count": jnp.float32(lp.shape[0])}
+
+    return objective
+
+
 def role_mojax(args) -> dict:
     import jax
     import numpy as np
@@ -182,14 +255,17 @@ def role_mojax(args) -> dict:
                              jit_train_step, make_mesh, make_optimizer, make_train_step)
 
     vocab, _, _, _, t = CONFIGS[args.config]
-    total = args.warmup + args.steps
+    total = args.warmup + args.steps * STEP_FACTOR[args.config]
     batches = list(mojax_batches(make_examples(vocab, t, PAIRS * total), t, pad=vocab - 1))
     mesh = make_mesh(MeshConfig(data=1), devices=jax.devices()[:1])
     model = AnchoredPolicy(load_hf(args.model_dir), load_hf(args.model_dir))
     tx = make_optimizer(OptimizerConfig(learning_rate=args.lr, max_grad_norm=1.0, weight_decay=0.0))
     graphdef, state, shardings = create_train_state(model, tx, mesh=mesh, wrt=AnchoredPolicy.trainable)
     del model  # the state holds the only copy the step uses
-    objective = dpo_objective(beta=BETA, ref_mode="model", chunk_size=args.chunk_size)
+    if args.variant == "compact":
+        objective = compact_dpo_objective(beta=BETA, chunk_rows=PAIRS * 2 * args.chunk_size)
+    else:
+        objective = dpo_objective(beta=BETA, ref_mode="model", chunk_size=args.chunk_size)
     step = jit_train_step(make_train_step(graphdef, objective, tx), shardings, batches[0], mesh)
     key = jax.random.PRNGKey(0)
 
@@ -216,21 +292,31 @@ def role_mojax(args) -> dict:
 # Driver (imports neither JAX nor torch: it stays small, so it neither competes with nor inflates the children).
 
 
-def child(role: str, args, config: str, model_dir: str, **extra) -> list[str]:
-    cmd = [sys.executable, __file__, "--role", role, "--config", config, "--model-dir", model_dir,
-           "--steps", str(args.steps), "--warmup", str(args.warmup), "--lr", str(args.lr),
-           "--chunk-size", str(extra.get("chunk_size", args.chunk_size))]
-    return cmd
+def child(role: str, args, config: str, model_dir: str) -> list[str]:
+    variant = "library"
+    if role == "mojax-compact":
+        role, variant = "mojax", "compact"
+    return [sys.executable, __file__, "--role", role, "--config", config, "--model-dir", model_dir,
+            "--steps", str(args.steps), "--warmup", str(args.warmup), "--lr", str(args.lr),
+            "--chunk-size", str(args.chunk_size), "--variant", variant]
+
+
+def child_env(args) -> dict[str, str]:
+    # OpenMP threads (torch's) spin-wait between parallel regions by default. On a machine whose cores are shared
+    # with other jobs that spinning steals the cores the work needs: measured here at load ~20 on 2 cores, TRL's tiny
+    # step took 6-9 s with the default policy and 0.1 s with PASSIVE. Both children get the same setting.
+    return {"OMP_WAIT_POLICY": args.omp_wait_policy} if args.omp_wait_policy else {}
 
 
 def run_config(args, config: str, tmp: str) -> dict:
     model_dir = os.path.join(tmp, config)
     prep = run_measured(child("prepare", args, config, model_dir), timeout=args.timeout).json_result()
-    runs: dict[str, list[dict]] = {"mojax": [], "trl": []}
+    sides = ["mojax", "trl"] + ["mojax-compact"] * args.prototype
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
     for r in range(args.rounds):
-        order = ["mojax", "trl"] if r % 2 == 0 else ["trl", "mojax"]
-        for side in order:
-            m = run_measured(child(side, args, config, model_dir), timeout=args.timeout)
+        k = r % len(sides)
+        for side in sides[k:] + sides[:k]:  # rotate who goes first
+            m = run_measured(child(side, args, config, model_dir), timeout=args.timeout, env=child_env(args))
             res = m.json_result()
             res["peak_rss"] = m.peak_rss_bytes
             res["load"] = os.getloadavg()[0]
@@ -245,6 +331,7 @@ def summarise(config: str, result: dict) -> tuple[list, float, dict]:
     med = {side: [median(r["step_s"]) for r in runs[side]] for side in runs}
     # pairs/s ratio = TRL step time / mojax step time, per round, then the median over rounds
     speedup = median_ratio(med["trl"], med["mojax"])
+    proto = median_ratio(med["trl"], med["mojax-compact"]) if "mojax-compact" in med else float("nan")
     rss = {side: max(r["peak_rss"] for r in runs[side]) for side in runs}
     mj, tr = runs["mojax"][0], runs["trl"][0]
     n = min(len(mj["loss"]), len(tr["loss"]))
@@ -252,12 +339,15 @@ def summarise(config: str, result: dict) -> tuple[list, float, dict]:
               "first_chosen_logps": (mj["chosen_logps"][0], tr["chosen_logps"][0]),
               "last_loss": (mj["loss"][n - 1], tr["loss"][n - 1])}
     rows = []
-    for side in ("mojax", "trl"):
+    for side in runs:
         step = median(med[side])
-        compile_s = median([r["compile_s"] for r in runs[side]]) if side == "mojax" else float("nan")
+        compile_s = median([r["compile_s"] for r in runs[side]]) if side != "trl" else float("nan")
         rows.append([config, f"{result['params'] / 1e6:.2f}M", side, PAIRS / step, step,
                      median([r["first_step_s"] for r in runs[side]]), compile_s, rss[side] / MIB])
-    return rows, speedup, {"rss_ratio": rss["mojax"] / rss["trl"], **parity}
+    if "mojax-compact" in runs:
+        pc = runs["mojax-compact"][0]
+        parity["compact_max_abs_loss_diff"] = max(abs(a - b) for a, b in zip(pc["loss"][:n], tr["loss"][:n]))
+    return rows, speedup, {"rss_ratio": rss["mojax"] / rss["trl"], "prototype_speedup": proto, **parity}
 
 
 def main() -> None:
@@ -269,7 +359,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--chunk-size", type=int, default=32, help="mojax log-prob chunk (tokens)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per child process")
+    parser.add_argument("--omp-wait-policy", default="PASSIVE",
+                        help="OMP_WAIT_POLICY for both children ('' leaves it unset; see child_env)")
+    parser.add_argument("--prototype", action="store_true",
+                        help="also time mojax with the compacted-head prototype objective (not in the library)")
     parser.add_argument("--role", choices=["prepare", "mojax", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--variant", choices=["library", "compact"], default="library", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -285,7 +380,8 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown configs {sorted(unknown)}; choose from {sorted(CONFIGS)}")
     print(f"DPO step, batch {PAIRS} pairs, CPU float32; {args.rounds} alternating rounds of {args.warmup} warm-up + "
-          f"{args.steps} timed steps; mojax chunk {args.chunk_size}; {load_average()} at start", flush=True)
+          f"{args.steps} timed steps; mojax chunk {args.chunk_size}; OMP_WAIT_POLICY={args.omp_wait_policy!r}; "
+          f"{load_average()} at start", flush=True)
     rows, speedups, notes = [], {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for config in configs:
@@ -299,6 +395,9 @@ def main() -> None:
               f"{n['rss_ratio']:.2f}; parity: max |loss diff| over steps {n['max_abs_loss_diff']:.2e}, "
               f"first-step mean chosen logp mojax {n['first_chosen_logps'][0]:.4f} vs TRL "
               f"{n['first_chosen_logps'][1]:.4f}, last loss {n['last_loss'][0]:.5f} vs {n['last_loss'][1]:.5f}")
+        if "compact_max_abs_loss_diff" in n:
+            print(f"{config}: prototype (compacted head) speedup {n['prototype_speedup']:.2f}x; max |loss diff| vs "
+                  f"TRL {n['compact_max_abs_loss_diff']:.2e}")
         if abs(n["first_chosen_logps"][0] - n["first_chosen_logps"][1]) > 1e-3 * abs(n["first_chosen_logps"][1]):
             print(f"WARNING: {config}: the two sides' log-probs differ: they are not running the same model/data")
     print(f"{load_average()} at end")
