@@ -173,7 +173,7 @@ def save_config(run_dir: str | os.PathLike, config: Any) -> Path:
 
 
 def save_metrics(run_dir: str | os.PathLike, metrics: Mapping[str, Any]) -> Path:
-    """Save the experiment's numbers as ``metrics.json`` in ``run_dir`` (schema is the experiment's, documented there)."""
+    """Save the experiment's numbers as ``metrics.json`` in ``run_dir`` (the schema is the experiment's own)."""
     if not isinstance(metrics, Mapping):
         raise TypeError(f"metrics must be a mapping, got {type(metrics).__name__}")
     return save_json(Path(run_dir) / "metrics.json", metrics)

@@ -80,7 +80,8 @@ def test_modpo_objective_equals_pairwise_modpo_on_two_item_lists():
         chosen = np.argmax(batch["aux"][:, k], -1)
         rows = np.arange(8)
         other = 1 - k
-        margin_other = beta * (batch["single_diff"][rows, other, chosen] - batch["single_diff"][rows, other, 1 - chosen])
+        single = batch["single_diff"][rows, other]  # [B, 2]
+        margin_other = beta * (single[rows, chosen] - single[rows, 1 - chosen])
         want = modpo_loss(diff[rows, chosen], diff[rows, 1 - chosen], 0.0, 0.0, margin_other[:, None], w, beta=beta,
                           objective_index=k)
         np.testing.assert_allclose(loss, want, rtol=1e-5)
