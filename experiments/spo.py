@@ -76,7 +76,7 @@ class Config:
         1 = safer) or two files (dimension 1, dimension 2; e.g. HH helpful-base then harmless-base, objective 0 of
         each). No true rewards exist there: the evaluation is held-out preference accuracy per dimension under the
         policies' implicit rewards against π_0.
-      max_real_pairs: cap on pairs read per real file.
+      max_real_pairs: cap on pairs read per real file. max_length, max_prompt_length: real-text token limits.
       cache_dir: SFT / compilation cache. compile_cache: turn on JAX's persistent compilation cache under it (a
         process-wide setting; off in the quick preset). seed: data seed. progress: tqdm bars. out: run directory.
     """
@@ -97,6 +97,8 @@ class Config:
     data_paths: tuple[str, ...] = ()
     tokenizer_path: str | None = None
     max_real_pairs: int | None = None
+    max_length: int = 128
+    max_prompt_length: int = 96
     cache_dir: str | None = None
     compile_cache: bool = True
     seed: int = 0
@@ -154,13 +156,14 @@ def build_data(config: Config) -> dict[str, Any]:
     files = config.data_paths if len(config.data_paths) == 2 else config.data_paths * 2
     objectives = (0, 0) if len(config.data_paths) == 2 else (0, 1)
     tokenizer = lm.load_tokenizer(config.tokenizer_path or config.model.model_path)
-    data2, _ = lm.real_pairs(files[1], tokenizer, objective=objectives[1], max_length=128, max_prompt_length=96,
-                             max_examples=config.max_real_pairs)
+    data2, _ = lm.real_pairs(files[1], tokenizer, objective=objectives[1], max_length=config.max_length,
+                             max_prompt_length=config.max_prompt_length, max_examples=config.max_real_pairs)
     policy, info, train1, held1 = lm.real_setup(files[0], tokenizer_path=config.tokenizer_path, model=config.model,
                                                 sft=config.sft, objective=objectives[0], seed=config.seed,
                                                 cache_dir=config.cache_dir, progress=config.progress,
                                                 compact_vocab=True, vocab_extra=[data2],
-                                                max_examples=config.max_real_pairs)
+                                                max_examples=config.max_real_pairs, max_length=config.max_length,
+                                                max_prompt_length=config.max_prompt_length)
     if info["vocab"] is not None:
         data2 = lm.remap_tokens(data2, info["vocab"])
     train2, held2 = lm.split_pairs(data2, eval_fraction=0.2, seed=config.seed)

@@ -84,7 +84,8 @@ class Config:
         is then ``model.model_path`` (a Hugging Face directory) or a tiny decoder of the tokenizer's vocabulary, SFT
         on the training pairs' chosen responses; there are no true rewards, so no sampling evaluation.
       real_objective: the label row of real data (PKU-SafeRLHF: 0 better, 1 safer). max_real_pairs: cap on the
-        pairs read from the file.
+        pairs read from the file. max_length, max_prompt_length: real-text token limits (prompt cut from the left,
+        responses from the right).
       cache_dir: SFT / compilation cache (default ``runs/_cache`` or ``$MOJAX_CACHE``). compile_cache: turn on
         JAX's persistent compilation cache under it (a process-wide setting; off in the quick preset).
       seed: data seed. progress: tqdm bars. out: run directory (default ``runs/stable_po/<UTC time>``).
@@ -111,6 +112,8 @@ class Config:
     tokenizer_path: str | None = None
     real_objective: int = 0
     max_real_pairs: int | None = None
+    max_length: int = 128
+    max_prompt_length: int = 96
     cache_dir: str | None = None
     compile_cache: bool = True
     seed: int = 0
@@ -229,7 +232,9 @@ def build_setup(config: Config) -> dict[str, Any]:
                                                       (config.num_eval_pairs + config.num_train_pairs),
                                                       seed=config.seed, cache_dir=config.cache_dir,
                                                       progress=config.progress, compact_vocab=True,
-                                                      max_examples=config.max_real_pairs)
+                                                      max_examples=config.max_real_pairs,
+                                                      max_length=config.max_length,
+                                                      max_prompt_length=config.max_prompt_length)
         true_margin = None
         names = [f"objective_{config.real_objective}"]
     return {"policy": policy, "sft_info": sft_info, "train": lm.with_ref_logps(train, [policy]),
