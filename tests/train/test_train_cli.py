@@ -166,3 +166,28 @@ def _one_step(tmp_path):
     from mojax.train.loop import TrainConfig
 
     return TrainConfig(steps=1, run_dir=str(tmp_path / "run"), progress=False)
+
+
+def test_cli_mesh_that_cannot_split_the_vocabulary_is_a_clear_error(gpt2_dir):
+    """A 31-token vocabulary cannot be split over tensor=2: the CLI says so before the engine's placement fails;
+    over fsdp=2 alone (d_model = 32 splits evenly) the check passes. Runs in a subprocess with 4 CPU devices."""
+    import os
+    import subprocess
+    import sys
+
+    code = f"""
+import jax
+from mojax.models import load_hf
+from mojax.train.cli import _check_shardable
+from mojax.train.mesh import MeshConfig, make_mesh
+model = load_hf({str(gpt2_dir)!r})
+_check_shardable(model, make_mesh(MeshConfig(fsdp=2)))
+try:
+    _check_shardable(model, make_mesh(MeshConfig(fsdp=2, tensor=2)))
+except ValueError as e:
+    print("ERROR:", e)
+"""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ERROR: mesh" in out.stdout and "embedding" in out.stdout and "(31, 32)" in out.stdout
