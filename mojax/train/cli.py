@@ -171,8 +171,7 @@ class _Data:
 
 
 def _user_data(config: RunConfig, tokenizer) -> _Data:
-    import numpy as np
-
+    """Read and tokenise ``config.data_path``; pairwise methods get the ``objective_index`` dimension only."""
     from mojax.data import ReaderConfig, TokenizeConfig, load_tokenized, select_objective
 
     pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
