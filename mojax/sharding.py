@@ -99,12 +99,37 @@ def state_shardings(state: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] = L
     def one(leaf):
         names = _logical_names(leaf)
         spec = logical_to_mesh_spec(names, mesh, rules)
+        value = leaf.get_value() if isinstance(leaf, nnx.Variable) else leaf
+        shape = getattr(value, "shape", None)
+        if shape is not None:
+            spec = fit_spec(spec, tuple(shape), mesh)
         sharding = NamedSharding(mesh, spec)
         if isinstance(leaf, nnx.Variable):
             return leaf.replace(sharding)
         return sharding
 
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def fit_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
+    """Drop mesh axes from dimensions they do not divide, so such a dimension is replicated instead of failing.
+
+    Real checkpoints need this: GPT-2's 50,257-token vocabulary cannot be split two ways, and 2 KV heads cannot be
+    split over a 4-way ``tensor`` axis. Axes are kept left to right while their running product divides the size.
+    """
+    entries = list(spec) + [None] * (len(shape) - len(spec))
+    fixed = []
+    for dim, axes in zip(shape, entries):
+        if axes is None:
+            fixed.append(None)
+            continue
+        keep, size = [], 1
+        for axis in (axes,) if isinstance(axes, str) else tuple(axes):
+            if dim % (size * mesh.shape[axis]) == 0:
+                keep.append(axis)
+                size *= mesh.shape[axis]
+        fixed.append(None if not keep else keep[0] if len(keep) == 1 else tuple(keep))
+    return PartitionSpec(*fixed)
 
 
 def named_sharding(mesh: Mesh, *logical: str | None, rules: Sequence[tuple[str, Any]] = LOGICAL_RULES) -> NamedSharding:
