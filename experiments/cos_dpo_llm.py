@@ -96,7 +96,9 @@ class Config:
       cos_steps: optimizer steps of the one W-COS-DPO run (its other settings from ``train``).
       lora: the adapters (all projections by default: the tiny decoder has few).
       hpt: Hyper Prompt Tuning (``num_objectives`` must be 2).
-      concentration, per_example: W-COS-DPO's ``w ~ Dir(α·1)`` and whether each example draws its own w.
+      concentration, per_example: W-COS-DPO's ``w ~ Dir(α·1)`` and whether each example draws its own w (the
+        paper draws one per step; per example gives every step a spread of w, which a small batch needs).
+      penalty: W-COS-DPO's cosine penalty μ (paper §A.2: ``Σ w_k ℓ_k − μ·cos(ℓ⃗, w)`` to foster exploration).
       beta: the DPO temperature β of every method.
       num_weights: points of the evaluation sweep ``w_a = i/(n−1)``.
       num_train_pairs, num_eval_prompts: training pairs and held-out prompts sampled per weight.
@@ -121,6 +123,7 @@ class Config:
     hpt: HPTConfig = HPTConfig(num_objectives=2, num_prefix_tokens=4, rank=4, hidden_dim=32)
     concentration: float = 1.0
     per_example: bool = True
+    penalty: float = 0.0
     beta: float = 0.1
     num_weights: int = 11
     num_train_pairs: int = 2048
@@ -150,8 +153,8 @@ class Config:
             raise ValueError(f"hpt.num_objectives must be 2, got {self.hpt.num_objectives}")
         if self.num_weights < 2:
             raise ValueError(f"num_weights must be >= 2, got {self.num_weights}")
-        if self.beta <= 0 or self.concentration <= 0 or self.cos_steps < 1:
-            raise ValueError("beta and concentration must be positive and cos_steps >= 1")
+        if self.beta <= 0 or self.concentration <= 0 or self.cos_steps < 1 or self.penalty < 0:
+            raise ValueError("beta and concentration must be positive, cos_steps >= 1 and penalty >= 0")
         if self.data_path is not None and self.tokenizer_path is None and self.model.model_path is None:
             raise ValueError("real data (--data-path) needs --tokenizer-path (or --model.model-path)")
 
@@ -396,7 +399,7 @@ def train_methods(config: Config, pi0: nnx.Module, train: lm.PairData, weights: 
         model = conditioned_policy(pi0, config)
         objective = cos_dpo_objective(sampling=COSDPOSampling(num_objectives=2, concentration=config.concentration,
                                                               per_example=config.per_example),
-                                      beta=config.beta, label_norm="l1", ref_mode="cached")
+                                      beta=config.beta, penalty=config.penalty, label_norm="l1", ref_mode="cached")
         trained, hist = lm.train_policy(model, objective, train, dataclasses.replace(cfg, steps=config.cos_steps),
                                         wrt=ConditionedLM.trainable, desc="W-COS-DPO", progress=config.progress)
         trainable = num_params(trained, ConditionedLM.trainable)
@@ -552,7 +555,8 @@ def main(config: Config) -> Path:
             f"{config.lora.rank} on {', '.join(config.lora.targets)}, β = {config.beta}, AdamW lr "
             f"{config.train.learning_rate}, batch {config.train.batch_size}. W-COS-DPO: one run of {config.cos_steps} "
             f"steps, HPT with {config.hpt.num_prefix_tokens} prefix tokens (rank {config.hpt.rank}), "
-            f"w ~ Dir({config.concentration}·1) {'per example' if config.per_example else 'per step'}. DPO-LS: one "
+            f"w ~ Dir({config.concentration}·1) {'per example' if config.per_example else 'per step'}, cosine penalty "
+            f"μ = {config.penalty}. DPO-LS: one "
             f"run of {config.train.steps} steps per weight. DPO Soup: the two single-objective runs interpolated. "
             f"Points: {metrics['point_definition']} at w_{names[0]} = i/{config.num_weights - 1}; HV reference point "
             f"{list(config.reference_point)} (the least value of both objectives). π_0's point: "

@@ -105,7 +105,7 @@ class Config:
     task: SyntheticLMConfig = SyntheticLMConfig()
     model: lm.ModelConfig = lm.ModelConfig()
     sft: lm.SFTConfig = lm.SFTConfig()
-    train: lm.TrainConfig = lm.TrainConfig(steps=300, batch_size=48, learning_rate=1e-3, warmup_steps=10,
+    train: lm.TrainConfig = lm.TrainConfig(steps=300, batch_size=48, learning_rate=3e-3, warmup_steps=10,
                                            eval_every=0)
     mixtures: tuple[tuple[float, ...], ...] = ((0.5, 0.0, 0.5, 0.0), (0.0, 0.5, 0.5, 0.0), (0.0, 0.0, 0.5, 0.5))
     num_train_pairs: int = 1024
