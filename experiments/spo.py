@@ -390,7 +390,8 @@ def write_spo_report(run_dir: Path, config: Config, metrics: dict[str, Any]) -> 
          "Δu > 0 (end)": v["end"]["agree_mean"], "Δu < 0 (end)": v["end"]["conflict_mean"],
          "pairs Δu > 0": v["end"]["agree_count"], "pairs Δu < 0": v["end"]["conflict_count"]}
         for n, v in metrics["phi"].items()]
-    info = (f"π_0: {'a tiny decoder' if config.model.model_path is None else config.model.model_path} fitted by SFT. "
+    info = (f"π_0: {'a tiny decoder' if config.model.model_path is None else f'`{config.model.model_path}`'} "
+            "fitted by SFT. "
             + (f"{config.num_pairs} pairs per dimension labelled by Bradley–Terry on `{names[0]}` then `{names[1]}`; "
                f"{config.num_samples} held-out prompts sampled at temperature {config.sample_temperature}. "
                if metrics["synthetic"] else f"Real pairs: {', '.join(config.data_paths)}. ")

@@ -384,7 +384,7 @@ def write_outputs(run_dir: Path, config: Config, metrics: dict[str, Any], synthe
             row[f"win rate vs SFT ({metrics['objectives'][k]})"] = r["win_rate_vs_sft"][k]
         row["train s"] = r["train_seconds"]
         rows.append(row)
-    what = (f"π_0: a {'tiny decoder' if config.model.model_path is None else config.model.model_path} "
+    what = (f"π_0: {'a tiny decoder' if config.model.model_path is None else f'`{config.model.model_path}`'} "
             f"fitted by SFT (held-out NLL {sft['nll_before']:.3f} → {sft['nll_after']:.3f} nats/token"
             f"{', cached' if sft.get('cached') else ''}). "
             + (f"{config.num_train_pairs} training and {config.num_eval_pairs} held-out synthetic pairs labelled by "
