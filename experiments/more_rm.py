@@ -107,7 +107,9 @@ class Config:
     sft: lm.SFTConfig = lm.SFTConfig()
     train: lm.TrainConfig = lm.TrainConfig(steps=300, batch_size=48, learning_rate=3e-3, warmup_steps=10,
                                            eval_every=0)
-    mixtures: tuple[tuple[float, ...], ...] = ((0.5, 0.0, 0.5, 0.0), (0.0, 0.5, 0.5, 0.0), (0.0, 0.0, 0.5, 0.5))
+    # Rows of 4 (a fixed-length inner tuple lets tyro parse `--mixtures 1 0 0 0 0 1 0 0` as K = 2 rows).
+    mixtures: tuple[tuple[float, float, float, float], ...] = (
+        (0.5, 0.0, 0.5, 0.0), (0.0, 0.5, 0.5, 0.0), (0.0, 0.0, 0.5, 0.5))
     num_train_pairs: int = 1024
     num_eval_pairs: int = 512
     methods: tuple[str, ...] = tuple(METHOD_LABELS)
