@@ -12,7 +12,8 @@ K auxiliary label columns with listwise DPO (ListNet on β·(f_θ − f_ref), ME
 held-out queries at the same ``num_weights`` simplex weights (11: a linspace for K = 2; the K vertices, the centroid
 and a fixed Dirichlet(1) sample otherwise):
 
-- **W-COS-DPO**: one weight-conditioned model trained once, w ~ Dirichlet(α·1) each step, loss Σ_k w_k ℓ_k − μ·cos;
+- **W-COS-DPO**: one weight-conditioned model trained once, w ~ Dirichlet(α·1) drawn per list (the paper: per step,
+  ``--no-per-example-weights``), loss Σ_k w_k ℓ_k − μ·cos;
 - **DPO-LS**: one run per weight (the weight is a traced batch input: one compile for all runs);
 - **DPO Soup**: the K single-objective runs (the DPO-LS vertex runs, same init), parameters mixed by w;
 - **MO-DPO**: for each interior w, objective k = argmax w trained against the single models' implicit rewards;
@@ -929,8 +930,8 @@ def write_outputs(run_dir: Path, c: Config, metrics: dict[str, Any], curves: dic
             f"{c.base_d_model}. Fine-tuning: `{c.conditioning}` parametrisation, width {c.d_model}, {c.num_layers} "
             f"layer(s), AdamW lr {c.learning_rate:g}, batch {c.batch_size} queries, listwise DPO at β = {c.beta:g} "
             f"with `{c.label_norm}` label normalisation; {c.run_steps} steps per DPO-LS / single / MO-DPO run, "
-            f"{c.cos_steps} steps for the single W-COS-DPO / T-COS-DPO run (Dirichlet α = {c.concentration:g}, "
-            f"penalty μ = {c.penalty:g}). Every method is evaluated at the same {c.num_weights} weights on the test "
+            f"{c.cos_steps} steps for the single W-COS-DPO / T-COS-DPO run (Dirichlet α = {c.concentration:g}, one w per "
+            f"{'list' if c.per_example_weights else 'step'}, penalty μ = {c.penalty:g}). Every method is evaluated at the same {c.num_weights} weights on the test "
             f"queries; HV reference point = 0 (gain column: reference = the base model's point). Train seconds "
             f"include JIT compilation; DPO Soup and MO-DPO reuse DPO-LS's vertex runs as their single-objective "
             f"models and count their time.")

@@ -232,14 +232,16 @@ def _hv2d_max(points):
     return area
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cos_dpo_ltr")
-    run_dir = cli(E.get_config, E.main, argv=["--quick", "--out", str(out)])
-    return Path(run_dir), json.loads((Path(run_dir) / "metrics.json").read_text())
+def test_quick_run_end_to_end(tmp_path):
+    # One test for the one smoke run: under pytest-xdist a module fixture would rerun it in every worker.
+    run_dir = Path(cli(E.get_config, E.main, argv=["--quick", "--out", str(tmp_path / "run")]))
+    quick_run = run_dir, json.loads((run_dir / "metrics.json").read_text())
+    _check_metrics_schema_and_sanity(quick_run)
+    _check_param_counts_follow_architecture(quick_run)
+    _check_prop31_and_report(quick_run)
 
 
-def test_quick_metrics_schema_and_sanity(quick_run):
+def _check_metrics_schema_and_sanity(quick_run):
     run_dir, m = quick_run
     cfg = E.get_config(quick=True)
     k = 2
@@ -259,7 +261,7 @@ def test_quick_metrics_schema_and_sanity(quick_run):
         np.testing.assert_array_equal(ls[v], mo[v])
 
 
-def test_quick_param_counts_follow_architecture(quick_run):
+def _check_param_counts_follow_architecture(quick_run):
     _, m = quick_run
     cfg = E.get_config(quick=True)
     r = {n: v["num_params"] for n, v in m["methods"].items()}
@@ -271,7 +273,7 @@ def test_quick_param_counts_follow_architecture(quick_run):
     assert r["t_cos_dpo"] == single + 4 * cfg.d_model
 
 
-def test_quick_prop31_and_report(quick_run):
+def _check_prop31_and_report(quick_run):
     run_dir, m = quick_run
     p = m["prop31"]
     for key in ("front_distance_rescaled", "front_distance_raw", "score_rel_rms_rescaled", "hypervolume_rescaled"):
