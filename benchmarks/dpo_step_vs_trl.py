@@ -1,10 +1,10 @@
 """Benchmark: one DPO training step, mojax (jitted, chunked log-probs) vs TRL's ``DPOTrainer``, CPU, float32.
 
 Run:  .venv/bin/python benchmarks/dpo_step_vs_trl.py [--configs tiny,small] [--rounds 2] [--steps 6]
-      (needs the ``bench`` extra: ``pip install -e '.[bench]'`` — torch, trl, psutil)
+      (needs the ``bench`` extra: ``pip install -e '.[bench]'`` — torch, trl)
 
 What is compared, per model config (``tiny``: GPT-2 d=64, 2 layers, vocab 1,000, T=64; ``small``: GPT-2 d=384,
-4 layers, 6 heads, the real 50,257 vocabulary, 26.6M parameters, T=256):
+4 layers, 6 heads, the real 50,257 vocabulary, 26.5M parameters, T=256):
 
 * the same model — a random ``GPT2LMHeadModel`` saved with ``save_pretrained``; TRL loads that directory (policy and
   its own reference copy), mojax loads it twice with :func:`mojax.models.load_hf` (policy and frozen reference in an
@@ -27,7 +27,12 @@ trainer). Processes alternate mojax/TRL for ``--rounds`` rounds; the table repor
 median over rounds of the per-round ratio of medians. Both sides log each step's loss and mean chosen log-prob: the
 script checks they agree (same weights, tokens and updates), as a guard that the two do the same work.
 
-The last line is ``speedup_vs_trl=<min over configs of mojax pairs/s ÷ TRL pairs/s>``.
+``--prototype`` adds a third contender, ``mojax-compact``: the same step with :func:`compact_dpo_objective`, a
+prototype (not in the library) whose log-probs compute logits only at loss positions — see BUILD_NOTES
+"Performance" for why, and what it would take to move into ``mojax.losses``/``mojax.train``.
+
+The last line is ``speedup_vs_trl=<min over configs of mojax pairs/s ÷ TRL pairs/s>`` (the library's step; the
+prototype's speedup is printed above it).
 """
 
 from __future__ import annotations

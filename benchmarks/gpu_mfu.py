@@ -20,7 +20,8 @@ length (no padding, so every counted token is computed), responses after a 1/4-l
 What is counted (model FLOPs, PaLM appendix B convention — what the model needs, not what the hardware executes):
 
 * policy, forward + backward: ``6 · N · tokens`` with N the parameters that multiply activations (all but the
-  token-embedding table; the unembedding is counted), plus attention ``12 · layers · heads · head_dim · T`` per token;
+  token-embedding table; the unembedding is counted), plus attention ``12 · layers · heads · head_dim · T``
+  per token;
 * reference, forward only: ``2 · N · tokens`` plus ``4 · layers · heads · head_dim · T`` per token;
 * tokens = pairs × 2 responses × T. Attention is counted over the full T × T square (as PaLM does), although the
   causal mask makes half of it unnecessary. Recomputation (rematerialised blocks, the chunked log-prob backward)

@@ -6,7 +6,7 @@ Run:  .venv/bin/python benchmarks/logps_memory.py [--chunks 32,64,128,256,512] [
 Shapes: vocab V = 50,257, width D = 768, B × T = 8 × 1,024, float32. The function differentiated (with respect to the
 hidden states ``[B, T, D]`` and the unembedding ``[D, V]``) is the sum of the B sequence log-probs:
 
-* ``full``:    ``mojax.losses.sequence_logps(hidden @ unembedding, targets, where=where)`` — materialises ``[B, T, V]``
+* ``full``: ``mojax.losses.sequence_logps(hidden @ unembedding, targets, where=where)`` — materialises ``[B, T, V]``
   logits (1.65 GB in float32) and their gradient;
 * ``chunk C``: ``mojax.losses.sequence_logps_from_hidden(hidden, unembedding, targets, where=where, chunk_size=C)``
   — a scan over token chunks whose body is rematerialised, so only ``[B, C, V]`` logits live at a time (forward
@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=128, help="the chunk size of the headline ratio")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-rss", action="store_true", help="skip the per-process peak RSS measurements")
-    parser.add_argument("--smoke", action="store_true", help="tiny shapes (V=1000, D=64, B×T=2×128): checks the script")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes (V 1000, D 64, 2×128 tokens)")
     parser.add_argument("--role", choices=["rss"], help=argparse.SUPPRESS)
     parser.add_argument("--chunk", type=int, default=0, help=argparse.SUPPRESS)  # 0 = full logits
     parser.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
