@@ -9,7 +9,7 @@ What is compared, per model config (``tiny``: GPT-2 d=64, 2 layers, vocab 1,000,
 * the same model — a random ``GPT2LMHeadModel`` saved with ``save_pretrained``; TRL loads that directory (policy and
   its own reference copy), mojax loads it twice with :func:`mojax.models.load_hf` (policy and frozen reference in an
   :class:`mojax.train.AnchoredPolicy`), so weights are identical;
-* the same data — 8 pairs per step, synthetic token ids (prompt 16–64 tokens, chosen response filling the sequence
+* the same data — 8 pairs per step, synthetic token ids (prompt 16–64 tokens, up to T/4, chosen response filling the sequence
   to T, rejected response to between T/2 and T, both ending in EOS), given to TRL as text over a word-level tokenizer
   whose token ``t<i>`` is id ``i`` (so TRL tokenises to exactly these ids), in order (``train_sampling_strategy=
   "sequential"``); every batch pads to T on both sides;
@@ -70,11 +70,13 @@ def make_examples(vocab: int, seq_len: int, num: int, seed: int = 0) -> list[dic
     """
     import numpy as np
 
+    if seq_len < 8 or vocab < 3:
+        raise ValueError(f"need seq_len >= 8 and vocab >= 3, got {seq_len}, {vocab}")
     rng = np.random.default_rng(seed)
     eos = vocab - 1
     out = []
     for _ in range(num):
-        p = int(rng.integers(16, min(64, seq_len // 4) + 1))
+        p = int(rng.integers(min(16, seq_len // 4), min(64, seq_len // 4) + 1))
         r = int(rng.integers(seq_len // 2, seq_len + 1)) - p
         draw = lambda n: [int(x) for x in rng.integers(1, vocab - 1, n)]  # noqa: E731  (no EOS inside)
         out.append({"prompt": draw(p), "chosen": draw(seq_len - p - 1) + [eos], "rejected": draw(r - 1) + [eos]})

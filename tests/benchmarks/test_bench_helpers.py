@@ -114,3 +114,69 @@ def test_format_table_and_headline():
         _bench.headline("not an id", 1.0)
     assert "cores" in _bench.load_average()
     assert statistics.median([1, 2, 3]) == 2
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pieces of the benchmarks that are not the measurement itself (the scripts are not run in the suite).
+
+
+def test_dpo_examples_and_batches_layout():
+    import dpo_step_vs_trl as dpo
+
+    vocab, t = 50, 32
+    examples = dpo.make_examples(vocab, t, 16)
+    for e in examples:
+        assert len(e["prompt"]) + len(e["chosen"]) == t  # every batch pads to t on both sides
+        assert len(e["prompt"]) + len(e["rejected"]) <= t
+        assert e["chosen"][-1] == e["rejected"][-1] == vocab - 1
+        assert vocab - 1 not in e["prompt"] + e["chosen"][:-1] + e["rejected"][:-1]
+    batch = next(dpo.mojax_batches(examples, t, pad=vocab - 1))
+    e = examples[3]
+    rejected = e["prompt"] + e["rejected"]
+    assert batch["input_ids"][3, 1, :len(rejected)].tolist() == rejected
+    assert batch["attention_mask"][3, 1].sum() == len(rejected)
+    assert batch["loss_mask"][3, 1].tolist() == [len(e["prompt"]) <= i < len(rejected) for i in range(t)]
+    assert dpo.to_text([5, 17]) == "t5 t17"
+
+
+def test_compact_sequence_logps_matches_full_logits():
+    import jax
+    import jax.numpy as jnp
+
+    import dpo_step_vs_trl as dpo
+    from mojax.losses import sequence_logps
+
+    rng = np.random.default_rng(0)
+    t, d, v = 20, 8, 30
+    hidden = jnp.asarray(rng.standard_normal((2, 3, t, d)), jnp.float32)
+    unembedding = jnp.asarray(rng.standard_normal((d, v)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, v, (2, 3, t)))
+    where = jnp.asarray(rng.random((2, 3, t)) < 0.3)
+    weights = jnp.asarray(rng.standard_normal((2, 3)), jnp.float32)  # distinct per-sequence cotangents
+
+    def compact(h, w):
+        return jnp.sum(weights * dpo.compact_sequence_logps(h, w, targets, where, chunk_rows=16))
+
+    def full(h, w):
+        return jnp.sum(weights * sequence_logps(h @ w, targets, where=where))
+
+    (v1, g1), (v2, g2) = (jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(hidden, unembedding) for f in (compact, full))
+    assert np.isclose(v1, v2, rtol=1e-5)
+    for a, b in zip(g1, g2):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_gpu_mfu_peak_table_and_flop_count():
+    import gpu_mfu
+
+    assert gpu_mfu.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert gpu_mfu.peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert gpu_mfu.peak_flops("NVIDIA L40") == 181e12 and gpu_mfu.peak_flops("NVIDIA L4") == 121e12
+    assert math.isnan(gpu_mfu.peak_flops("cpu"))
+    s = gpu_mfu.SMOKE
+    # by hand: per token, policy 6N + 12·L·H·h·T, reference 2N + 4·L·H·h·T
+    n = s.layers * (2 * s.d_model * s.heads * s.head_dim + 2 * s.d_model * s.kv_heads * s.head_dim
+                    + 3 * s.d_model * s.mlp) + s.d_model * s.vocab
+    attn = s.layers * s.heads * s.head_dim * s.seq_len
+    assert s.step_flops() == (8 * n + 16 * attn) * s.pairs * 2 * s.seq_len
+    assert 1.0e9 < gpu_mfu.FULL.matmul_params + gpu_mfu.FULL.vocab * gpu_mfu.FULL.d_model < 1.2e9  # "~1B"
