@@ -273,12 +273,17 @@ def real_data(config: Config) -> tuple[nnx.Module, dict[str, Any], lm.PairData, 
     arrays["labels"] = arrays["labels"][:, list(config.objectives)]
     data = lm.PairData(arrays=arrays, prompts=[ex.prompt_ids for ex in tokenized])
     train, held = lm.split_pairs(data, eval_fraction=config.eval_fraction, seed=config.seed)
-    # π_0: lm.real_setup builds (and caches) the SFT policy on chosen responses of the same file and split.
+    # π_0: lm.real_setup builds (and caches) the SFT policy on chosen responses of the same file and split. A
+    # from-scratch decoder gets the sample's compact vocabulary (a 50,257-token GPT-2 unembedding is ~50× larger for
+    # nothing and its log-softmax passes took > 10 GB here); our two-label pairs are remapped the same way.
     policy, info, _, _ = lm.real_setup(config.data_path, tokenizer_path=config.tokenizer_path, model=config.model,
                                        sft=config.sft, objective=config.objectives[0],
                                        eval_fraction=config.eval_fraction, max_length=config.max_length,
                                        max_prompt_length=config.max_prompt_length, seed=config.seed,
-                                       cache_dir=config.cache_dir, progress=config.progress)
+                                       cache_dir=config.cache_dir, progress=config.progress,
+                                       compact_vocab=config.model.model_path is None)
+    if info.get("vocab") is not None:
+        train, held = lm.remap_tokens(train, info["vocab"]), lm.remap_tokens(held, info["vocab"])
     info["data_report"] = report.summary()
     # PKU-SafeRLHF's label rows are named by the reader config ("better" = helpfulness, "safer" = harmlessness).
     label_rows = ReaderConfig().pku_objectives
