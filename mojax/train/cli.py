@@ -229,28 +229,6 @@ def _host_model(model):
     return model
 
 
-def _check_shardable(model, mesh) -> None:
-    """Raise a clear error when a weight cannot be split evenly over the mesh axes its logical names map to (e.g.
-    GPT-2's odd 50257-token vocabulary over ``tensor=2``), instead of JAX's placement error deep in the engine."""
-    import jax
-    from flax import nnx
-
-    from mojax.sharding import state_shardings
-
-    state = nnx.state(model)
-    leaves = jax.tree_util.tree_leaves_with_path(state)
-    shardings = jax.tree.leaves(state_shardings(state, mesh))
-    bad = []
-    for (path, leaf), sharding in zip(leaves, shardings):
-        try:
-            sharding.shard_shape(tuple(leaf.shape))
-        except ValueError:
-            bad.append(f"{jax.tree_util.keystr(path)} {tuple(leaf.shape)} over {sharding.spec}")
-    if bad:
-        raise ValueError(f"mesh {dict(mesh.shape)} does not divide these weights evenly: {'; '.join(bad[:4])}"
-                         f"{' ...' if len(bad) > 4 else ''}; choose mesh sizes that divide them (e.g. --mesh.tensor 1)")
-
-
 def export_hf(result: TrainResult, path: str | Path, *, tokenizer: Any = None) -> Path:
     """Merge the trained LoRA adapters into the base weights and write a ``transformers`` checkpoint to ``path``
     (with the tokenizer's files when one is given, so ``AutoTokenizer.from_pretrained(path)`` works too).
@@ -325,7 +303,6 @@ def run(config: RunConfig) -> TrainResult:
 
     # A loaded model is already on the mesh: pass the module. The tiny one is built inside jit, shard by shard.
     model = attach(base) if base is not None else (lambda: attach(Decoder(dec_cfg, rngs=nnx.Rngs(config.train.seed))))
-    _check_shardable(model if base is not None else nnx.eval_shape(model), mesh)
     iterator = make_iterator(data.examples, PipelineConfig(batch_size=config.batch_size, seed=config.data_seed,
                                                            num_epochs=None), tokenize_config=data.tokenize)
     if primary:
