@@ -61,3 +61,40 @@ def test_stop_flag_then_resume_with_run_dir_metrics_and_eval(tmp_path):
 def test_train_config_validation():
     with pytest.raises(ValueError, match="accum_steps >= 1"):
         TrainConfig(accum_steps=0)
+
+
+def _read_tensorboard_scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
+    """Decode TensorBoard event files (TFRecord framing: u64 length, u32 crc, payload, u32 crc) independently of
+    the writer, so the test checks what TensorBoard would read."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(directory.rglob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset:offset + 8])
+            payload = data[offset + 12:offset + 12 + length]
+            offset += 12 + length + 4
+            event = event_pb2.Event.FromString(payload)
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+def test_metrics_writer_writes_jsonl_and_tensorboard_scalars(tmp_path):
+    pytest.importorskip("tensorboardX")
+    from mojax.train.loop import MetricsWriter
+
+    writer = MetricsWriter(tmp_path, tensorboard=True)
+    writer.write(1, {"loss": np.float32(0.75), "accuracy": 0.5, "lambda": np.array([0.2, 0.8])})
+    writer.write(2, {"loss": 0.25, "accuracy": 1.0})
+    writer.close()
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2] and lines[0]["lambda"] == [0.2, 0.8]
+    scalars = _read_tensorboard_scalars(tmp_path / "tensorboard")
+    assert scalars["loss"] == [(1, 0.75), (2, 0.25)]
+    assert scalars["accuracy"] == [(1, 0.5), (2, 1.0)]
+    assert "lambda" not in scalars  # vectors go to metrics.jsonl only
