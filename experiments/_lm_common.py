@@ -148,6 +148,12 @@ class SFTConfig:
     cache: bool = True
 
 
+# The ``--quick`` (CI smoke) model and SFT every LM experiment shares: one narrow layer and a short SFT. Sharing them
+# also shares the SFT cache entry across experiments. Numbers from these presets are not meaningful.
+QUICK_MODEL = ModelConfig(d_model=32, num_layers=1, num_heads=2, mlp_dim=64)
+QUICK_SFT = SFTConfig(steps=30, batch_size=32, learning_rate=1e-2, warmup_steps=3, num_sequences=256)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """Preference fine-tuning of a policy by :func:`train_policy`.

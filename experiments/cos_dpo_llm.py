@@ -163,8 +163,8 @@ def get_config(quick: bool = False) -> Config:
     """The default run, or with ``quick`` the CI smoke preset (tiny model, few steps; numbers not meaningful)."""
     if not quick:
         return Config()
-    return Config(model=lm.ModelConfig(d_model=32, num_layers=1, num_heads=2, mlp_dim=64),
-                  sft=lm.SFTConfig(steps=30, batch_size=32, learning_rate=1e-2, warmup_steps=3, num_sequences=256),
+    return Config(model=lm.QUICK_MODEL,
+                  sft=lm.QUICK_SFT,
                   train=lm.TrainConfig(steps=4, batch_size=16, learning_rate=3e-3, warmup_steps=0, eval_every=0),
                   cos_steps=6, hpt=HPTConfig.tiny(2), num_train_pairs=48, num_eval_prompts=16, progress=False)
 

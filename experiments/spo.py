@@ -125,8 +125,8 @@ def get_config(quick: bool = False) -> Config:
     if not quick:
         return Config()
     small = lm.TrainConfig(steps=6, batch_size=16, learning_rate=1e-3, warmup_steps=0, eval_every=0)
-    return Config(model=lm.ModelConfig(d_model=32, num_layers=1, num_heads=2, mlp_dim=64),
-                  sft=lm.SFTConfig(steps=30, batch_size=32, learning_rate=1e-2, warmup_steps=3, num_sequences=256),
+    return Config(model=lm.QUICK_MODEL,
+                  sft=lm.QUICK_SFT,
                   round1=small, round2=dataclasses.replace(small, seed=1), num_pairs=64, num_samples=32, alphas=(0.1,),
                   compile_cache=False, progress=False)
 
