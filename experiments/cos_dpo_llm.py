@@ -59,7 +59,6 @@ import numpy as np
 from flax import nnx
 
 from experiments import _lm_common as lm
-from experiments.more_rm import StepRunner
 from experiments._common import (
     Timer,
     cli,
@@ -416,11 +415,11 @@ def train_methods(config: Config, pi0: nnx.Module, train: lm.PairData, weights: 
         # Soup and MO-DPO need only the endpoints (single-objective runs); DPO-LS needs every weight. One jitted
         # step serves every run (w travels in the batch), so the sweep compiles once.
         todo = range(len(weights)) if "dpo_ls" in config.methods else (0, len(weights) - 1)
-        runner = StepRunner(scalarized_dpo_objective(beta=config.beta), cfg, wrt=nnx.LoRAParam)
+        objective = scalarized_dpo_objective(beta=config.beta)  # one object: train_policy's step cache hits
         start = lora_policy(pi0, config.lora, seed=config.seed)
         for i in todo:
-            model, hist = runner.run(start, _with_weights(train, weights[i]), desc=f"DPO-LS w={weights[i, 0]:.1f}",
-                                     progress=config.progress)
+            model, hist = lm.train_policy(start, objective, _with_weights(train, weights[i]), cfg, wrt=nnx.LoRAParam,
+                                          desc=f"DPO-LS w={weights[i, 0]:.1f}", progress=config.progress)
             ls_models[i] = (model, hist.seconds)
     last = len(weights) - 1
     if "dpo_ls" in config.methods:
@@ -448,10 +447,11 @@ def train_modpo(config: Config, pi0: nnx.Module, train: lm.PairData, weights: np
     other = lm.pair_logps(obj1_model, data)[:, None]  # [E, 1, 2]
     data = dataclasses.replace(data, arrays={**data.arrays, "ref_logps": np.concatenate([ref0, other], axis=1)})
     models, seconds = [obj1_model], obj1_seconds
-    runner = StepRunner(batch_weights_modpo_objective(beta=config.beta), cfg, wrt=nnx.LoRAParam)
+    objective = batch_weights_modpo_objective(beta=config.beta)  # one object: train_policy's step cache hits
     start = lora_policy(pi0, config.lora, seed=config.seed)
     for w in weights[1:]:
-        model, hist = runner.run(start, _with_weights(data, w), desc=f"MO-DPO w={w[0]:.1f}", progress=config.progress)
+        model, hist = lm.train_policy(start, objective, _with_weights(data, w), cfg, wrt=nnx.LoRAParam,
+                                      desc=f"MO-DPO w={w[0]:.1f}", progress=config.progress)
         models.append(model)
         seconds += hist.seconds
     n = len(weights)

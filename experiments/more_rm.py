@@ -42,7 +42,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,6 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
 
 from experiments import _lm_common as lm
 from experiments._common import (
@@ -69,11 +67,8 @@ from mojax.data.readers import TokenizedExample
 from mojax.data.synthetic_lm import SyntheticLMConfig
 from mojax.metrics import expected_calibration_error
 from mojax.models import Decoder, DecoderConfig, RewardModel, load_tokenizer
-from mojax.train.mesh import MeshConfig, make_mesh
 from mojax.train.objectives import bradley_terry_objective, more_objective
-from mojax.train.state import create_train_state, step_key
-from mojax.train.step import (OptimizerConfig, StatefulObjective, init_extras, jit_train_step, make_optimizer,
-                              make_train_step)
+from mojax.train.step import StatefulObjective
 
 METHOD_LABELS = {"more": "MORE", "hybrid": "hybrid", "sequential": "sequential", "ensemble": "ensemble"}
 
@@ -371,64 +366,15 @@ def pair_rewards(model: RewardModel, data: lm.PairData, *, batch_size: int = 256
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class StepRunner:
-    """Several training runs of same-structure models through **one** jitted engine step.
-
-    :func:`experiments._lm_common.train_policy` builds and jits a fresh step per call; on a 2-core CPU tracing and
-    lowering a step costs seconds even with the persistent compilation cache, which would dominate the sequential /
-    ensemble baselines here (K runs each) and COS-DPO's per-weight DPO-LS sweep (11 runs). This keeps the first
-    run's jitted step and feeds it every later run's fresh :class:`~mojax.train.state.TrainState` (same graph, same
-    optimizer — the schedule is constant after warmup, so it does not depend on a run's length). Batches of another
-    shape simply retrace. The loop itself matches ``train_policy``: AdamW from ``config``, batches from
-    :func:`~experiments._lm_common.iterate_batches`, step ``s`` keyed ``fold_in(state.rng, s)``.
-    """
-
-    def __init__(self, objective: Any, config: lm.TrainConfig, *, wrt: Any = nnx.Param):
-        self.objective = objective
-        self.config = config
-        self.wrt = wrt
-        self.mesh = make_mesh(MeshConfig())
-        self.tx = make_optimizer(OptimizerConfig(learning_rate=config.learning_rate,
-                                                 warmup_steps=config.warmup_steps,
-                                                 max_grad_norm=config.max_grad_norm,
-                                                 weight_decay=config.weight_decay))
-        self._graphdef = None
-        self._step_fn = None
-
-    def run(self, model: nnx.Module, data: lm.PairData, *, steps: int | None = None, seed: int | None = None,
-            batch_size: int | None = None, desc: str = "train", progress: bool = False
-            ) -> tuple[nnx.Module, lm.History]:
-        """Train a copy of ``model`` on ``data``; returns ``(trained, History)`` (``model`` is left untouched)."""
-        steps = self.config.steps if steps is None else steps
-        seed = self.config.seed if seed is None else seed
-        batch_size = min(self.config.batch_size if batch_size is None else batch_size, len(data))
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        graphdef, state, shardings = create_train_state(lm.copy_model(model), self.tx, mesh=self.mesh, rng=seed,
-                                                        wrt=self.wrt, extras=init_extras(self.objective, model))
-        batches = lm.iterate_batches(data, batch_size, steps=steps, seed=seed)
-        batch = next(batches)
-        if self._step_fn is None or graphdef != self._graphdef:
-            self._graphdef = graphdef
-            self._step_fn = jit_train_step(make_train_step(graphdef, self.objective, self.tx), shardings, batch,
-                                           self.mesh)
-        history, pending = lm.History(), []
-        t0 = time.perf_counter()
-        for s in tqdm(range(steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
-            if s > 0:
-                batch = next(batches)
-            state, metrics = self._step_fn(state, batch, step_key(state.rng, s))
-            pending.append(metrics)
-        jax.block_until_ready(state)
-        history.seconds = time.perf_counter() - t0
-        for metrics in jax.device_get(pending):
-            for k, v in metrics.items():
-                v = np.asarray(v)
-                if v.ndim == 0:
-                    history.metrics.setdefault(k, []).append(float(v))
-                else:
-                    history.arrays.setdefault(k, []).append(v)
-        return nnx.merge(self._graphdef, state.params, state.rest), history
+def train_rm(model: nnx.Module, objective: Any, data: lm.PairData, cfg: lm.TrainConfig, *, desc: str,
+             progress: bool, **overrides: Any) -> tuple[nnx.Module, lm.History]:
+    """One reward-model run through :func:`experiments._lm_common.train_policy` (``overrides`` replace fields of
+    ``cfg``, e.g. ``steps``, ``seed``). Runs that pass the *same* ``objective`` object reuse one compiled step
+    (``train_policy`` caches it), so the K-run baselines compile once. The batch is capped at the data size: a
+    per-dataset subset can be smaller than the mixture's batch."""
+    cfg = dataclasses.replace(cfg, **overrides)
+    cfg = dataclasses.replace(cfg, batch_size=min(cfg.batch_size, len(data)))
+    return lm.train_policy(model, objective, data, cfg, desc=desc, progress=progress)
 
 
 def logged_more_objective(*, num_datasets: int, ema_decay: float | None, normalize: bool) -> StatefulObjective:
@@ -453,36 +399,37 @@ def _subset(data: lm.PairData, k: int) -> lm.PairData:
     return data.subset(np.flatnonzero(data.arrays["dataset_id"] == k))
 
 
-def run_method(method: str, setup: Setup, config: Config, runner: StepRunner | None = None) -> dict[str, Any]:
+def run_method(method: str, setup: Setup, config: Config, bt_objective: Any = None) -> dict[str, Any]:
     """Train one method; returns ``{"rewards": [E, 2] held-out rewards, "seconds", "history": [History], ...}``.
 
-    ``runner``: a Bradley–Terry :class:`StepRunner` shared by hybrid, sequential and ensemble (one compilation).
+    ``bt_objective``: one Bradley–Terry objective shared by hybrid, sequential and ensemble, so their runs reuse one
+    compiled step (see :func:`train_rm`).
     """
     k = len(setup.names)
     cfg = config.train
     rm = make_reward_model(setup.backbone, seed=config.seed)
     if method == "more":
         objective = logged_more_objective(num_datasets=k, ema_decay=config.ema_decay, normalize=config.normalize)
-        model, hist = StepRunner(objective, cfg).run(rm, setup.train, desc="MORE", progress=config.progress)
+        model, hist = train_rm(rm, objective, setup.train, cfg, desc="MORE", progress=config.progress)
         return {"rewards": pair_rewards(model, setup.held), "seconds": hist.seconds, "history": [hist]}
-    runner = runner if runner is not None else StepRunner(bradley_terry_objective(), cfg)
+    bt = bt_objective if bt_objective is not None else bradley_terry_objective()
     if method == "hybrid":
-        model, hist = runner.run(rm, setup.train, desc="hybrid", progress=config.progress)
+        model, hist = train_rm(rm, bt, setup.train, cfg, desc="hybrid", progress=config.progress)
         return {"rewards": pair_rewards(model, setup.held), "seconds": hist.seconds, "history": [hist]}
     per = cfg.steps // k
     if method == "sequential":
         model, hists = rm, []
         for d in range(k):
-            model, hist = runner.run(model, _subset(setup.train, d), steps=per, seed=cfg.seed + d,
-                                     desc=f"sequential {d}", progress=config.progress)
+            model, hist = train_rm(model, bt, _subset(setup.train, d), cfg, steps=per, seed=cfg.seed + d,
+                                   desc=f"sequential {d}", progress=config.progress)
             hists.append(hist)
         return {"rewards": pair_rewards(model, setup.held), "seconds": sum(h.seconds for h in hists), "history": hists}
     if method == "ensemble":
         members, hists = [], []
         for d in range(k):
-            member, hist = runner.run(make_reward_model(setup.backbone, seed=config.seed + d),
-                                      _subset(setup.train, d), steps=per, seed=cfg.seed + d,
-                                      desc=f"ensemble {d}", progress=config.progress)
+            member, hist = train_rm(make_reward_model(setup.backbone, seed=config.seed + d), bt,
+                                    _subset(setup.train, d), cfg, steps=per, seed=cfg.seed + d,
+                                    desc=f"ensemble {d}", progress=config.progress)
             members.append(pair_rewards(member, setup.held))
             hists.append(hist)
         return {"rewards": np.mean(members, axis=0), "member_rewards": np.stack(members),
@@ -611,10 +558,10 @@ def main(config: Config) -> Path:
     setup = build_setup(config)
     ece_key = f"ece_{config.ece_bins[0]}"
     results: dict[str, dict[str, Any]] = {}
-    runner = StepRunner(bradley_terry_objective(), config.train)
+    bt = bradley_terry_objective()
     for method in config.methods:
         with Timer() as t:
-            results[method] = run_method(method, setup, config, runner)
+            results[method] = run_method(method, setup, config, bt)
         results[method]["wall_seconds"] = t.seconds
     rewards = {m: r["rewards"] for m, r in results.items()}
     metrics: dict[str, Any] = {

@@ -150,8 +150,10 @@ def test_config_validation():
         more_rm.Config(data_paths=("a.jsonl", "b.jsonl"))
 
 
-def test_step_runner_matches_train_policy():
-    """The shared-step runner reproduces train_policy's result exactly (same optimiser, batches and keys)."""
+def test_train_rm_reuses_one_compiled_step():
+    """Runs sharing one objective object compile once (the K-run baselines) and give train_policy's exact result;
+    the batch is capped at a per-dataset subset's size."""
+    from experiments import _lm_common
     from mojax.train.objectives import bradley_terry_objective
 
     task = synthetic_lm.SyntheticLMConfig()
@@ -159,9 +161,14 @@ def test_step_runner_matches_train_policy():
     data, _ = more_rm.synthetic_datasets(task, ((0, 0, 1, 0), (0, 0, 0, 1)), num_pairs=16, seed=0)
     cfg = lm.TrainConfig(steps=3, batch_size=8, learning_rate=1e-2, warmup_steps=0, eval_every=0)
     rm = more_rm.make_reward_model(backbone, seed=0)
-    a, _ = lm.train_policy(rm, bradley_terry_objective(), data, cfg, progress=False)
-    runner = more_rm.StepRunner(bradley_terry_objective(), cfg)
-    runner.run(rm, data, steps=1)  # compile on a different run first: the second run must reuse it correctly
-    b, hist = runner.run(rm, data)
+    bt = bradley_terry_objective()
+    a, _ = lm.train_policy(rm, bt, data, cfg, progress=False)
+    size = len(_lm_common._STEP_CACHE)
+    more_rm.train_rm(rm, bt, data, cfg, steps=1, desc="x", progress=False)  # another run length: same program
+    b, hist = more_rm.train_rm(rm, bt, data, cfg, desc="x", progress=False)
+    assert len(_lm_common._STEP_CACHE) == size
     assert len(hist.metrics["loss"]) == 3
     np.testing.assert_allclose(more_rm.pair_rewards(a, data), more_rm.pair_rewards(b, data), rtol=1e-5, atol=1e-6)
+    small = data.subset(np.arange(5))
+    _, hist = more_rm.train_rm(rm, bt, small, cfg, steps=2, desc="x", progress=False)  # batch 8 > 5 examples
+    assert len(hist.metrics["loss"]) == 2
