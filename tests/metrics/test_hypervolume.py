@@ -1,6 +1,10 @@
-"""Exact hypervolume against moocore, inclusion-exclusion and integer-grid counting; Pareto filter against O(n²)."""
+"""Exact hypervolume against moocore, inclusion-exclusion and integer-grid counting, both backends (compiled numba
+kernels and NumPy, each the other's reference too); Pareto filter against O(n²)."""
 
+import importlib
 import itertools
+import subprocess
+import sys
 
 import moocore
 import numpy as np
@@ -10,6 +14,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from mojax.metrics import hypervolume, pareto_front
+
+# The module itself (``mojax.metrics.hypervolume`` the attribute is the function, which shadows it).
+hv_module = importlib.import_module("mojax.metrics.hypervolume")
 
 
 def _sphere_front(rng, n, k, dominated_frac=0.3):
@@ -54,17 +61,18 @@ def _naive_nondominated(points):
 
 @pytest.mark.parametrize("k,n", [(2, 300), (3, 200), (5, 25)])
 @pytest.mark.parametrize("maximize", [True, False])
-def test_matches_moocore(k, n, maximize):
+@pytest.mark.parametrize("backend", ["auto", "numpy"])
+def test_matches_moocore(k, n, maximize, backend):
     rng = np.random.default_rng(k * 10 + n)
     pts = _sphere_front(rng, n, k)
     ref = np.full(k, -0.05)
     ref[0] = 0.2  # some points fall below the reference in one coordinate and must contribute nothing
     if maximize:
         expected = moocore.hypervolume(-pts, ref=-ref)
-        got = hypervolume(pts, ref)
+        got = hypervolume(pts, ref, backend=backend)
     else:
         expected = moocore.hypervolume(pts - 1.0, ref=-ref)
-        got = hypervolume(pts - 1.0, -ref, maximize=False)
+        got = hypervolume(pts - 1.0, -ref, maximize=False, backend=backend)
     assert expected > 0
     assert abs(got - expected) <= 1e-12
 
@@ -149,3 +157,120 @@ def test_pareto_front_matches_moocore_large():
     for k in (2, 3, 5):
         pts = np.round(_sphere_front(rng, 400, k) * 20) / 20
         np.testing.assert_array_equal(pareto_front(pts, return_mask=True), moocore.is_nondominated(-pts, keep_weakly=True))
+
+
+# --- The compiled (numba) kernels: against moocore and the NumPy kernels, including duplicates, dominated points and
+# ties, and the fallback when numba is missing. ------------------------------------------------------------------
+
+
+def _random_front(rng, n, k, kind):
+    """n points of one of three kinds: on the sphere (all non-dominated), uniform in a box (mostly dominated), or
+    small integers (heavy ties in every coordinate and exact duplicates)."""
+    if kind == "sphere":
+        return _sphere_front(rng, n, k, dominated_frac=0.0)
+    if kind == "box":
+        return rng.uniform(0.0, 1.0, size=(n, k))
+    return rng.integers(0, 8, size=(n, k)).astype(np.float64)
+
+
+@pytest.mark.parametrize("k", [3, 4])
+@pytest.mark.parametrize("kind", ["sphere", "box", "ints"])
+@pytest.mark.parametrize("maximize", [True, False])
+def test_compiled_matches_moocore(k, kind, maximize):
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(k * 100 + len(kind) + maximize)
+    sizes = (1, 2, 50, 2000) if k == 3 else (1, 2, 50, 300)
+    for n in sizes:
+        pts = _random_front(rng, n, k, kind)
+        pts = np.vstack([pts, pts[: n // 3], pts[: n // 4] * 0.9])  # duplicates and dominated copies
+        # The reference cuts the front: some points lie at or below it in one coordinate and must count for nothing.
+        ref = np.quantile(pts, 0.15, axis=0) if n > 2 else np.zeros(k)
+        if maximize:
+            expected = moocore.hypervolume(-pts, ref=-ref)
+            got = hypervolume(pts, ref, backend="numba")
+        else:
+            expected = moocore.hypervolume(-pts, ref=-ref)
+            got = hypervolume(-pts, -ref, maximize=False, backend="numba")
+        assert abs(got - expected) <= 1e-12 * max(1.0, abs(expected)), (n, got, expected)
+        if n == 2000:
+            assert expected > 0
+
+
+@pytest.mark.parametrize("k", [3, 4])
+def test_compiled_matches_numpy_kernels_with_ties(k):
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(7 + k)
+    for trial in range(20):
+        n = int(rng.integers(1, 60))
+        pts = rng.integers(0, 5, size=(n, k)).astype(np.float64)  # many ties, duplicates and dominated points
+        ref = np.zeros(k)
+        compiled = hypervolume(pts, ref, backend="numba")
+        assert compiled == hypervolume(pts, ref, backend="numpy")  # integer volumes: both exact
+        if trial < 3:
+            assert compiled == _grid_count(pts, ref, 5)
+
+
+def test_compiled_small_and_degenerate_inputs():
+    pytest.importorskip("numba")
+    for k in (3, 4):
+        ref = np.zeros(k)
+        assert hypervolume(np.empty((0, k)), ref, backend="numba") == 0.0
+        assert hypervolume(np.full((1, k), 2.0), ref, backend="numba") == 2.0**k
+        assert hypervolume(np.full((5, k), 2.0), ref, backend="numba") == 2.0**k  # five duplicates
+        assert hypervolume(-np.ones((3, k)), ref, backend="numba") == 0.0  # nothing dominates the reference
+        # One point on the reference boundary (contributes nothing) and one box.
+        on_boundary = np.ones((2, k))
+        on_boundary[0, 0] = 0.0
+        assert hypervolume(on_boundary * 3.0, ref, backend="numba") == 3.0**k
+    # Two boxes sharing x and y, differing in z, and one sharing only z: 2·2·3 ∪ 2·2·1 ∪ 3·1·1 → 12 + (3 − 2)·1·1.
+    pts = [[2.0, 2.0, 3.0], [2.0, 2.0, 1.0], [3.0, 1.0, 1.0]]
+    assert hypervolume(pts, np.zeros(3), backend="numba") == 13.0
+
+
+_int_points = st.integers(3, 4).flatmap(
+    lambda k: hnp.arrays(np.float64, st.tuples(st.integers(0, 30), st.just(k)), elements=st.integers(-2, 5).map(float))
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(points=_int_points, maximize=st.booleans())
+def test_compiled_equals_numpy_property(points, maximize):
+    pytest.importorskip("numba")
+    ref = np.full(points.shape[1], -1.0 if maximize else 4.0)
+    compiled = hypervolume(points, ref, maximize=maximize, backend="numba")
+    # Integer boxes: both kernels sum exact small integers, so they must agree exactly, and with moocore.
+    assert compiled == hypervolume(points, ref, maximize=maximize, backend="numpy")
+    sign = -1.0 if maximize else 1.0
+    assert compiled == moocore.hypervolume(sign * points, ref=sign * ref) if len(points) else compiled == 0.0
+
+
+def test_fallback_without_numba(monkeypatch):
+    rng = np.random.default_rng(3)
+    pts, ref = _sphere_front(rng, 100, 3), np.zeros(3)
+    expected = moocore.hypervolume(-pts, ref=-ref)
+    # numba "uninstalled": importing it (or the kernel module) raises ImportError; forget any earlier import.
+    monkeypatch.setitem(sys.modules, "numba", None)
+    monkeypatch.setitem(sys.modules, "mojax.metrics._hv_numba", None)
+    monkeypatch.setattr(hv_module, "_compiled", None)
+    assert abs(hypervolume(pts, ref) - expected) <= 1e-12
+    assert hv_module._compiled is False  # "auto" tried the import, failed, and used the NumPy kernels
+    assert abs(hypervolume(np.hstack([pts, pts[:, :1]]), np.zeros(4)) - moocore.hypervolume(
+        -np.hstack([pts, pts[:, :1]]), ref=np.zeros(4))) <= 1e-12
+    with pytest.raises(ImportError, match=r"mojax\[fast\]"):
+        hypervolume(pts, ref, backend="numba")
+
+
+def test_backend_validation_and_lazy_import():
+    with pytest.raises(ValueError, match="backend"):
+        hypervolume([[1.0, 2.0, 3.0]], [0.0, 0.0, 0.0], backend="cuda")
+    # Importing mojax, and a 2-D hypervolume, must not import numba (~0.3 s); a 3-D one does when it is installed.
+    code = ("import sys, mojax; mojax.hypervolume([[1.0, 2.0]], [0.0, 0.0]); print('numba' in sys.modules); "
+            "mojax.hypervolume([[1.0, 2.0, 3.0]], [0.0, 0.0, 0.0]); print('numba' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "False"
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        assert out[1] == "False"
+    else:
+        assert out[1] == "True"
