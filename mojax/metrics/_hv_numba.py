@@ -6,8 +6,10 @@ Imported only on the first ``hypervolume`` call that needs them, never by ``impo
 directory when that is read-only), so compilation (~7 s for both kernels on the shared 2-core box) is paid once per
 installation rather than once per process; a cached load is ~0.1 s on top of numba's import.
 
-Every kernel takes points already shifted so the reference is the origin, maximised, and strictly positive in every
-coordinate (``hypervolume`` filters the rest); duplicates and dominated points are allowed and contribute nothing.
+The entry points ``hv3d(points, reference)`` and ``hv4d(points, reference)`` take maximised points and keep only the
+rows strictly above the reference in every coordinate, shifted so the reference is the origin: one compiled pass
+instead of NumPy's mask / index / subtract, which cost more than the 3-D sweep itself at n = 1000 (reductions over a
+3-wide axis run ~35 µs each). Duplicates and dominated points are allowed and contribute nothing.
 
 3-D (the sweep of HV3D, Beume et al. 2009, with the x/y staircase kept as in HV3D+, Guerreiro & Fonseca 2018):
 points are inserted in decreasing z. The 2-D staircase of the inserted points' (x, y) projections — the mutually
@@ -41,7 +43,35 @@ __all__ = ["hv3d", "hv4d"]
 
 
 @numba.njit(cache=True, nogil=True)
-def hv3d(pts):
+def _positive_part(pts, ref):
+    """The rows of ``pts − ref`` that are > 0 in every coordinate, as a new C-contiguous array."""
+    n, k = pts.shape
+    out = np.empty((n, k))
+    m = 0
+    for i in range(n):
+        keep = True
+        for d in range(k):
+            v = pts[i, d] - ref[d]
+            out[m, d] = v
+            keep = keep and v > 0.0
+        m += keep
+    return out[:m].copy()
+
+
+@numba.njit(cache=True, nogil=True)
+def hv3d(pts, ref):
+    """3-D hypervolume of the points ``[n, 3]`` above ``ref [3]`` (maximisation)."""
+    return _hv3d(_positive_part(pts, ref))
+
+
+@numba.njit(cache=True, nogil=True)
+def hv4d(pts, ref):
+    """4-D hypervolume of the points ``[n, 4]`` above ``ref [4]`` (maximisation)."""
+    return _hv4d(_positive_part(pts, ref))
+
+
+@numba.njit(cache=True, nogil=True)
+def _hv3d(pts):
     """3-D hypervolume of ``pts [n, 3]`` (> 0, reference 0) by the O(n log n) staircase sweep (module docstring)."""
     n = pts.shape[0]
     if n == 0:
@@ -116,7 +146,7 @@ def hv3d(pts):
 
 
 @numba.njit(cache=True, nogil=True)
-def hv4d(pts):
+def _hv4d(pts):
     """4-D hypervolume of ``pts [n, 4]`` (> 0, reference 0): sweep on w, exclusive 3-D contributions on limit sets."""
     n = pts.shape[0]
     by_w = np.argsort(-pts[:, 3])
@@ -136,7 +166,7 @@ def hv4d(pts):
             for a in range(m):
                 for d in range(3):
                     limit[a, d] = min(front[a, d], pts[p, d])
-            volume += pts[p, 0] * pts[p, 1] * pts[p, 2] - hv3d(limit[:m])
+            volume += pts[p, 0] * pts[p, 1] * pts[p, 2] - _hv3d(limit[:m])
             kept = 0
             for a in range(m):  # drop the front points p dominates weakly
                 if not (pts[p, 0] >= front[a, 0] and pts[p, 1] >= front[a, 1] and pts[p, 2] >= front[a, 2]):

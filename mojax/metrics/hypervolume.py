@@ -141,7 +141,9 @@ def pareto_front(points, *, maximize: bool = True, return_mask: bool = False) ->
 
 
 def _hv2d(pts: np.ndarray) -> float:
-    order = np.argsort(-pts[:, 0], kind="stable")
+    # x descending. Not a stable sort (measured 640 vs 350 µs at n = 10⁴): among tied x all strips but the last have
+    # zero width, and the last one's running max of y covers the whole tie group in any order.
+    order = np.argsort(pts[:, 0])[::-1]
     x = pts[order, 0]
     y = np.maximum.accumulate(pts[order, 1])
     widths = x - np.append(x[1:], 0.0)
@@ -213,12 +215,33 @@ def _hv(pts: np.ndarray, kernels=None) -> float:
     if k == 2:
         return _hv2d(pts)
     if kernels is not None and k in (3, 4):
-        # One C-contiguous float64 layout, so numba compiles (and caches) a single specialisation per kernel.
-        pts = np.ascontiguousarray(pts, dtype=np.float64)
-        return float(kernels.hv3d(pts) if k == 3 else kernels.hv4d(pts))
+        return _compiled_hv(kernels, pts, np.zeros(k))
     if k == 3:
         return _hv3d(pts)
     return _hv_sweep(pts, kernels)
+
+
+def _compiled_hv(kernels, pts: np.ndarray, ref: np.ndarray) -> float:
+    # One C-contiguous float64 layout, so numba compiles (and caches) a single specialisation per kernel.
+    pts = np.ascontiguousarray(pts, dtype=np.float64)
+    return float((kernels.hv3d if pts.shape[1] == 3 else kernels.hv4d)(pts, ref))
+
+
+def _positive_part(pts: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """The rows of ``pts − ref`` that are > 0 in every coordinate.
+
+    Column by column: ``np.all(pts > ref, axis=1)``, boolean indexing and a broadcast ``pts - ref`` all loop over
+    the short K axis innermost and cost ~10x more (255 + 163 + 47 µs at n = 10⁴, K = 2, against 14 + 12 + 9 µs).
+    """
+    keep = pts[:, 0] > ref[0]
+    for d in range(1, pts.shape[1]):
+        keep &= pts[:, d] > ref[d]
+    if not keep.all():
+        pts = np.compress(keep, pts, axis=0)
+    out = np.empty_like(pts)
+    for d in range(pts.shape[1]):
+        np.subtract(pts[:, d], ref[d], out=out[:, d])
+    return out
 
 
 def hypervolume(points, reference, *, maximize: bool = True, backend: str = "auto") -> float:
@@ -248,7 +271,9 @@ def hypervolume(points, reference, *, maximize: bool = True, backend: str = "aut
     """
     pts, ref = _prepare(points, reference, maximize=maximize)
     kernels = _compiled_kernels(backend, pts.shape[1])
-    pts = pts[np.all(pts > ref, axis=1)] - ref
+    if kernels is not None and pts.shape[1] in (3, 4):
+        return _compiled_hv(kernels, pts, ref)  # filters and shifts in the same compiled pass
+    pts = _positive_part(pts, ref)
     if pts.shape[0] > 1 and pts.shape[1] >= 4 + (kernels is not None):
         # Prefilter for the NumPy sweep, whose cost grows with the points it sweeps; the compiled 4-D kernel skips
         # dominated points itself for less than this O(n² K) filter costs.
