@@ -76,9 +76,22 @@ def _hv3d(pts):
     n = pts.shape[0]
     if n == 0:
         return 0.0
-    # x ranks: x ascending, ties by y ascending (two stable sorts).
-    order = np.argsort(pts[:, 1], kind="mergesort")
-    order = order[np.argsort(pts[order, 0], kind="mergesort")]
+    # x ranks: x ascending, ties by y ascending. One quicksort on x and a pass that sorts each run of tied x by y
+    # (rare in floats, common in integer data): the sorts are most of this kernel's time, and two stable sorts
+    # (y, then x) measured 45 against ~25 µs at n = 1000.
+    order = np.argsort(pts[:, 0])
+    a = 0
+    while a < n:
+        b = a + 1
+        while b < n and pts[order[b], 0] == pts[order[a], 0]:
+            b += 1
+        if b - a > 1:
+            run = order[a:b].copy()
+            run_y = np.empty(b - a)
+            for t in range(b - a):
+                run_y[t] = pts[run[t], 1]
+            order[a:b] = run[np.argsort(run_y)]
+        a = b
     rank = np.empty(n, dtype=np.int64)
     # Nodes 0..n-1 are x ranks; n and n+1 are the left and right sentinels: (0, +inf) is never dominated and gives
     # x_left = 0; (+inf, 0) never dominates (every y > 0) and gives y_succ = 0.
