@@ -14,7 +14,7 @@ Algorithms (reference moved to the origin, so every kept point is > 0):
 
 * 2-D: ``HV = ∫ max{y_p : x_p ≥ x} dx`` — sort by x descending, running maximum of y, sum of ``Δx · max y``.
   O(n log n), vectorised; a compiled loop measured no faster (both ~0.85 ms at n = 10⁴), so both backends use it.
-* 3-D, ``backend="numba"``: the O(n log n) HV3D staircase sweep in z order (``_hv_numba``), ~1.2x moocore's C.
+* 3-D, ``backend="numba"``: the O(n log n) HV3D staircase sweep in z order (``_hv_numba``), 1.0-1.2x moocore's C.
 * 3-D, ``backend="numpy"``: ``HV = ∬ max{z_p : x_p ≥ x, y_p ≥ y} dx dy``. On the grid of sorted x and y coordinates
   the integrand is a 2-D prefix maximum; with points ordered by y, column ``a`` (the a-th largest x) holds ``z_p``
   where ``rank_x(p) ≤ a`` and a running maximum down the column gives the integrand, weighted by ``Δy ⊗ Δx``. O(n²)
