@@ -259,8 +259,9 @@ def hypervolume(points, reference, *, maximize: bool = True, backend: str = "aut
       maximize: larger is better (default) or smaller is better.
       backend: ``"auto"`` (default) uses the compiled numba kernels for K ≥ 3 when numba is installed and the NumPy
         ones otherwise; ``"numba"`` requires them (``ImportError`` without numba); ``"numpy"`` never uses them. The
-        first compiled call in an installation compiles for ~5 s and caches the machine code beside the module; later
-        processes load it in milliseconds. Results agree to rounding (~1e-15 relative).
+        first compiled call in an installation compiles (~10 s on a loaded 2-core CPU) and caches the machine code
+        beside the module; later processes pay numba's import (~0.3-0.5 s) on their first K ≥ 3 call. Results agree
+        to rounding (~1e-15 relative).
 
     Returns:
       The hypervolume as a Python float (0.0 when no point dominates the reference).
