@@ -1,13 +1,13 @@
-"""Compiled hypervolume kernels (numba): an O(n log n) 3-D sweep and a 4-D sweep built on it.
+"""Compiled hypervolume kernels (numba): an O(n log n) 3-D sweep, and for K ≥ 4 a dimension sweep recursing to it.
 
 Imported only on the first ``hypervolume`` call that needs them, never by ``import mojax``: importing numba costs
 ~0.3 s and numba + llvmlite are ~210 MB installed, which is why they are an optional extra (``mojax[fast]``).
 ``cache=True`` stores the compiled machine code in ``__pycache__`` beside this file (or numba's user-wide cache
-directory when that is read-only), so compilation (~7 s for both kernels on the shared 2-core box) is paid once per
-installation rather than once per process; a cached load is ~0.1 s on top of numba's import.
+directory when that is read-only), so compilation (~8-11 s on the shared 2-core box, numba's own start-up included)
+is paid once per installation rather than once per process; a cached load is ~0.1 s on top of numba's import.
 
-The entry points ``hv3d(points, reference)`` and ``hv4d(points, reference)`` take maximised points and keep only the
-rows strictly above the reference in every coordinate, shifted so the reference is the origin: one compiled pass
+The entry point ``hv(points [n, K], reference [K])``, K ≥ 3, takes maximised points and keeps only the rows strictly
+above the reference in every coordinate, shifted so the reference is the origin: one compiled pass
 instead of NumPy's mask / index / subtract, which cost more than the 3-D sweep itself at n = 1000 (reductions over a
 3-wide axis run ~35 µs each). Duplicates and dominated points are allowed and contribute nothing.
 
@@ -28,10 +28,10 @@ with a smaller y comes before (p unlinks it); an exact duplicate of the predeces
 ΔA = 0. The staircase thus stays strictly monotone. Ties in z need nothing: the area after all tied points are in is
 order-independent and the slabs between them have zero height.
 
-4-D (the dimension sweep of ``hypervolume._hv_sweep``, fused): points in decreasing w; the 3-D volume of the slab
-front grows by each point's exclusive contribution ``vol(p) − HV_3(limit set)`` with limit set
-``{min(q, p) : q in front}`` (While et al. 2012), computed with the 3-D kernel without filtering (it handles
-dominated points itself). O(n² log n) worst case; moocore's HV4D+ is O(n²).
+K ≥ 4 (the dimension sweep of ``hypervolume._hv_sweep``): points in decreasing last coordinate; the (K−1)-D volume
+of the slab front grows by each point's exclusive contribution ``vol(p) − HV_{K−1}(limit set)`` with limit set
+``{min(q, p) : q in front}`` (While et al. 2012), computed by recursion without filtering (every level skips
+dominated points itself). 4-D is O(n² log n); moocore's HV4D+ is O(n²) (BUILD_NOTES, Performance).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["hv3d", "hv4d"]
+__all__ = ["hv"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -59,15 +59,9 @@ def _positive_part(pts, ref):
 
 
 @numba.njit(cache=True, nogil=True)
-def hv3d(pts, ref):
-    """3-D hypervolume of the points ``[n, 3]`` above ``ref [3]`` (maximisation)."""
-    return _hv3d(_positive_part(pts, ref))
-
-
-@numba.njit(cache=True, nogil=True)
-def hv4d(pts, ref):
-    """4-D hypervolume of the points ``[n, 4]`` above ``ref [4]`` (maximisation)."""
-    return _hv4d(_positive_part(pts, ref))
+def hv(pts, ref):
+    """Hypervolume of the points ``[n, K]`` above ``ref [K]`` (maximisation), K >= 3."""
+    return _hv_nd(_positive_part(pts, ref))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -159,36 +153,51 @@ def _hv3d(pts):
 
 
 @numba.njit(cache=True, nogil=True)
-def _hv4d(pts):
-    """4-D hypervolume of ``pts [n, 4]`` (> 0, reference 0): sweep on w, exclusive 3-D contributions on limit sets."""
-    n = pts.shape[0]
-    by_w = np.argsort(-pts[:, 3])
-    front = np.empty((n, 3))  # the slab's non-dominated (x, y, z) points, rows 0..m-1
-    limit = np.empty((n, 3))
+def _hv_nd(pts):
+    """K-D hypervolume of ``pts [n, K]``, K >= 3 (> 0, reference 0): the 3-D sweep, or for K >= 4 a sweep on the last
+    coordinate with exclusive (K−1)-D contributions on limit sets, recursing."""
+    n, k = pts.shape
+    if k == 3:
+        return _hv3d(pts)
+    by_last = np.argsort(-pts[:, k - 1])
+    front = np.empty((n, k - 1))  # the slab's non-dominated points (first K − 1 coordinates), rows 0..m-1
+    limit = np.empty((n, k - 1))
     m = 0
-    volume = 0.0  # 3-D hypervolume of the front
+    volume = 0.0  # (K−1)-D hypervolume of the front
     total = 0.0
     for i in range(n):
-        p = by_w[i]
+        p = by_last[i]
         dominated = False  # an early out only: a dominated p's limit set contains p, so its contribution would be 0
         for a in range(m):
-            if front[a, 0] >= pts[p, 0] and front[a, 1] >= pts[p, 1] and front[a, 2] >= pts[p, 2]:
-                dominated = True
+            dominated = True
+            for d in range(k - 1):
+                if front[a, d] < pts[p, d]:
+                    dominated = False
+                    break
+            if dominated:
                 break
         if not dominated:
+            box = 1.0
+            for d in range(k - 1):
+                box *= pts[p, d]
             for a in range(m):
-                for d in range(3):
+                for d in range(k - 1):
                     limit[a, d] = min(front[a, d], pts[p, d])
-            volume += pts[p, 0] * pts[p, 1] * pts[p, 2] - _hv3d(limit[:m])
+            volume += box - (_hv_nd(limit[:m].copy()) if m > 0 else 0.0)
             kept = 0
             for a in range(m):  # drop the front points p dominates weakly
-                if not (pts[p, 0] >= front[a, 0] and pts[p, 1] >= front[a, 1] and pts[p, 2] >= front[a, 2]):
+                covered = True
+                for d in range(k - 1):
+                    if pts[p, d] < front[a, d]:
+                        covered = False
+                        break
+                if not covered:
                     front[kept] = front[a]
                     kept += 1
             m = kept
-            for d in range(3):
+            for d in range(k - 1):
                 front[m, d] = pts[p, d]
             m += 1
-        w_next = pts[by_w[i + 1], 3] if i + 1 < n else 0.0
-        total += volume * (pts[p, 3] - w_next)
+        next_last = pts[by_last[i + 1], k - 1] if i + 1 < n else 0.0
+        total += volume * (pts[p, k - 1] - next_last)
     return total

@@ -2,7 +2,7 @@
 
 These are evaluation metrics on a handful to a few thousand front points, computed once per evaluation, outside any
 jitted step; their algorithms are sequential sweeps with data-dependent sizes, which XLA handles poorly. So they run
-on host in float64: NumPy, plus compiled numba kernels for 3-D and 4-D when numba is installed (the optional extra
+on host in float64: NumPy, plus compiled numba kernels for K ≥ 3 when numba is installed (the optional extra
 ``mojax[fast]``; ``backend=`` chooses).
 
 Convention: ``maximize=True`` (the default, as for rewards / accuracies) means larger is better and the reference
@@ -23,8 +23,8 @@ Algorithms (reference moved to the origin, so every kept point is > 0):
   point in Python. It is the fallback without numba and the compiled kernel's independent reference in the tests.
 * K ≥ 4: dimension sweep (HSO; While et al. 2006) on the last coordinate: ``HV_K = Σ_i (z_i − z_{i+1}) ·
   HV_{K−1}(front of the i highest points)``, where each slab's (K−1)-volume is updated by the new point's
-  exclusive contribution computed on its WFG limit set (While et al. 2012), recursing down to the 3-D kernel. With
-  numba, 4-D is that sweep compiled in one kernel, and K ≥ 5 recurses in NumPy down to it.
+  exclusive contribution computed on its WFG limit set (While et al. 2012), recursing down to the 3-D kernel. The
+  compiled backend runs the same recursion in one numba function down to its 3-D sweep (~50x faster at 4-D).
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ _compiled = None
 def _compiled_kernels(backend: str, num_objectives: int):
     """The ``_hv_numba`` module for ``backend`` ("auto" | "numba"), or None when the NumPy kernels are to be used.
 
-    With ``backend="auto"`` and K ≤ 2 (no compiled kernel applies) numba is not even imported.
+    K ≤ 2 always uses NumPy (as fast as a compiled loop); with ``backend="auto"`` numba is then not even imported,
+    while ``backend="numba"`` still requires it, so the choice fails the same way at every K.
     """
     global _compiled
     if backend not in _BACKENDS:
@@ -59,7 +60,8 @@ def _compiled_kernels(backend: str, num_objectives: int):
     if _compiled is False and backend == "numba":
         raise ImportError('hypervolume(backend="numba") needs numba: pip install "mojax[fast]" (or numba), or pass '
                           'backend="auto" to fall back to the NumPy kernels')
-    return _compiled or None
+    return _compiled if _compiled and num_objectives >= 3 else None
+
 
 _BLOCK = 1024  # columns per block in the 3-D kernel: bounds memory at n * 1024 floats
 
@@ -175,13 +177,12 @@ def _hv3d(pts: np.ndarray) -> float:
     return total
 
 
-def _hv_sweep(pts: np.ndarray, kernels=None) -> float:
+def _hv_sweep(pts: np.ndarray) -> float:
     """Dimension sweep on the last coordinate, for K >= 4 (points > 0, reference 0).
 
     The (K−1)-dimensional volume of the slab front grows by each new point's exclusive contribution,
     ``vol(box p) − HV(nds{min(q, p) : q ∈ front})`` (the WFG "limit set" of While et al. 2012), instead of being
     recomputed from scratch: limit sets are much smaller than the front, which made 5-D n = 300 ~10x faster.
-    Compiled ``kernels`` take the limit set unfiltered (they handle duplicates and dominated points themselves).
     """
     order = np.argsort(-pts[:, -1], kind="stable")
     pts = pts[order]
@@ -189,16 +190,13 @@ def _hv_sweep(pts: np.ndarray, kernels=None) -> float:
     front = np.empty((0, pts.shape[1] - 1))
     total = 0.0
     sub_hv = 0.0
-    compiled_below = kernels is not None and pts.shape[1] - 1 <= 4
     for i in range(pts.shape[0]):
         p = pts[i, :-1]
         if not (front.size and np.any(np.all(front >= p, axis=1))):
             if front.size:
-                limit = np.minimum(front, p)
-                if not compiled_below:
-                    limit = np.unique(limit, axis=0)
-                    limit = limit[~_dominated_mask(limit)]
-                sub_hv += float(np.prod(p)) - _hv(limit, kernels)
+                limit = np.unique(np.minimum(front, p), axis=0)
+                limit = limit[~_dominated_mask(limit)]
+                sub_hv += float(np.prod(p)) - _hv(limit)
             else:
                 sub_hv += float(np.prod(p))
             front = np.vstack([front[~np.all(p >= front, axis=1)], p])
@@ -206,7 +204,7 @@ def _hv_sweep(pts: np.ndarray, kernels=None) -> float:
     return total
 
 
-def _hv(pts: np.ndarray, kernels=None) -> float:
+def _hv(pts: np.ndarray) -> float:
     if pts.shape[0] == 0:
         return 0.0
     k = pts.shape[1]
@@ -214,17 +212,9 @@ def _hv(pts: np.ndarray, kernels=None) -> float:
         return float(pts[:, 0].max())
     if k == 2:
         return _hv2d(pts)
-    if kernels is not None and k in (3, 4):
-        return _compiled_hv(kernels, pts, np.zeros(k))
     if k == 3:
         return _hv3d(pts)
-    return _hv_sweep(pts, kernels)
-
-
-def _compiled_hv(kernels, pts: np.ndarray, ref: np.ndarray) -> float:
-    # One C-contiguous float64 layout, so numba compiles (and caches) a single specialisation per kernel.
-    pts = np.ascontiguousarray(pts, dtype=np.float64)
-    return float((kernels.hv3d if pts.shape[1] == 3 else kernels.hv4d)(pts, ref))
+    return _hv_sweep(pts)
 
 
 def _positive_part(pts: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -272,12 +262,14 @@ def hypervolume(points, reference, *, maximize: bool = True, backend: str = "aut
     """
     pts, ref = _prepare(points, reference, maximize=maximize)
     kernels = _compiled_kernels(backend, pts.shape[1])
-    if kernels is not None and pts.shape[1] in (3, 4):
-        return _compiled_hv(kernels, pts, ref)  # filters and shifts in the same compiled pass
+    if kernels is not None:
+        # Filters and shifts in the same compiled pass. One C-contiguous float64 layout, so numba compiles (and
+        # caches) a single specialisation.
+        return float(kernels.hv(np.ascontiguousarray(pts), ref))
     pts = _positive_part(pts, ref)
-    if pts.shape[0] > 1 and pts.shape[1] >= 4 + (kernels is not None):
-        # Prefilter for the NumPy sweep, whose cost grows with the points it sweeps; the compiled 4-D kernel skips
-        # dominated points itself for less than this O(n² K) filter costs.
+    if pts.shape[0] > 1 and pts.shape[1] >= 4:
+        # The NumPy sweep's cost grows with the points it sweeps. (The compiled sweep skips dominated points itself
+        # for less than this O(n² K) filter costs.)
         pts = np.unique(pts, axis=0)
         pts = pts[~_dominated_mask(pts)]
-    return _hv(pts, kernels)
+    return _hv(pts)
