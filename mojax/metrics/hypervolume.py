@@ -265,7 +265,7 @@ def hypervolume(points, reference, *, maximize: bool = True, backend: str = "aut
     if kernels is not None:
         # Filters and shifts in the same compiled pass. One C-contiguous float64 layout, so numba compiles (and
         # caches) a single specialisation.
-        return float(kernels.hv(np.ascontiguousarray(pts), ref))
+        return float(kernels.hv(np.ascontiguousarray(pts), np.ascontiguousarray(ref)))
     pts = _positive_part(pts, ref)
     if pts.shape[0] > 1 and pts.shape[1] >= 4:
         # The NumPy sweep's cost grows with the points it sweeps. (The compiled sweep skips dominated points itself

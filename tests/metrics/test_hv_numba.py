@@ -87,6 +87,17 @@ def test_compiled_small_and_degenerate_inputs():
     assert hypervolume(pts, np.zeros(3), backend="numba") == 13.0
 
 
+def test_compiled_accepts_any_layout_and_dtype():
+    # Views, Fortran order, float32 and int inputs reach the kernel as one C-contiguous float64 layout (a new layout
+    # would also cost a fresh compile); values must not change.
+    rng = np.random.default_rng(11)
+    pts = rng.integers(1, 9, size=(200, 8))
+    ref_wide = np.zeros(8)
+    expected = moocore.hypervolume(-pts[:, ::2].astype(float), ref=np.zeros(4))
+    for view in (pts[:, ::2], np.asfortranarray(pts[:, ::2]), pts[:, ::2].astype(np.float32), pts[:, ::2].copy()):
+        assert hypervolume(view, ref_wide[::2], backend="numba") == expected
+
+
 _int_points = st.integers(3, 5).flatmap(
     lambda k: hnp.arrays(np.float64, st.tuples(st.integers(0, 30), st.just(k)), elements=st.integers(-2, 5).map(float))
 )
