@@ -68,7 +68,7 @@ def main() -> None:
 
     cases = [("sphere", 2, 10_000), ("sphere", 3, 1_000), ("cube", 3, 1_000), ("sphere", 4, 300),
              ("sphere", 5, 200), ("sphere", 6, 100)]
-    headers = ["front", "K", "n", "moocore HV", "|Δ| mojax", "|Δ| mojax-numpy", "mojax ms", "mojax-numpy ms",
+    headers = ["front", "K", "n", "moocore HV", "abs diff mojax", "abs diff mojax-numpy", "mojax ms", "mojax-numpy ms",
                "moocore ms", "mojax / moocore", "mojax-numpy / moocore"]
     rows, target_ratios, all_ratios = [], [], []
     failed = False
