@@ -4,8 +4,9 @@ Run:  .venv/bin/python benchmarks/hypervolume.py [--rounds 15] [--min-batch-s 0.
 
 Cases (the issue's targets): 2-D with n = 10,000 and 3-D with n = 1,000 points on the positive unit sphere
 (mutually non-dominated, the hard case: nothing is filtered away), plus 3-D n = 1,000 uniform in the cube (mostly
-dominated) and, outside the target, 4-D n = 300, 5-D n = 200 and 6-D n = 100 sphere fronts. Everything is posed in moocore's native
-sense (minimisation of the negated front, reference 0), so moocore pays no negation and mojax pays its own.
+dominated) and, outside the target, 4-D n = 300, 5-D n = 200 and 6-D n = 100 sphere fronts. Everything is posed in
+moocore's native sense (minimisation of the negated front, reference 0), so moocore pays no negation and mojax pays
+its own.
 
 Contenders, alternated within each round (``_bench.alternate``): ``mojax`` (the default ``backend="auto"``: the
 compiled kernels when numba is installed), ``mojax-numpy`` (``backend="numpy"``: the fallback without numba), and
