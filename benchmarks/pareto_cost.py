@@ -2,103 +2,216 @@
 
 Run::
 
-    python benchmarks/pareto_cost.py                    # synthetic K = 2 task of `make demo`
-    python benchmarks/pareto_cost.py --num-objectives 5
-    python benchmarks/pareto_cost.py --data-path /work/shared/data/mslr-web10k-sample/msn1.fold1.train.5k.txt.gz
+    python benchmarks/pareto_cost.py                               # synthetic K = 2 task of `make demo`
+    python benchmarks/pareto_cost.py --experiment.num-objectives 5
+    python benchmarks/pareto_cost.py --experiment.data-path /work/shared/data/mslr-web10k-sample/msn1.fold1.train.5k.txt.gz
+    python benchmarks/pareto_cost.py --quick                       # seconds-long smoke preset
 
-Any option of ``experiments/cos_dpo_ltr.py``'s config applies. The base ranker is trained once; then DPO-LS trains
-``num_weights`` runs of ``run_steps`` steps (one compiled step reused by every weight) and W-COS-DPO trains one
-weight-conditioned model in chunks of ``run_steps`` steps, its test front evaluated after each chunk (evaluation time
-not counted), until its hypervolume reaches DPO-LS's or its step budget equals DPO-LS's total. Both clocks include JIT
-compilation and start after the shared base ranker. The paper (COS-DPO Table 1): 3.6× faster on MSLR with K = 5,
-10.8× on GPT-2.
+Any option of ``experiments/cos_dpo_ltr.py``'s config applies under ``--experiment.``. The base ranker is trained
+once. Then ``repeats`` rounds alternate the two methods (the first method of each round rotates), each run cold —
+its train step compiled again, under the load of the moment:
 
-Last line: ``front_speedup_vs_dpo_ls=<DPO-LS seconds / W-COS-DPO seconds at equal-or-higher hypervolume>`` (``nan``
-when W-COS-DPO never reached DPO-LS's hypervolume within the same number of steps), compile included; the line
-before it gives the same ratio in process CPU time (steadier on a shared machine) and without the one compile each
-method pays (which dominates at this model size on CPU).
+- **DPO-LS**: ``num_weights`` runs of ``run_steps`` steps (one compiled step for all weights); round r uses data
+  order seed ``seed + 1 + r·7919``.
+- **W-COS-DPO**: one weight-conditioned run in chunks of ``chunk_steps`` steps up to ``max_steps`` (default DPO-LS's
+  total step count, beyond which it cannot be faster), its test front evaluated after every chunk (evaluation time
+  not counted), with the same seed convention.
+
+The target is the median DPO-LS hypervolume (reference 0) over the rounds. Round r's speedup is DPO-LS's time in that
+round over W-COS-DPO's time to the first chunk at or above the target (compile included on both sides); the headline
+is the median over rounds, with a round that never reaches the target ranked below every finite speedup (so the
+headline is ``nan`` when the median round never got there). Also printed: the same at 99 % of the target, in process
+CPU time, and excluding the compile. The paper (COS-DPO Table 1): 3.6× faster on MSLR with K = 5, 10.8× on GPT-2.
+
+Last line: ``front_speedup_vs_dpo_ls=<median over rounds of DPO-LS seconds / W-COS-DPO seconds to parity>``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import platform
+import statistics
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from experiments._common import cli, markdown_table  # noqa: E402
-from experiments.cos_dpo_ltr import Config, Experiment, get_config, simplex_weights  # noqa: E402
+from _bench import alternate, format_table, headline, load_average  # noqa: E402
+from experiments._common import cli, command_line  # noqa: E402
+from experiments.cos_dpo_ltr import Config, Experiment, simplex_weights  # noqa: E402
+from experiments.cos_dpo_ltr import get_config as experiment_config  # noqa: E402
 from mojax.metrics import hypervolume  # noqa: E402
 
+SEED_STRIDE = 7919  # seed offset between rounds: far from the W-COS chunk offsets (seed + steps done)
 
-def main(config: Config) -> float:
-    """Print the cost table and return the speedup."""
-    c = dataclasses.replace(config, progress=False)
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BenchConfig:
+    """The benchmark's protocol around one ``cos_dpo_ltr`` experiment config.
+
+    Attributes:
+      experiment: the task, models and methods (``experiments/cos_dpo_ltr.py``'s ``Config``).
+      repeats: alternated rounds (each round = one cold DPO-LS front and one cold W-COS-DPO curve).
+      chunk_steps: W-COS-DPO steps between front evaluations (the resolution of the step count to parity).
+      max_steps: W-COS-DPO step budget per round; ``None`` = DPO-LS's total (``num_weights · run_steps``).
+    """
+
+    experiment: Config
+    repeats: int = 3
+    chunk_steps: int = 75
+    max_steps: int | None = None
+
+    def __post_init__(self):
+        if self.repeats < 1 or self.chunk_steps < 1 or (self.max_steps is not None and self.max_steps < 1):
+            raise ValueError("repeats, chunk_steps and max_steps must be >= 1")
+
+
+def get_config(quick: bool = False) -> BenchConfig:
+    """The default protocol on the ``make demo`` task, or with ``quick`` a seconds-long smoke preset."""
+    if quick:
+        return BenchConfig(experiment=experiment_config(quick=True), repeats=2, chunk_steps=6)
+    return BenchConfig(experiment=experiment_config())
+
+
+@dataclasses.dataclass(frozen=True)
+class Front:
+    """One timed training of a method up to a front: wall/CPU seconds (compile included) and the front's HV."""
+
+    steps: int
+    seconds: float
+    compile_seconds: float
+    cpu_seconds: float
+    compile_cpu_seconds: float
+    hypervolume: float
+
+
+def first_reaching(curve: Sequence[Front], target: float) -> Front | None:
+    """The first point of a training curve whose hypervolume is at least ``target`` (``None`` if none is)."""
+    return next((f for f in curve if f.hypervolume >= target), None)
+
+
+def median_speedup(speedups: Sequence[float | None]) -> float:
+    """Median over rounds, a round that never reached parity (``None``) ranking below every finite speedup.
+
+    ``nan`` when the median falls on (or, for an even count, next to) such a round.
+    """
+    if not speedups:
+        raise ValueError("no rounds")
+    value = statistics.median(-math.inf if s is None else s for s in speedups)
+    return float(value) if math.isfinite(value) else math.nan
+
+
+def speedups_at(ls: Sequence[Front], cos: Sequence[Sequence[Front]], target: float) -> dict[str, list[float | None]]:
+    """Per-round DPO-LS / W-COS-DPO ratios at the first W-COS chunk reaching ``target``: wall, CPU, and both
+    excluding the compile each method paid in that round; also the W-COS step count (``None``: not reached)."""
+    out: dict[str, list[float | None]] = {"steps": [], "wall": [], "cpu": [], "wall_excl_compile": [],
+                                          "cpu_excl_compile": []}
+    for a, curve in zip(ls, cos):
+        b = first_reaching(curve, target)
+        out["steps"].append(None if b is None else b.steps)
+        for key, num, den in (
+                ("wall", a.seconds, None if b is None else b.seconds),
+                ("cpu", a.cpu_seconds, None if b is None else b.cpu_seconds),
+                ("wall_excl_compile", a.seconds - a.compile_seconds,
+                 None if b is None else b.seconds - b.compile_seconds),
+                ("cpu_excl_compile", a.cpu_seconds - a.compile_cpu_seconds,
+                 None if b is None else b.cpu_seconds - b.compile_cpu_seconds)):
+            out[key].append(None if den is None else num / den)
+    return out
+
+
+def main(config: BenchConfig) -> float:
+    """Print the rounds, the W-COS-DPO curve and the speedups; return the headline speedup."""
+    c = dataclasses.replace(config.experiment, progress=False)
     exp = Experiment(c)
     exp.train_base()
     k = exp.num_objectives
     weights = simplex_weights(k, c.num_weights, seed=c.seed).astype(np.float32)
     ref = np.zeros(k)
+    max_steps = config.max_steps or c.num_weights * c.run_steps
+    load_before = load_average()
 
-    ls_runs = exp.run_dpo_ls(weights)
-    ls_seconds = sum(r.seconds for r in ls_runs)
-    ls_compile = sum(r.compile_seconds for r in ls_runs)
-    ls_cpu = sum(r.cpu_seconds for r in ls_runs)
-    ls_cpu_steady = ls_cpu - sum(r.compile_cpu_seconds for r in ls_runs)
-    ls_points, _ = exp.eval_points([exp.scores(r, exp.test, exp.ref_test) for r in ls_runs])
-    ls_hv = hypervolume(ls_points, ref, maximize=True)
-    rows = [{"method": "DPO-LS", "runs": len(ls_runs), "steps": len(ls_runs) * c.run_steps,
-             "train seconds": ls_seconds, "of which compile": ls_compile, "CPU seconds": ls_cpu, "hypervolume": ls_hv,
-             "HV / DPO-LS": 1.0, "time / DPO-LS": 1.0, "time excl. compile / DPO-LS": 1.0,
-             "CPU / DPO-LS": 1.0, "CPU excl. compile / DPO-LS": 1.0}]
+    def hv_of(diffs):
+        return float(hypervolume(exp.eval_points(diffs)[0], ref, maximize=True))
 
-    max_steps = len(ls_runs) * c.run_steps
-    trained, seconds, compile_s, cpu, cpu_compile, steps = None, 0.0, 0.0, 0.0, 0.0, 0
-    speedup = speedup_steady = speedup_cpu = speedup_cpu_steady = float("nan")
-    near = None  # (steps, wall, CPU, CPU-excl.-compile speedups) at the first chunk within 1 % of DPO-LS's HV
-    while steps < max_steps:
-        chunk = min(c.run_steps, max_steps - steps)
-        trained = exp.train_w_cos(c.beta, steps=chunk, resume=trained)
-        seconds += trained.seconds
-        compile_s += trained.compile_seconds
-        cpu += trained.cpu_seconds
-        cpu_compile += trained.compile_cpu_seconds
-        steps += chunk
-        points, _ = exp.eval_points(exp.w_cos_diffs(trained, weights))
-        hv = hypervolume(points, ref, maximize=True)
-        steady = (seconds - compile_s) / (ls_seconds - ls_compile)
-        cpu_steady = (cpu - cpu_compile) / ls_cpu_steady
-        rows.append({"method": "W-COS-DPO", "runs": 1, "steps": steps, "train seconds": seconds,
-                     "of which compile": compile_s, "CPU seconds": cpu, "hypervolume": hv, "HV / DPO-LS": hv / ls_hv,
-                     "time / DPO-LS": seconds / ls_seconds, "time excl. compile / DPO-LS": steady,
-                     "CPU / DPO-LS": cpu / ls_cpu, "CPU excl. compile / DPO-LS": cpu_steady})
-        if near is None and hv >= 0.99 * ls_hv:
-            near = (steps, ls_seconds / seconds, ls_cpu / cpu, 1.0 / cpu_steady)
-        if hv >= ls_hv:
-            speedup, speedup_steady = ls_seconds / seconds, 1.0 / steady
-            speedup_cpu, speedup_cpu_steady = ls_cpu / cpu, 1.0 / cpu_steady
-            break
+    rounds = {"dpo_ls": 0, "w_cos_dpo": 0}
+
+    def dpo_ls() -> Front:
+        seed = c.seed + 1 + SEED_STRIDE * rounds["dpo_ls"]
+        rounds["dpo_ls"] += 1
+        exp.drop_compiled("dpo_ls")
+        runs = exp.run_dpo_ls(weights, seed=seed)
+        return Front(len(runs) * c.run_steps, sum(r.seconds for r in runs), sum(r.compile_seconds for r in runs),
+                     sum(r.cpu_seconds for r in runs), sum(r.compile_cpu_seconds for r in runs),
+                     hv_of([exp.scores(r, exp.test, exp.ref_test) for r in runs]))
+
+    def w_cos() -> list[Front]:
+        seed = c.seed + 1 + SEED_STRIDE * rounds["w_cos_dpo"]
+        rounds["w_cos_dpo"] += 1
+        exp.drop_compiled("w_cos_dpo")
+        curve, trained, totals, steps = [], None, np.zeros(4), 0
+        while steps < max_steps:
+            chunk = min(config.chunk_steps, max_steps - steps)
+            trained = exp.train_w_cos(c.beta, steps=chunk, resume=trained, seed=seed)
+            totals += (trained.seconds, trained.compile_seconds, trained.cpu_seconds, trained.compile_cpu_seconds)
+            steps += chunk
+            curve.append(Front(steps, *totals.tolist(), hv_of(exp.w_cos_diffs(trained, weights))))
+        return curve
+
+    results = alternate({"dpo_ls": dpo_ls, "w_cos_dpo": w_cos}, rounds=config.repeats)
+    ls, cos = results["dpo_ls"], results["w_cos_dpo"]
+    target = statistics.median(f.hypervolume for f in ls)
+    at_parity = speedups_at(ls, cos, target)
+    near = speedups_at(ls, cos, 0.99 * target)
 
     d = exp.train
-    print(f"machine: {platform.processor() or platform.machine()}, {platform.system()}; data: "
-          f"{c.data_path or 'synthetic'} ({len(d)} train / {len(exp.test)} test queries), K = {k}, "
-          f"{c.num_weights} weights, {c.run_steps} steps per DPO-LS run, batch {c.batch_size}")
-    print(markdown_table(rows, formats={"train seconds": ".1f", "of which compile": ".1f", "CPU seconds": ".1f",
-                                        "hypervolume": ".4f", "HV / DPO-LS": ".3f", "time / DPO-LS": ".3f",
-                                        "time excl. compile / DPO-LS": ".3f", "CPU / DPO-LS": ".3f",
-                                        "CPU excl. compile / DPO-LS": ".3f"}))
-    print(f"speedup in process CPU time: {speedup_cpu:.2f} (excluding the one compile per method: "
-          f"{speedup_cpu_steady:.2f}); in wall time excluding compile: {speedup_steady:.2f}")
-    if near is not None:
-        print(f"within 1 % of DPO-LS's hypervolume after {near[0]} steps: {near[1]:.2f}× faster in wall time, "
-              f"{near[2]:.2f}× in CPU time, {near[3]:.2f}× in CPU time excluding compile")
-    if not np.isfinite(speedup):
-        print(f"W-COS-DPO did not reach DPO-LS's hypervolume {ls_hv:.4f} within {max_steps} steps")
-    print(f"front_speedup_vs_dpo_ls={speedup:.2f}")
+    print(f"machine: {platform.processor() or platform.machine()}, {platform.system()}; {load_before} at start, "
+          f"{load_average()} at end")
+    print(f"command: {command_line()}")
+    print(f"data: {c.data_path or 'synthetic'} ({len(d)} train / {len(exp.test)} test queries), K = {k}, "
+          f"{c.num_weights} weights, {c.run_steps} steps per DPO-LS run, batch {c.batch_size}, lr {c.learning_rate:g} "
+          f"({c.lr_schedule}), {config.repeats} alternated cold rounds; W-COS-DPO evaluated every "
+          f"{config.chunk_steps} steps up to {max_steps}; target = median DPO-LS HV {target:.4f}")
+
+    def cell(x, fmt=".2f"):
+        return "not reached" if x is None else format(x, fmt)
+
+    print()
+    print(format_table(
+        ["round", "DPO-LS s (compile)", "DPO-LS CPU s", "DPO-LS HV", "W-COS steps to target",
+         "W-COS s to target (compile)", "speedup (wall)", "speedup (CPU)", "steps to 99 %", "speedup at 99 %"],
+        [[r, f"{a.seconds:.2f} ({a.compile_seconds:.2f})", a.cpu_seconds, a.hypervolume,
+          cell(at_parity["steps"][r], "d"),
+          "–" if (b := first_reaching(cos[r], target)) is None else f"{b.seconds:.2f} ({b.compile_seconds:.2f})",
+          cell(at_parity["wall"][r]), cell(at_parity["cpu"][r]), cell(near["steps"][r], "d"), cell(near["wall"][r])]
+         for r, a in enumerate(ls)]))
+    print()
+    ls_seconds = statistics.median(f.seconds for f in ls)
+    rows = []
+    for j, point in enumerate(cos[0]):
+        hvs = [curve[j].hypervolume for curve in cos]
+        secs = statistics.median(curve[j].seconds for curve in cos)
+        rows.append([point.steps, statistics.median(hvs), f"{min(hvs):.4f}–{max(hvs):.4f}",
+                     statistics.median(hvs) / target, secs, statistics.median(curve[j].compile_seconds for curve in cos),
+                     ls_seconds / secs])
+    print(format_table(["W-COS steps", "HV (median)", "HV range over rounds", "HV / target", "s (median)",
+                        "of which compile", "DPO-LS s / this"], rows))
+    print()
+    for label, values in (("CPU time", at_parity["cpu"]), ("wall time excluding compile", at_parity["wall_excl_compile"]),
+                          ("CPU time excluding compile", at_parity["cpu_excl_compile"])):
+        print(f"speedup at the target in {label}: {median_speedup(values):.2f}")
+    print(f"within 1 % of the target: {median_speedup(near['wall']):.2f}× in wall time, "
+          f"{median_speedup(near['cpu']):.2f}× in CPU time, {median_speedup(near['cpu_excl_compile']):.2f}× in CPU "
+          f"time excluding compile (W-COS steps per round: {near['steps']})")
+    print(f"DPO-LS HV per round: {[round(f.hypervolume, 4) for f in ls]}; W-COS steps to the target per round: "
+          f"{at_parity['steps']} (None = not reached within {max_steps})")
+    speedup = median_speedup(at_parity["wall"])
+    print(headline("front_speedup_vs_dpo_ls", speedup))
     return speedup
 
 

@@ -103,6 +103,8 @@ class Config:
       base_steps: ListNet steps for the base ranker; ``run_steps`` per DPO-LS / single-objective / MO-DPO run;
         ``cos_steps`` for the one W-COS-DPO (and T-COS-DPO) run that serves the whole front.
       learning_rate: AdamW step size of every fine-tuning run; ``base_learning_rate`` of the base.
+      lr_schedule: ``constant``, or ``cosine``: every fine-tuning run decays its step size from ``learning_rate``
+        to 0 over its own budget (``run_steps`` for each DPO-LS / MO-DPO run, ``cos_steps`` for a COS run).
       beta: the common DPO temperature of all methods; ``beta_alt``: the second temperature of the Prop. 3.1 check.
       label_norm: ListNet label normalisation of the auxiliary labels (``softmax`` dense, ``l1`` sparse).
       concentration: Dirichlet α of the W-COS-DPO / T-COS-DPO weight sampler.
@@ -140,6 +142,7 @@ class Config:
     run_steps: int = 150
     cos_steps: int = 300
     learning_rate: float = 3e-3
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     base_learning_rate: float = 3e-3
     beta: float = 1.0
     beta_alt: float = 2.0
@@ -490,27 +493,44 @@ class Experiment:
         self.num_objectives = self.train.aux.shape[1]
         self.num_features = self.train.features.shape[-1]
         self.tx = make_optimizer(OptimizerConfig(learning_rate=config.learning_rate))
-        self._steps: dict[str, Callable] = {}
+        self._txs: dict[int, Any] = {}
+        self._steps: dict[tuple[str, Any], Callable] = {}
+
+    def finetune_tx(self, steps: int):
+        """The fine-tuning optimizer of a run of ``steps`` steps: constant, or cosine-decayed over that budget.
+
+        One object per budget, so the runs of a method that share a budget share its compiled step.
+        """
+        if self.config.lr_schedule == "constant":
+            return self.tx
+        if steps not in self._txs:
+            self._txs[steps] = make_optimizer(OptimizerConfig(learning_rate=self.config.learning_rate,
+                                                              decay_steps=steps))
+        return self._txs[steps]
 
     # -- training ---------------------------------------------------------------------------------------------
 
     def fit(self, name: str, model: nnx.Module, objective: Callable, data: Mapping[str, np.ndarray], *,
             steps: int, seed: int, wrt: Any = nnx.Param, tx=None, fixed: Mapping[str, np.ndarray] | None = None,
             desc: str = "", resume: Trained | None = None) -> Trained:
-        """Train ``model`` for ``steps`` steps with the engine's step, jitted once per ``name`` and then reused.
+        """Train ``model`` for ``steps`` steps with the engine's step, jitted once per (``name``, optimizer) and reused.
 
         ``data`` holds per-query arrays (batches are drawn epoch by epoch in a seeded order); ``fixed`` holds
         per-run entries broadcast over the batch (the weight of a DPO-LS run), traced inputs of the same step.
-        ``resume`` continues an earlier run of the same method (its state is donated: the earlier ``Trained`` is
-        spent); ``model`` and ``wrt`` are then ignored.
+        ``tx`` defaults to :meth:`finetune_tx` of ``steps``. ``resume`` continues an earlier run of the same method
+        with a constant step size (its state is donated: the earlier ``Trained`` is spent); ``model`` and ``wrt``
+        are then ignored.
         """
         c = self.config
-        tx = self.tx if tx is None else tx
+        if resume is not None and tx is None and c.lr_schedule != "constant":
+            raise ValueError("resume continues a constant-step-size run; a decaying schedule ends with its run "
+                             "(train one run of the whole budget instead)")
+        tx = (self.tx if resume is not None else self.finetune_tx(steps)) if tx is None else tx
         with Timer() as timer:
             if resume is None:
                 graphdef, state, shardings = create_train_state(model, tx, mesh=self.mesh, rng=seed, wrt=wrt)
             else:
-                if name not in self._steps:
+                if (name, tx) not in self._steps:
                     raise ValueError(f"resume needs the step of {name!r} compiled by an earlier run")
                 graphdef, state, shardings = resume.graphdef, resume.state, None
             batch_size = min(c.batch_size, len(next(iter(data.values()))))
@@ -518,16 +538,19 @@ class Experiment:
             rng = np.random.default_rng(seed)
             order = np.concatenate([rng.permutation(num) for _ in range(-(-steps * batch_size // num))])
             extra = {k: np.broadcast_to(v, (batch_size, *np.shape(v))) for k, v in (fixed or {}).items()}
-            keys = np.asarray(jax.random.split(jax.random.PRNGKey(seed), steps))
+            # Raw threefry keys drawn on the host: any uint32 pair is a valid key, and jax.random.split(key, steps)
+            # would compile a new program for every distinct run length (~0.25 s each, inside the timed run).
+            keys = np.random.default_rng([seed, 1]).integers(0, 2**32, size=(steps, 2), dtype=np.uint32)
             compile_timer = Timer()
-            if name not in self._steps:
+            if (name, tx) not in self._steps:
                 with compile_timer:
                     example = {k: v[:batch_size] for k, v in data.items()} | extra
                     jitted = jit_train_step(make_train_step(graphdef, objective, tx), shardings, example, self.mesh)
-                    # Compiled ahead of time, once per method; every run of the method (every DPO-LS weight) reuses it.
-                    self._steps[name] = jitted.lower(state, example, keys[0]).compile(
+                    # Compiled ahead of time, once per method and optimizer; every run of the method with the same
+                    # budget (every DPO-LS weight) reuses it.
+                    self._steps[name, tx] = jitted.lower(state, example, keys[0]).compile(
                         compiler_options=_compile_options())
-            step_fn = self._steps[name]
+            step_fn = self._steps[name, tx]
             losses = []
             for i in tqdm(range(steps), desc=desc or name, leave=False, disable=not c.progress, file=sys.stderr):
                 idx = order[i * batch_size:(i + 1) * batch_size]
@@ -580,26 +603,38 @@ class Experiment:
         graphdef, state, wrt = self._initial[cond_dim]
         return nnx.merge(graphdef, jax.tree.map(np.array, state)), wrt
 
-    def run_dpo_ls(self, weights: np.ndarray) -> list[Trained]:
-        """DPO-LS: one run of ``run_steps`` per weight (all from the same initialisation and data order)."""
+    def drop_compiled(self, name: str) -> None:
+        """Forget the compiled steps of method ``name``, so its next run compiles again (cold-start timing)."""
+        self._steps = {key: fn for key, fn in self._steps.items() if key[0] != name}
+
+    def run_dpo_ls(self, weights: np.ndarray, *, seed: int | None = None) -> list[Trained]:
+        """DPO-LS: one run of ``run_steps`` per weight (all from the same initialisation and data order).
+
+        ``seed`` sets the data order (default ``config.seed + 1``, the experiment's); the initialisation is fixed.
+        """
         c = self.config
         obj = fixed_weight_objective(beta=c.beta, label_norm=c.label_norm)
+        seed = c.seed + 1 if seed is None else seed
         runs = []
         for i, w in enumerate(weights):
             model, wrt = self.finetune_model(0)
-            runs.append(self.fit("dpo_ls", model, obj, self.train_data, steps=c.run_steps, seed=c.seed + 1, wrt=wrt,
+            runs.append(self.fit("dpo_ls", model, obj, self.train_data, steps=c.run_steps, seed=seed, wrt=wrt,
                                  fixed={"weights": w}, desc=f"DPO-LS {i + 1}/{len(weights)}"))
         return runs
 
-    def train_w_cos(self, beta: float, *, steps: int | None = None, resume: Trained | None = None) -> Trained:
-        """The one W-COS-DPO run (``cos_steps`` steps at temperature ``beta``), or ``steps`` more of ``resume``."""
+    def train_w_cos(self, beta: float, *, steps: int | None = None, resume: Trained | None = None,
+                    seed: int | None = None) -> Trained:
+        """The one W-COS-DPO run (``cos_steps`` steps at temperature ``beta``), or ``steps`` more of ``resume``.
+
+        ``seed`` sets the data order and the weight draws (default ``config.seed + 1``); the initialisation is fixed.
+        """
         c = self.config
         k = self.num_objectives
         model, wrt = (None, None) if resume is not None else self.finetune_model(k)
         obj = w_cos_objective(label_norm=c.label_norm, num_objectives=k, concentration=c.concentration,
                               penalty=c.penalty, per_example=c.per_example_weights)
         # a resumed chunk draws a fresh data order and fresh weights (another seed), as a longer run would
-        seed = c.seed + 1 + (0 if resume is None else int(resume.state.step))
+        seed = (c.seed + 1 if seed is None else seed) + (0 if resume is None else int(resume.state.step))
         return self.fit("w_cos_dpo", model, obj, self.train_data, steps=steps or c.cos_steps, seed=seed, wrt=wrt,
                         fixed={"beta": np.float32(beta)}, desc=f"W-COS-DPO β={beta:g}", resume=resume)
 
@@ -635,13 +670,18 @@ class Experiment:
 
 
 def _compile_options() -> dict[str, Any] | None:
-    """XLA options for the train steps: on CPU, backend optimisation level 0.
+    """XLA options for the train steps on CPU: LLVM at -O1 without its expensive passes, legacy fusion emitters.
 
-    Measured on 2 cores (BUILD_NOTES): the tiny rankers' train step compiles in half the CPU time (2.4 s vs 4.8 s)
-    and runs no slower (1.3 ms per step either way: these steps are bound by dispatch, not arithmetic), and
-    compilation is most of ``make demo``'s fixed cost. Other backends keep their defaults.
+    Measured on 2 cores (BUILD_NOTES, DPO-LS step): 1.7 s CPU to compile and 2.0–2.3 ms per step, against 4.3 s
+    and 2.5 ms at XLA's defaults and 1.9 s and 7.6 ms at backend level 0 (the earlier choice, whose unoptimised
+    kernels made every step 3× slower). These tiny steps run ~230 small kernels, so compile time is per-kernel
+    code generation and -O1 is enough for the kernels. Numerics are unchanged (same loss to 1e-6). Other
+    backends keep their defaults.
     """
-    return {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+    if jax.default_backend() != "cpu":
+        return None
+    return {"xla_backend_optimization_level": 1, "xla_llvm_disable_expensive_passes": True,
+            "xla_cpu_use_fusion_emitters": False}
 
 
 @jax.jit
