@@ -153,6 +153,48 @@ def _hv3d(pts):
 
 
 @numba.njit(cache=True, nogil=True)
+def _limit_set(front, m, p, limit):
+    """``{min(q, p) : q in front[:m]}`` less most of its dominated points, as a new C-contiguous array.
+
+    A front point q with ``q_j ≥ p_j`` for every j but one coordinate d clips to p with coordinate d lowered to
+    ``q_d``; the highest such one, ``t_d``, dominates every limit point whose coordinate d is ≤ ``t_d`` (all of them
+    are ≤ p elsewhere). So only the points above every ``t_d``, plus those ≤ K−1 dominating corners, are kept: one
+    O(m K) pass. On 4-D sphere fronts limit sets averaged 57 points of which ~5 were non-dominated, and the 3-D
+    sweep's sorts were half its time.
+    """
+    km = p.shape[0]
+    top = np.zeros(km)  # t_d; 0 (every coordinate is > 0) filters nothing
+    has = np.zeros(km, dtype=np.bool_)
+    for a in range(m):
+        below = -1
+        count = 0
+        for d in range(km):
+            limit[a, d] = min(front[a, d], p[d])
+            if front[a, d] < p[d]:
+                count += 1
+                below = d
+        if count == 1:  # count 0 would mean q dominates p, which the caller excluded
+            has[below] = True
+            top[below] = max(top[below], limit[a, below])
+    kept = 0
+    for a in range(m):
+        keep = True
+        for d in range(km):
+            if limit[a, d] <= top[d]:
+                keep = False
+                break
+        if keep:
+            limit[kept] = limit[a]
+            kept += 1
+    for d in range(km):  # each corner replaces at least one of the points it removed: kept stays <= m
+        if has[d]:
+            limit[kept] = p
+            limit[kept, d] = top[d]
+            kept += 1
+    return limit[:kept].copy()
+
+
+@numba.njit(cache=True, nogil=True)
 def _hv_nd(pts):
     """K-D hypervolume of ``pts [n, K]``, K >= 3 (> 0, reference 0): the 3-D sweep, or for K >= 4 a sweep on the last
     coordinate with exclusive (K−1)-D contributions on limit sets, recursing."""
@@ -180,10 +222,7 @@ def _hv_nd(pts):
             box = 1.0
             for d in range(k - 1):
                 box *= pts[p, d]
-            for a in range(m):
-                for d in range(k - 1):
-                    limit[a, d] = min(front[a, d], pts[p, d])
-            volume += box - (_hv_nd(limit[:m].copy()) if m > 0 else 0.0)
+            volume += box - (_hv_nd(_limit_set(front, m, pts[p, : k - 1], limit)) if m > 0 else 0.0)
             kept = 0
             for a in range(m):  # drop the front points p dominates weakly
                 covered = True
