@@ -1,4 +1,4 @@
-"""Benchmark: one DPO training step, mojax (jitted, chunked log-probs) vs TRL's ``DPOTrainer``, CPU, float32.
+"""Benchmark: one DPO training step, mojax (jitted, packed log-probs) vs TRL's ``DPOTrainer``, CPU, float32.
 
 Run:  .venv/bin/python benchmarks/dpo_step_vs_trl.py [--configs tiny,small] [--rounds 2] [--steps 6]
       (needs the ``bench`` extra: ``pip install -e '.[bench]'`` — torch, trl)
@@ -27,19 +27,18 @@ trainer). Processes alternate mojax/TRL for ``--rounds`` rounds; the table repor
 median over rounds of the per-round ratio of medians. Both sides log each step's loss and mean chosen log-prob: the
 script checks they agree (same weights, tokens and updates), as a guard that the two do the same work.
 
-``--prototype`` adds a third contender, ``mojax-compact``: the same step with :func:`compact_dpo_objective`, a
-prototype (not in the library) whose log-probs compute logits only at loss positions — see BUILD_NOTES
-"Performance" for why, and what it would take to move into ``mojax.losses``/``mojax.train``.
+mojax's log-probs are the library default (``dpo_objective(compact=True)``): logits only at loss positions, packed
+into chunks of ``B·N·chunk_size`` rows (:func:`mojax.losses.compact_sequence_logps_from_hidden`). ``--dense`` adds a
+third contender, ``mojax-dense``: the same step with ``compact=False`` (every position through the LM head, as TRL
+does on CPU), to show what the packing is worth in the same run.
 
-The last line is ``speedup_vs_trl=<min over configs of mojax pairs/s ÷ TRL pairs/s>`` (the library's step; the
-prototype's speedup is printed above it).
+The last line is ``speedup_vs_trl=<min over configs of mojax pairs/s ÷ TRL pairs/s>`` (the library's default step).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
@@ -184,74 +183,6 @@ def mojax_batches(examples, t: int, pad: int):
         yield {"input_ids": ids, "attention_mask": attn, "loss_mask": loss}
 
 
-def compact_sequence_logps(hidden, unembedding, targets, where, *, chunk_rows: int):
-    """PROTOTYPE (not in the library): summed log-probs ``[M]`` of ``hidden [M, T, D]`` computing logits only for
-    chunks of valid (loss) positions.
-
-    The valid positions of the flattened ``[M·T]`` tokens are moved to the front (stable argsort of the mask), cut
-    into chunks of ``chunk_rows`` rows, and a ``lax.scan`` computes a chunk's ``[chunk_rows, V]`` logits only when it
-    holds a valid position (``lax.cond``; the backward pass skips the same chunks), summing each chunk's token
-    log-probs into their sequences with ``segment_sum``. Work is proportional to the number of loss positions instead
-    of M·T (TRL's fused LM head does the same on GPUs, not on CPU). Body rematerialised, as in
-    ``mojax.losses.sequence_logps_from_hidden``. Checked: the driver compares its loss trajectory with TRL's.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    *lead, t, d = hidden.shape
-    m = math.prod(lead)
-    n = m * t
-    chunks = -(-n // chunk_rows)
-    flat_w = where.reshape(n)
-    order = jnp.argsort(jnp.logical_not(flat_w), stable=True)  # valid positions first
-    order = jnp.concatenate([order, jnp.zeros((chunks * chunk_rows - n,), order.dtype)])
-    valid = (jnp.arange(chunks * chunk_rows) < n) & jnp.take(flat_w, order)
-    h = jnp.take(hidden.reshape(n, d), order, axis=0).reshape(chunks, chunk_rows, d)
-    tg = jnp.take(jnp.where(where, targets, 0).reshape(n).astype(jnp.int32), order).reshape(chunks, chunk_rows)
-    seg = jnp.take(jnp.repeat(jnp.arange(m, dtype=jnp.int32), t), order).reshape(chunks, chunk_rows)
-    count = jnp.sum(flat_w)
-
-    @jax.checkpoint
-    def chunk_logps(h_c, t_c, v_c, s_c, w_out):
-        logits = jnp.dot(h_c, w_out, preferred_element_type=jnp.float32)
-        lp = jnp.take_along_axis(logits, t_c[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(logits, axis=-1)
-        return jax.ops.segment_sum(jnp.where(v_c, lp, 0.0), s_c, num_segments=m)
-
-    def body(acc, xs):
-        i, h_c, t_c, v_c, s_c = xs
-        out = jax.lax.cond(i * chunk_rows < count, lambda: chunk_logps(h_c, t_c, v_c, s_c, unembedding),
-                           lambda: jnp.zeros((m,), jnp.float32))
-        return acc + out, None
-
-    total, _ = jax.lax.scan(body, jnp.zeros((m,), jnp.float32),
-                            (jnp.arange(chunks), h, tg, valid.reshape(chunks, chunk_rows), seg))
-    return total.reshape(tuple(lead))
-
-
-def compact_dpo_objective(*, beta: float, chunk_rows: int):
-    """PROTOTYPE: ``dpo_objective(ref_mode="model")`` with :func:`compact_sequence_logps` for both models."""
-    import jax
-    import jax.numpy as jnp
-
-    from mojax import losses as L
-
-    def logps(model, batch):
-        b, n, t = batch["input_ids"].shape
-        flat = lambda x: jnp.asarray(x).reshape(b * n, t)  # noqa: E731
-        targets, where = L.next_token_targets(flat(batch["input_ids"]), flat(batch["loss_mask"]).astype(bool))
-        hidden = model(flat(batch["input_ids"]), attention_mask=flat(batch["attention_mask"]), return_hidden=True)
-        return compact_sequence_logps(hidden, model.unembedding(), targets, where, chunk_rows=chunk_rows).reshape(b, n)
-
-    def objective(model, batch, rng):
-        del rng
-        lp = logps(model.policy, batch)
-        ref = jax.lax.stop_gradient(logps(model.reference, batch))
-        loss, metrics = L.dpo_loss(lp[:, 0], lp[:, 1], ref[:, 0], ref[:, 1], beta=beta, return_metrics=True)
-        return loss, {**metrics, "count": jnp.float32(lp.shape[0])}
-
-    return objective
-
-
 def role_mojax(args) -> dict:
     import jax
     import numpy as np
@@ -269,10 +200,9 @@ def role_mojax(args) -> dict:
     tx = make_optimizer(OptimizerConfig(learning_rate=args.lr, max_grad_norm=1.0, weight_decay=0.0))
     graphdef, state, shardings = create_train_state(model, tx, mesh=mesh, wrt=AnchoredPolicy.trainable)
     del model  # the state holds the only copy the step uses
-    if args.variant == "compact":
-        objective = compact_dpo_objective(beta=BETA, chunk_rows=PAIRS * 2 * args.chunk_size)
-    else:
-        objective = dpo_objective(beta=BETA, ref_mode="model", chunk_size=args.chunk_size)
+    # "library": the default step (loss positions packed into chunks); "dense": every position chunked (compact=False)
+    objective = dpo_objective(beta=BETA, ref_mode="model", chunk_size=args.chunk_size,
+                              compact=args.variant == "library")
     step = jit_train_step(make_train_step(graphdef, objective, tx), shardings, batches[0], mesh)
     key = jax.random.PRNGKey(0)
 
@@ -301,8 +231,8 @@ def role_mojax(args) -> dict:
 
 def child(role: str, args, config: str, model_dir: str) -> list[str]:
     variant = "library"
-    if role == "mojax-compact":
-        role, variant = "mojax", "compact"
+    if role == "mojax-dense":
+        role, variant = "mojax", "dense"
     return [sys.executable, __file__, "--role", role, "--config", config, "--model-dir", model_dir,
             "--steps", str(args.steps), "--warmup", str(args.warmup), "--lr", str(args.lr),
             "--chunk-size", str(args.chunk_size), "--variant", variant]
@@ -318,7 +248,7 @@ def child_env(args) -> dict[str, str]:
 def run_config(args, config: str, tmp: str) -> dict:
     model_dir = os.path.join(tmp, config)
     prep = run_measured(child("prepare", args, config, model_dir), timeout=args.timeout).json_result()
-    sides = ["mojax", "trl"] + ["mojax-compact"] * args.prototype
+    sides = ["mojax", "trl"] + ["mojax-dense"] * args.dense
     runs: dict[str, list[dict]] = {side: [] for side in sides}
     for r in range(args.rounds):
         k = r % len(sides)
@@ -338,7 +268,7 @@ def summarise(config: str, result: dict) -> tuple[list, float, dict]:
     med = {side: [median(r["step_s"]) for r in runs[side]] for side in runs}
     # pairs/s ratio = TRL step time / mojax step time, per round, then the median over rounds
     speedup = median_ratio(med["trl"], med["mojax"])
-    proto = median_ratio(med["trl"], med["mojax-compact"]) if "mojax-compact" in med else float("nan")
+    dense = median_ratio(med["trl"], med["mojax-dense"]) if "mojax-dense" in med else float("nan")
     rss = {side: max(r["peak_rss"] for r in runs[side]) for side in runs}
     mj, tr = runs["mojax"][0], runs["trl"][0]
     n = min(len(mj["loss"]), len(tr["loss"]))
@@ -351,10 +281,10 @@ def summarise(config: str, result: dict) -> tuple[list, float, dict]:
         compile_s = median([r["compile_s"] for r in runs[side]]) if side != "trl" else float("nan")
         rows.append([config, f"{result['params'] / 1e6:.2f}M", side, PAIRS / step, step,
                      median([r["first_step_s"] for r in runs[side]]), compile_s, rss[side] / MIB])
-    if "mojax-compact" in runs:
-        pc = runs["mojax-compact"][0]
-        parity["compact_max_abs_loss_diff"] = max(abs(a - b) for a, b in zip(pc["loss"][:n], tr["loss"][:n]))
-    return rows, speedup, {"rss_ratio": rss["mojax"] / rss["trl"], "prototype_speedup": proto, **parity}
+    if "mojax-dense" in runs:
+        pd = runs["mojax-dense"][0]
+        parity["dense_max_abs_loss_diff"] = max(abs(a - b) for a, b in zip(pd["loss"][:n], tr["loss"][:n]))
+    return rows, speedup, {"rss_ratio": rss["mojax"] / rss["trl"], "dense_speedup": dense, **parity}
 
 
 def main() -> None:
@@ -364,14 +294,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed steps per process")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per process (after mojax's compile)")
     parser.add_argument("--lr", type=float, default=5e-5)
-    parser.add_argument("--chunk-size", type=int, default=32, help="mojax log-prob chunk (tokens)")
+    parser.add_argument("--chunk-size", type=int, default=32,
+                        help="mojax log-prob chunk, positions per sequence (32 = the library's CHUNK_SIZE)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per child process")
     parser.add_argument("--omp-wait-policy", default="PASSIVE",
                         help="OMP_WAIT_POLICY for both children ('' leaves it unset; see child_env)")
-    parser.add_argument("--prototype", action="store_true",
-                        help="also time mojax with the compacted-head prototype objective (not in the library)")
+    parser.add_argument("--dense", action="store_true",
+                        help="also time mojax with compact=False (every position through the LM head, chunked)")
     parser.add_argument("--role", choices=["prepare", "mojax", "trl"], help=argparse.SUPPRESS)
-    parser.add_argument("--variant", choices=["library", "compact"], default="library", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", choices=["library", "dense"], default="library", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -402,9 +333,9 @@ def main() -> None:
               f"{n['rss_ratio']:.2f}; parity: max |loss diff| over steps {n['max_abs_loss_diff']:.2e}, "
               f"first-step mean chosen logp mojax {n['first_chosen_logps'][0]:.4f} vs TRL "
               f"{n['first_chosen_logps'][1]:.4f}, last loss {n['last_loss'][0]:.5f} vs {n['last_loss'][1]:.5f}")
-        if "compact_max_abs_loss_diff" in n:
-            print(f"{config}: prototype (compacted head) speedup {n['prototype_speedup']:.2f}x; max |loss diff| vs "
-                  f"TRL {n['compact_max_abs_loss_diff']:.2e}")
+        if "dense_max_abs_loss_diff" in n:
+            print(f"{config}: mojax-dense (compact=False) speedup {n['dense_speedup']:.2f}x; max |loss diff| vs "
+                  f"TRL {n['dense_max_abs_loss_diff']:.2e}")
         if abs(n["first_chosen_logps"][0] - n["first_chosen_logps"][1]) > 1e-3 * abs(n["first_chosen_logps"][1]):
             print(f"WARNING: {config}: the two sides' log-probs differ: they are not running the same model/data")
     print(f"{load_average()} at end")

@@ -23,6 +23,7 @@ from mojax.losses.listwise import (
     ranks,
 )
 from mojax.losses.logps import (
+    compact_sequence_logps_from_hidden,
     next_token_targets,
     sequence_logps,
     sequence_logps_from_hidden,
@@ -52,6 +53,7 @@ __all__ = [
     "LABEL_NORMS",
     "bilevel_objective",
     "bradley_terry_loss",
+    "compact_sequence_logps_from_hidden",
     "cpo_loss",
     "dpo_hinge",
     "dpo_ipo",

@@ -8,12 +8,15 @@ and pads the end, so the logits never need slicing (a slice of ``[B, T, V]`` wou
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
 from mojax.losses._base import Array, as_float, check_where
 
 __all__ = [
+    "compact_sequence_logps_from_hidden",
     "next_token_targets",
     "sequence_logps",
     "sequence_logps_from_hidden",
@@ -123,7 +126,8 @@ def sequence_logps_from_hidden(
       unembedding: ``[D, V]`` output projection (for tied embeddings pass ``embedding.T``).
       targets: int ``[..., T]`` aligned with ``hidden`` (see :func:`next_token_targets`).
       where: bool ``[..., T]``.
-      chunk_size: tokens per chunk; T is zero-padded up to a multiple of it.
+      chunk_size: tokens per chunk; T is zero-padded up to a multiple of it. With ``chunk_size >= T`` there is one
+        chunk: no loop and no recompute.
 
     Returns:
       ``[...]`` float32 sequence log-probs.
@@ -139,6 +143,9 @@ def sequence_logps_from_hidden(
     targets, where = _check_targets(jnp.asarray(targets), where, lead + (t_len,))
 
     chunk = min(chunk_size, t_len)
+    if chunk == t_len:  # one chunk: no loop, no recompute (the bound is the same: these logits are one chunk's)
+        logits = jnp.einsum("...TD,DV->...TV", hidden, unembedding, preferred_element_type=jnp.float32)
+        return jnp.sum(jnp.where(where, _token_logps_from_logits(logits, targets), 0.0), axis=-1)
     n_chunks = -(-t_len // chunk)
     pad = n_chunks * chunk - t_len
     if pad:
@@ -163,6 +170,103 @@ def sequence_logps_from_hidden(
     out_dtype = jnp.promote_types(jnp.promote_types(hidden.dtype, unembedding.dtype), jnp.float32)
     total, _ = jax.lax.scan(body, jnp.zeros(lead, out_dtype), (hidden, targets, where))
     return total
+
+
+def compact_sequence_logps_from_hidden(
+    hidden: Array,
+    unembedding: Array,
+    targets: Array,
+    *,
+    where: Array,
+    chunk_rows: int = 512,
+) -> Array:
+    r""":func:`sequence_logps` of ``logits = hidden @ unembedding``, computing logits only where ``where`` is True.
+
+    The same value as :func:`sequence_logps_from_hidden`, for work proportional to the number of *loss positions*
+    instead of every position: prompt and padding positions never reach the LM head. The ``[M·T]`` positions of
+    the flattened leading axes are packed, loss positions first (a stable sort of the mask, so their order is kept),
+    and cut into chunks of ``chunk_rows`` rows; a ``jax.lax.scan`` computes one chunk's ``[chunk_rows, V]`` logits
+    and token log-probs, and a ``jax.lax.cond`` skips every chunk past the last loss position (forward and
+    backward). Token log-probs are scattered back to their positions and summed per sequence.
+
+    Memory: the body (``cond`` included) runs under ``jax.checkpoint``, so the backward pass recomputes a chunk's
+    logits instead of storing them and the scan saves only its per-chunk inputs (``[chunk_rows, D]`` hidden rows);
+    peak head memory is :math:`O(\text{chunk\_rows} \cdot V)` forward and backward. When all ``M·T`` positions
+    fit in one chunk there is no loop, no packing and no recompute: the logits of that one chunk are the bound.
+
+    When to prefer :func:`sequence_logps_from_hidden`: when every position is a loss position (packing saves
+    nothing), and under ``jax.vmap`` over a batched ``where`` — ``cond`` then becomes a select that computes both
+    branches, so no chunk is skipped. Values and gradients equal the full-logits ones up to summation order.
+
+    Args:
+      hidden: ``[..., T, D]`` final hidden states (after the final norm). Rows where ``where`` is False are never
+        read (NaN there gives no NaN value or gradient).
+      unembedding: ``[D, V]`` output projection (for tied embeddings pass ``embedding.T``).
+      targets: int ``[..., T]`` aligned with ``hidden`` (see :func:`next_token_targets`); ignored where masked.
+      where: bool ``[..., T]``; True at loss positions.
+      chunk_rows: LM-head rows per chunk (positions of the whole flattened batch, not per sequence): the GEMM size
+        and the memory bound. Work is ``ceil(#loss positions / chunk_rows) · chunk_rows`` rows.
+
+    Returns:
+      ``[...]`` sequence log-probs (float32, or wider when the inputs are, e.g. float64 under x64).
+
+    >>> import jax.numpy as jnp
+    >>> h, w_out = jnp.zeros((1, 3, 2)), jnp.zeros((2, 4))        # uniform over V = 4
+    >>> where = jnp.array([[False, True, True]])
+    >>> lp = compact_sequence_logps_from_hidden(h, w_out, jnp.array([[0, 1, 2]]), where=where, chunk_rows=2)
+    >>> print(f"{float(lp[0]):.4f}")
+    -2.7726
+    """
+    hidden = jnp.asarray(hidden)
+    unembedding = jnp.asarray(unembedding)
+    if hidden.ndim < 2 or unembedding.ndim != 2 or hidden.shape[-1] != unembedding.shape[0]:
+        raise ValueError(f"need hidden [..., T, D] and unembedding [D, V]; got {hidden.shape} and {unembedding.shape}")
+    if not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
+    *lead, t_len, d = hidden.shape
+    lead = tuple(lead)
+    targets, where = _check_targets(jnp.asarray(targets), where, lead + (t_len,))
+    n = math.prod(lead) * t_len
+    # float32 logits for bf16/f32 inputs; float64 stays float64 (exact checks under x64).
+    acc_dtype = jnp.promote_types(jnp.promote_types(hidden.dtype, unembedding.dtype), jnp.float32)
+    flat_h = hidden.reshape(n, d)
+    flat_t = targets.reshape(n)
+    flat_w = where.reshape(n)
+
+    def row_logps(h: Array, t: Array, w_out: Array) -> Array:
+        logits = jnp.dot(h, w_out, preferred_element_type=acc_dtype)  # [R, V]
+        return _token_logps_from_logits(logits, t)
+
+    if n <= chunk_rows:
+        # One chunk holds every position: a plain head, no packing, loop or recompute (3 GEMMs, not 4).
+        tok = jnp.where(flat_w, row_logps(jnp.where(flat_w[:, None], flat_h, 0), flat_t, unembedding), 0.0)
+        return jnp.sum(tok.reshape(lead + (t_len,)), axis=-1)
+
+    n_chunks = -(-n // chunk_rows)
+    rows = n_chunks * chunk_rows
+    # Loss positions first, in their original order; the tail past n points at row 0 and is masked out.
+    order = jnp.argsort(jnp.logical_not(flat_w), stable=True).astype(jnp.int32)
+    order = jnp.concatenate([order, jnp.zeros((rows - n,), jnp.int32)])
+    valid = jnp.take(flat_w, order) & (jnp.arange(rows) < n)
+    # Zero the rows that carry no loss: masked positions are never read, so NaN there cannot reach a gradient.
+    packed_h = jnp.where(valid[:, None], jnp.take(flat_h, order, axis=0), 0).reshape(n_chunks, chunk_rows, d)
+    packed_t = jnp.take(flat_t, order).reshape(n_chunks, chunk_rows)
+    valid = valid.reshape(n_chunks, chunk_rows)
+    count = jnp.sum(flat_w, dtype=jnp.int32)
+
+    # The checkpoint wraps the cond too: then the scan's residuals are only its inputs. With the checkpoint
+    # inside the cond, the cond returns the chunk's residuals (the [D, V] unembedding among them) as loop-variant
+    # outputs and the scan stacks one copy per chunk.
+    @jax.checkpoint
+    def body(carry: None, xs: tuple[Array, Array, Array, Array]) -> tuple[None, Array]:
+        i, h_c, t_c, v_c = xs
+        lp = jax.lax.cond(i * chunk_rows < count, lambda: row_logps(h_c, t_c, unembedding),
+                          lambda: jnp.zeros((chunk_rows,), acc_dtype))
+        return carry, jnp.where(v_c, lp, 0.0)
+
+    _, packed_lp = jax.lax.scan(body, None, (jnp.arange(n_chunks), packed_h, packed_t, valid))
+    tok = jnp.zeros((n,), acc_dtype).at[order].add(packed_lp.reshape(rows))  # padding rows add 0 to row 0
+    return jnp.sum(tok.reshape(lead + (t_len,)), axis=-1)
 
 
 def sft_loss(logits: Array, targets: Array, *, where: Array, return_metrics: bool = False):

@@ -41,6 +41,13 @@ from mojax.solvers import ema_update, min_norm_weights
 from mojax.train.step import StatefulObjective
 
 REF_MODES = ("cached", "model", "lora")
+# Positions per sequence in one LM-head chunk (B·N·CHUNK_SIZE rows). 32: with packing (``compact``) the head's work
+# is rounded up to whole chunks, so smaller chunks waste less; B·N·32 rows (512 at 8 pairs) still make GEMMs large
+# enough that a smaller chunk was not slower (BUILD_NOTES "DPO step vs TRL").
+CHUNK_SIZE = 32
+# A chunk holds at least this many logits (64 MiB in float32): chunking only bounds memory, and below this size it
+# costs a loop, a recomputed GEMM and compile time for nothing — a small vocabulary's head then runs in one piece.
+MIN_CHUNK_LOGITS = 2 ** 24
 Batch = Mapping[str, jax.Array]
 
 
@@ -76,15 +83,23 @@ def _policy(model: nnx.Module) -> nnx.Module:
     return model.policy if isinstance(model, AnchoredPolicy) else model
 
 
-def sequence_logps(model: nnx.Module, batch: Batch, *, chunk_size: int | None = 128, use_lora: bool = True,
-                   conditioning: Mapping[str, jax.Array] | None = None) -> jax.Array:
+def sequence_logps(model: nnx.Module, batch: Batch, *, chunk_size: int | None = CHUNK_SIZE, compact: bool = True,
+                   use_lora: bool = True, conditioning: Mapping[str, jax.Array] | None = None) -> jax.Array:
     """Summed response log-probs ``[B, N]`` of every response in one forward over the flattened ``[B·N, T]``.
+
+    The LM head runs on chunks of ``B·N·chunk_size`` rows, or of :data:`MIN_CHUNK_LOGITS` ``/ V`` rows if that is
+    more, so its memory is ``O(max(B·N·chunk_size·V, MIN_CHUNK_LOGITS))`` whichever path.
 
     Args:
       model: a language model (see the module docstring).
       batch: ``input_ids``, ``attention_mask``, ``loss_mask`` ``[B, N, T]``.
-      chunk_size: tokens per chunk of :func:`mojax.losses.sequence_logps_from_hidden` (whose logits are float32);
-        ``None`` computes full logits and :func:`mojax.losses.sequence_logps` instead (keeps float64 under x64).
+      chunk_size: positions per sequence in one LM-head chunk; ``None`` computes full ``[B·N, T, V]`` logits and
+        :func:`mojax.losses.sequence_logps` instead (for small vocabularies and float64 checks).
+      compact: pack the loss positions into the chunks and skip the chunks left empty
+        (:func:`mojax.losses.compact_sequence_logps_from_hidden`: the head's work follows the response tokens, not
+        ``B·N·T``); ``False`` chunks every position per sequence (:func:`mojax.losses.sequence_logps_from_hidden`),
+        which is as fast when every position is a loss position and does not depend on ``lax.cond`` skipping work
+        (under ``jax.vmap`` over batches it does not).
       use_lora: passed to the model (``False`` = the LoRA base model).
       conditioning: per-example model inputs ``[B, ...]`` (e.g. ``weights``), repeated for each of the N responses.
     """
@@ -95,16 +110,25 @@ def sequence_logps(model: nnx.Module, batch: Batch, *, chunk_size: int | None = 
     flat = lambda x: jnp.asarray(x).reshape(b * n, t)  # noqa: E731
     cond = {k: jnp.repeat(jnp.asarray(v), n, axis=0) for k, v in (conditioning or {}).items()}
     targets, where = L.next_token_targets(flat(ids), flat(batch["loss_mask"]).astype(bool))
+    if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     if chunk_size is None:  # full [B·N, T, V] logits: for small vocabularies and exact (float64) checks
         logits = model(flat(ids), attention_mask=flat(batch["attention_mask"]), use_lora=use_lora, **cond)
         return L.sequence_logps(logits, targets, where=where).reshape(b, n)
     hidden = model(flat(ids), attention_mask=flat(batch["attention_mask"]), return_hidden=True, use_lora=use_lora,
                    **cond)  # [B·N, T, D]
-    logps = L.sequence_logps_from_hidden(hidden, model.unembedding(), targets, where=where, chunk_size=chunk_size)
+    unembedding = model.unembedding()
+    chunk_size = max(chunk_size, -(-MIN_CHUNK_LOGITS // (b * n * unembedding.shape[-1])))
+    if compact:
+        logps = L.compact_sequence_logps_from_hidden(hidden, unembedding, targets, where=where,
+                                                     chunk_rows=b * n * chunk_size)
+    else:
+        logps = L.sequence_logps_from_hidden(hidden, unembedding, targets, where=where, chunk_size=chunk_size)
     return logps.reshape(b, n)
 
 
-def reference_logps(model: nnx.Module, batch: Batch, *, ref_mode: str, chunk_size: int = 128) -> jax.Array:
+def reference_logps(model: nnx.Module, batch: Batch, *, ref_mode: str, chunk_size: int | None = CHUNK_SIZE,
+                    compact: bool = True) -> jax.Array:
     """Reference log-probs ``[B, N]`` under ``stop_gradient`` in one of :data:`REF_MODES`."""
     if ref_mode == "cached":
         if "ref_logps" not in batch:
@@ -114,10 +138,10 @@ def reference_logps(model: nnx.Module, batch: Batch, *, ref_mode: str, chunk_siz
     if ref_mode == "model":
         if not isinstance(model, AnchoredPolicy):
             raise TypeError("ref_mode='model' needs the model to be an AnchoredPolicy(policy, reference)")
-        out = sequence_logps(model.reference, batch, chunk_size=chunk_size)
+        out = sequence_logps(model.reference, batch, chunk_size=chunk_size, compact=compact)
     elif ref_mode == "lora":
         base = getattr(_policy(model), "backbone", _policy(model))  # a ConditionedLM's reference has no prefix
-        out = sequence_logps(base, batch, chunk_size=chunk_size, use_lora=False)
+        out = sequence_logps(base, batch, chunk_size=chunk_size, compact=compact, use_lora=False)
     else:
         raise ValueError(f"unknown ref_mode {ref_mode!r}; expected one of {REF_MODES}")
     return jax.lax.stop_gradient(out)
@@ -139,7 +163,8 @@ def _pairs(batch: Batch) -> None:
 
 
 def dpo_objective(*, beta: float = 0.1, label_smoothing: float = 0.0, loss_type: str = "sigmoid",
-                  ref_mode: str = "cached", chunk_size: int = 128) -> Callable:
+                  ref_mode: str = "cached", chunk_size: int | None = CHUNK_SIZE,
+                  compact: bool = True) -> Callable:
     """DPO / conservative DPO / hinge / IPO on pairs (response 0 chosen, 1 rejected); :func:`mojax.losses.dpo_loss`.
 
     Metrics: the DPO loss's implicit rewards, margins, accuracy, chosen/rejected log-probs.
@@ -149,8 +174,8 @@ def dpo_objective(*, beta: float = 0.1, label_smoothing: float = 0.0, loss_type:
     def objective(model, batch, rng):
         del rng
         _pairs(batch)
-        logps = sequence_logps(_policy(model), batch, chunk_size=chunk_size)
-        ref = reference_logps(model, batch, ref_mode=ref_mode, chunk_size=chunk_size)
+        logps = sequence_logps(_policy(model), batch, chunk_size=chunk_size, compact=compact)
+        ref = reference_logps(model, batch, ref_mode=ref_mode, chunk_size=chunk_size, compact=compact)
         where = example_mask(batch, logps.shape[0])
         loss, metrics = L.dpo_loss(logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1], beta=beta,
                                    label_smoothing=label_smoothing, loss_type=loss_type, where=where,
@@ -161,14 +186,15 @@ def dpo_objective(*, beta: float = 0.1, label_smoothing: float = 0.0, loss_type:
 
 
 def listwise_dpo_objective(*, beta: float = 0.1, label_norm: str = "softmax", objective_index: int = 0,
-                           ref_mode: str = "cached", chunk_size: int = 128) -> Callable:
+                           ref_mode: str = "cached", chunk_size: int | None = CHUNK_SIZE,
+                  compact: bool = True) -> Callable:
     """Listwise DPO (COS-DPO eq. 8) on N responses with labels ``batch["labels"][:, objective_index]`` ``[B, N]``."""
     _check_ref_mode(ref_mode)
 
     def objective(model, batch, rng):
         del rng
-        logps = sequence_logps(_policy(model), batch, chunk_size=chunk_size)
-        ref = reference_logps(model, batch, ref_mode=ref_mode, chunk_size=chunk_size)
+        logps = sequence_logps(_policy(model), batch, chunk_size=chunk_size, compact=compact)
+        ref = reference_logps(model, batch, ref_mode=ref_mode, chunk_size=chunk_size, compact=compact)
         where = example_mask(batch, logps.shape[0])
         labels = jnp.asarray(batch["labels"], jnp.float32)[:, objective_index]
         items = jnp.broadcast_to(where[:, None], logps.shape)
@@ -241,7 +267,8 @@ def _cos_dpo_core(scores, ref_scores, labels, w, direction, items, *, beta, pena
 
 
 def cos_dpo_objective(*, sampling: COSDPOSampling = COSDPOSampling(), beta: float = 0.1, penalty: float = 0.0,
-                      label_norm: str = "l1", ref_mode: str = "cached", chunk_size: int = 128) -> Callable:
+                      label_norm: str = "l1", ref_mode: str = "cached", chunk_size: int | None = CHUNK_SIZE,
+                      compact: bool = True) -> Callable:
     """W-COS-DPO (eq. 12) / T-COS-DPO (eqs. 15–16) for a :class:`mojax.models.ConditionedLM` on ``[B, N, T]`` lists.
 
     Each step draws w (and the temperature direction d) from ``rng``, conditions the model on it
@@ -256,8 +283,8 @@ def cos_dpo_objective(*, sampling: COSDPOSampling = COSDPOSampling(), beta: floa
         b = jnp.shape(batch["input_ids"])[0]
         w, direction = sample_conditioning(rng, b, sampling)
         cond = {"weights": w} if direction is None else {"weights": w, "temperatures": direction}
-        logps = sequence_logps(_policy(model), batch, chunk_size=chunk_size, conditioning=cond)
-        ref = reference_logps(model, batch, ref_mode=ref_mode, chunk_size=chunk_size)
+        logps = sequence_logps(_policy(model), batch, chunk_size=chunk_size, compact=compact, conditioning=cond)
+        ref = reference_logps(model, batch, ref_mode=ref_mode, chunk_size=chunk_size, compact=compact)
         labels = jnp.asarray(batch["labels"], jnp.float32)
         if labels.shape[1] != sampling.num_objectives:
             raise ValueError(f"labels have {labels.shape[1]} objectives, sampling.num_objectives = "
@@ -270,7 +297,7 @@ def cos_dpo_objective(*, sampling: COSDPOSampling = COSDPOSampling(), beta: floa
 
 
 def modpo_objective(*, beta: float = 0.1, weights: tuple[float, ...], objective_index: int = 0,
-                    chunk_size: int = 128) -> Callable:
+                    chunk_size: int | None = CHUNK_SIZE, compact: bool = True) -> Callable:
     """MO-DPO (Zhou et al. 2023) for one fixed weight vector w on objective-k pairs.
 
     ``batch["ref_logps"]`` ``[K, B, N]``: row 0 the reference π_ref, rows 1..K−1 the other objectives'
@@ -284,7 +311,7 @@ def modpo_objective(*, beta: float = 0.1, weights: tuple[float, ...], objective_
     def objective(model, batch, rng):
         del rng
         _pairs(batch)
-        logps = sequence_logps(_policy(model), batch, chunk_size=chunk_size)
+        logps = sequence_logps(_policy(model), batch, chunk_size=chunk_size, compact=compact)
         table = jnp.asarray(batch["ref_logps"], jnp.float32)
         if table.ndim != 3 or table.shape[0] != w.shape[0]:
             raise ValueError(f"modpo needs ref_logps [K={w.shape[0]}, B, N] (reference + K−1 other models), got "
@@ -299,7 +326,8 @@ def modpo_objective(*, beta: float = 0.1, weights: tuple[float, ...], objective_
     return objective
 
 
-def spo_objective(*, beta: float = 0.1, alpha: float | tuple[float, ...] = 0.0, chunk_size: int = 128) -> Callable:
+def spo_objective(*, beta: float = 0.1, alpha: float | tuple[float, ...] = 0.0,
+                  chunk_size: int | None = CHUNK_SIZE, compact: bool = True) -> Callable:
     """SPO round n (METHODS §4) on dimension-n pairs against cached ``batch["ref_logps"]`` ``[n, B, N]`` of π_0..π_{n−1}.
 
     Metrics: ``phi_mean`` (mean gradient weight ϕ) and the preference metrics against π_{n−1}.
@@ -309,7 +337,7 @@ def spo_objective(*, beta: float = 0.1, alpha: float | tuple[float, ...] = 0.0, 
     def objective(model, batch, rng):
         del rng
         _pairs(batch)
-        logps = sequence_logps(_policy(model), batch, chunk_size=chunk_size)
+        logps = sequence_logps(_policy(model), batch, chunk_size=chunk_size, compact=compact)
         prev = jnp.asarray(batch["ref_logps"], jnp.float32)
         if prev.ndim == 2:
             prev = prev[None]
@@ -348,7 +376,7 @@ def _pref_losses(pref: str, logps, ref, lengths, where, *, beta, gamma, nll_weig
 
 def stable_po_objective(*, beta: float = 0.1, penalty: float = 1.0, pref: str = "dpo", gamma: float = 0.0,
                         nll_weight: float = 1.0, label_smoothing: float = 0.0, ref_mode: str = "cached",
-                        chunk_size: int = 128) -> Callable:
+                        chunk_size: int | None = CHUNK_SIZE, compact: bool = True) -> Callable:
     """Stable PO, penalty form: ``L_pref + λ·E[max(0, logπ_ref(y_w) − logπ_θ(y_w))]`` (METHODS §5).
 
     ``pref`` picks DPO, SimPO or CPO as the upper-level loss; the reference is needed for the hinge in every case.
@@ -361,8 +389,8 @@ def stable_po_objective(*, beta: float = 0.1, penalty: float = 1.0, pref: str = 
     def objective(model, batch, rng):
         del rng
         _pairs(batch)
-        logps = sequence_logps(_policy(model), batch, chunk_size=chunk_size)
-        ref = reference_logps(model, batch, ref_mode=ref_mode, chunk_size=chunk_size)
+        logps = sequence_logps(_policy(model), batch, chunk_size=chunk_size, compact=compact)
+        ref = reference_logps(model, batch, ref_mode=ref_mode, chunk_size=chunk_size, compact=compact)
         where = example_mask(batch, logps.shape[0])
         per_pair = _pref_losses(pref, logps, ref, _lengths(batch), where, beta=beta, gamma=gamma,
                                 nll_weight=nll_weight, label_smoothing=label_smoothing)
@@ -379,7 +407,7 @@ def stable_po_objective(*, beta: float = 0.1, penalty: float = 1.0, pref: str = 
 def bilevel_stable_po_objective(*, beta: float = 0.1, penalty: float = 1.0, inner_lr: float = 1e-2,
                                 pref: str = "dpo", gamma: float = 0.0, nll_weight: float = 1.0,
                                 first_order: bool = False, wrt: Any = nnx.Param, ref_mode: str = "cached",
-                                chunk_size: int = 128) -> Callable:
+                                chunk_size: int | None = CHUNK_SIZE, compact: bool = True) -> Callable:
     """Stable PO, one-step bilevel form: ``θ⁺ = θ − η∇L_SFT(θ)``, ``L = L_pref(θ⁺) + λ·hinge(θ⁺)``.
 
     Built on :func:`mojax.losses.bilevel_objective`: the objective splits the model into the trainable variables
@@ -392,13 +420,14 @@ def bilevel_stable_po_objective(*, beta: float = 0.1, penalty: float = 1.0, inne
     def objective(model, batch, rng):
         del rng
         _pairs(batch)
-        ref = reference_logps(model, batch, ref_mode=ref_mode, chunk_size=chunk_size)
+        ref = reference_logps(model, batch, ref_mode=ref_mode, chunk_size=chunk_size, compact=compact)
         where = example_mask(batch, ref.shape[0])
         lengths = _lengths(batch)
         graphdef, params, rest = nnx.split(model, wrt, ...)
 
         def logps_at(p):
-            return sequence_logps(_policy(nnx.merge(graphdef, p, rest)), batch, chunk_size=chunk_size)
+            return sequence_logps(_policy(nnx.merge(graphdef, p, rest)), batch, chunk_size=chunk_size,
+                                  compact=compact)
 
         def sft(p, _):
             return L.sft_loss_from_logps(logps_at(p)[:, 0], lengths[:, 0], where=where)
@@ -422,7 +451,7 @@ def bilevel_stable_po_objective(*, beta: float = 0.1, penalty: float = 1.0, inne
     return objective
 
 
-def sft_objective(*, response_index: int = 0, chunk_size: int = 128) -> Callable:
+def sft_objective(*, response_index: int = 0, chunk_size: int | None = CHUNK_SIZE, compact: bool = True) -> Callable:
     """Token-level NLL of response ``response_index`` (the chosen one), normalised by the token count.
 
     ``count`` is the number of response tokens, so accumulation gives exactly the big-batch token average.
@@ -430,7 +459,7 @@ def sft_objective(*, response_index: int = 0, chunk_size: int = 128) -> Callable
 
     def objective(model, batch, rng):
         del rng
-        logps = sequence_logps(_policy(model), batch, chunk_size=chunk_size)[:, response_index]
+        logps = sequence_logps(_policy(model), batch, chunk_size=chunk_size, compact=compact)[:, response_index]
         where = example_mask(batch, logps.shape[0])
         tokens = _lengths(batch)[:, response_index]
         loss, metrics = L.sft_loss_from_logps(logps, tokens, where=where, return_metrics=True)

@@ -139,33 +139,6 @@ def test_dpo_examples_and_batches_layout():
     assert dpo.to_text([5, 17]) == "t5 t17"
 
 
-def test_compact_sequence_logps_matches_full_logits():
-    import jax
-    import jax.numpy as jnp
-
-    import dpo_step_vs_trl as dpo
-    from mojax.losses import sequence_logps
-
-    rng = np.random.default_rng(0)
-    t, d, v = 20, 8, 30
-    hidden = jnp.asarray(rng.standard_normal((2, 3, t, d)), jnp.float32)
-    unembedding = jnp.asarray(rng.standard_normal((d, v)), jnp.float32)
-    targets = jnp.asarray(rng.integers(0, v, (2, 3, t)))
-    where = jnp.asarray(rng.random((2, 3, t)) < 0.3)
-    weights = jnp.asarray(rng.standard_normal((2, 3)), jnp.float32)  # distinct per-sequence cotangents
-
-    def compact(h, w):
-        return jnp.sum(weights * dpo.compact_sequence_logps(h, w, targets, where, chunk_rows=16))
-
-    def full(h, w):
-        return jnp.sum(weights * sequence_logps(h @ w, targets, where=where))
-
-    (v1, g1), (v2, g2) = (jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(hidden, unembedding) for f in (compact, full))
-    assert np.isclose(v1, v2, rtol=1e-5)
-    for a, b in zip(g1, g2):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-
-
 def test_gpu_mfu_peak_table_and_flop_count():
     import gpu_mfu
 

@@ -6,6 +6,7 @@ from jax.test_util import check_grads
 from scipy.special import log_softmax as sp_log_softmax
 
 from mojax.losses import (
+    compact_sequence_logps_from_hidden,
     next_token_targets,
     sequence_logps,
     sequence_logps_from_hidden,
@@ -170,3 +171,139 @@ def test_sequence_logps_check_grads():
         f = jax.jit(lambda x: jnp.sum(jnp.array([1.0, -2.0]) * sequence_logps(x, targets, where=jnp.asarray(where))))
         check_grads(f, (logits,), order=1, modes=("rev",))
         assert f(logits).dtype == jnp.float64  # float64 stays float64 (only narrower floats are upcast)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# compact_sequence_logps_from_hidden: logits only at loss positions, packed into chunks of rows.
+
+
+def _padded_batch(seed, lead=(2, 3), t=13, d=5, v=17):
+    """Hidden states, an unembedding, targets and a mask holding right- and left-padded sequences and all-masked
+    ones (the shapes of a [B, N, T] batch)."""
+    rng = np.random.default_rng(seed)
+    hidden = rng.standard_normal(lead + (t, d))
+    unemb = rng.standard_normal((d, v)) / np.sqrt(d)
+    targets = rng.integers(0, v, lead + (t,))
+    pos = np.arange(t)
+    m = int(np.prod(lead))
+    start, stop = rng.integers(0, t // 2, m), rng.integers(t // 2, t + 1, m)
+    where = (pos >= start[:, None]) & (pos < stop[:, None])  # right padding after stop
+    where[1] = pos >= t - 4  # left padding: the response is the last 4 positions
+    where[2] = False  # no loss position
+    if m > 3:
+        where[3] = rng.random(t) < 0.5  # scattered positions
+    return hidden, unemb, targets, where.reshape(lead + (t,))
+
+
+def _np_sequence_logps64(hidden, unemb, targets, where):
+    return np_sequence_logps(np.float64(hidden) @ np.float64(unemb), targets, where)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 32, 78, 1000])  # 78 = exactly the positions; 1000: one chunk
+def test_compact_matches_float64_values_and_grads(chunk_rows):
+    hidden, unemb, targets, where = _padded_batch(0)
+    cot = np.random.default_rng(1).standard_normal(where.shape[:-1])  # distinct per-sequence cotangents
+    with jax.enable_x64(True):
+        def compact(h, w):
+            return jnp.sum(cot * compact_sequence_logps_from_hidden(h, w, targets, where=where, chunk_rows=chunk_rows))
+
+        def full(h, w):
+            return jnp.sum(cot * sequence_logps(h @ w, targets, where=where))
+
+        got = compact_sequence_logps_from_hidden(hidden, unemb, targets, where=where, chunk_rows=chunk_rows)
+        assert got.dtype == jnp.float64 and got.shape == where.shape[:-1]
+        np.testing.assert_allclose(got, _np_sequence_logps64(hidden, unemb, targets, where), rtol=1e-12, atol=1e-12)
+        assert np.all(np.asarray(got)[np.asarray(~where.any(-1))] == 0.0)  # all-masked sequences give exactly 0
+        g_compact = jax.jit(jax.grad(compact, argnums=(0, 1)))(hidden, unemb)
+        g_full = jax.grad(full, argnums=(0, 1))(hidden, unemb)
+        for a, b in zip(g_compact, g_full):
+            np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12)
+        # Masked rows get exactly zero gradient (they never reach the head).
+        assert np.all(np.asarray(g_compact[0])[~where] == 0.0)
+
+
+def test_compact_float32_and_bf16_inputs():
+    hidden, unemb, targets, where = _padded_batch(2)
+    expected = _np_sequence_logps64(hidden, unemb, targets, where)
+    got = compact_sequence_logps_from_hidden(np.float32(hidden), np.float32(unemb), targets, where=where,
+                                             chunk_rows=8)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    h16, w16 = jnp.asarray(hidden, jnp.bfloat16), jnp.asarray(unemb, jnp.bfloat16)
+    got16 = compact_sequence_logps_from_hidden(h16, w16, targets, where=where, chunk_rows=8)
+    assert got16.dtype == jnp.float32  # bf16 in, float32 logits and sums
+    ref16 = _np_sequence_logps64(np.asarray(h16, np.float64), np.asarray(w16, np.float64), targets, where)
+    np.testing.assert_allclose(got16, ref16, rtol=1e-4, atol=1e-3)
+
+
+def test_compact_equals_dense_chunked_path_and_ignores_padding_garbage():
+    hidden, unemb, targets, where = (np.float32(x) if x.dtype == np.float64 else x for x in _padded_batch(3))
+    dense = sequence_logps_from_hidden(hidden, unemb, targets, where=where, chunk_size=4)
+    # NaN hidden states and out-of-range targets at masked positions change neither values nor gradients.
+    dirty_h = np.where(where[..., None], hidden, np.nan).astype(np.float32)
+    dirty_t = np.where(where, targets, -100)
+    f = lambda h, w: jnp.sum(compact_sequence_logps_from_hidden(h, w, dirty_t, where=where, chunk_rows=6))  # noqa
+    value, (gh, gw) = jax.value_and_grad(f, argnums=(0, 1))(dirty_h, unemb)
+    np.testing.assert_allclose(value, jnp.sum(dense), rtol=1e-5)
+    assert np.all(np.isfinite(gh)) and np.all(np.isfinite(gw))
+    clean = jax.grad(lambda h, w: jnp.sum(sequence_logps(h @ w, targets, where=where)), argnums=(0, 1))(hidden, unemb)
+    np.testing.assert_allclose(gh, clean[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gw, clean[1], rtol=1e-5, atol=1e-6)
+
+
+def test_compact_all_masked_is_zero_with_zero_gradient():
+    hidden, unemb, targets, where = _padded_batch(4)
+    none = np.zeros_like(where)
+    f = lambda h, w: jnp.sum(compact_sequence_logps_from_hidden(h, w, targets, where=none, chunk_rows=4))  # noqa
+    value, grads = jax.value_and_grad(f, argnums=(0, 1))(np.float32(hidden), np.float32(unemb))
+    assert float(value) == 0.0
+    for g in grads:
+        assert np.all(np.asarray(g) == 0.0)
+
+
+def test_compact_second_order_and_vmap_match_full_logits():
+    # Hessian-vector products (Stable PO's bilevel step differentiates through a gradient) and vmap (cond becomes
+    # a select there) give the full-logits answers.
+    hidden, unemb, targets, where = _padded_batch(5, lead=(4,), t=9)
+    with jax.enable_x64(True):
+        cot = jnp.arange(1.0, 5.0)
+        tangent = np.random.default_rng(6).standard_normal(unemb.shape)
+
+        def hvp(fn):
+            grad = jax.grad(lambda w: jnp.sum(cot * fn(hidden, w)))
+            return jax.jvp(grad, (unemb,), (tangent,))[1]
+
+        compact = lambda h, w: compact_sequence_logps_from_hidden(h, w, targets, where=where, chunk_rows=5)  # noqa
+        full = lambda h, w: sequence_logps(h @ w, targets, where=where)  # noqa
+        np.testing.assert_allclose(hvp(compact), hvp(full), rtol=1e-10, atol=1e-12)
+        rev = jax.grad(lambda w: jnp.sum(jax.grad(lambda u: jnp.sum(cot * compact(hidden, u)))(w) * tangent))(unemb)
+        np.testing.assert_allclose(rev, hvp(full), rtol=1e-10, atol=1e-12)  # reverse-over-reverse, same HVP
+        per_example = jax.vmap(lambda h, t, w: compact_sequence_logps_from_hidden(h, unemb, t, where=w,
+                                                                                  chunk_rows=3))(hidden, targets, where)
+        np.testing.assert_allclose(per_example, full(hidden, unemb), rtol=1e-12)
+
+
+def test_compact_never_builds_full_logits_nor_stacks_the_unembedding():
+    b, t, d, v, rows = 2, 64, 8, 512, 8
+    hidden = jnp.ones((b, t, d))
+    unemb = jnp.ones((d, v))
+    targets = jnp.zeros((b, t), jnp.int32)
+    where = jnp.ones((b, t), bool)
+    loss = lambda h, w: jnp.sum(compact_sequence_logps_from_hidden(h, w, targets, where=where, chunk_rows=rows))
+    jaxpr = jax.make_jaxpr(jax.value_and_grad(loss, argnums=(0, 1)))(hidden, unemb).jaxpr
+    # Largest intermediate: one chunk's logits [rows, V] or the [D, V] gradient — never [B, T, V] (16x larger) and
+    # never a per-chunk stack of [D, V] residuals (the scan saves only its inputs; 16 chunks here).
+    assert _max_intermediate_size(jaxpr) <= max(rows * v, d * v)
+
+
+def test_compact_validation():
+    hidden, unemb, targets, where = make()
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="chunk_rows"):
+            compact_sequence_logps_from_hidden(hidden, unemb, targets, where=jnp.asarray(where), chunk_rows=bad)
+    with pytest.raises(ValueError, match="unembedding"):
+        compact_sequence_logps_from_hidden(hidden, unemb.T, targets, where=jnp.asarray(where))
+    with pytest.raises(ValueError, match="targets"):
+        compact_sequence_logps_from_hidden(hidden, unemb, targets[:, :-1], where=jnp.asarray(where))
+    with pytest.raises(TypeError, match="boolean"):
+        compact_sequence_logps_from_hidden(hidden, unemb, targets, where=jnp.asarray(where, jnp.int32))

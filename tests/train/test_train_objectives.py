@@ -50,13 +50,53 @@ def _batch(seed=0, **extra):
     return batch
 
 
-def test_sequence_logps_one_chunked_forward_matches_float64():
+@pytest.mark.parametrize("chunk_size,compact", [(4, False), (4, True), (1, True), (6, True), (None, True)])
+def test_sequence_logps_one_chunked_forward_matches_float64(chunk_size, compact, monkeypatch):
+    # dense chunk 4: T = 6 gives two chunks, the last one padded; compact 4 / 1: B·N·4 and B·N rows per chunk, the
+    # loss positions packed (several chunks, some skipped); compact 6: one chunk holds every position (no loop).
+    # MIN_CHUNK_LOGITS = 0 so the tiny vocabulary is chunked as asked (the floor is tested below).
+    monkeypatch.setattr(O, "MIN_CHUNK_LOGITS", 0)
     model = TinyLM(rngs=nnx.Rngs(0))
     batch = _batch()
-    got = O.sequence_logps(model, batch, chunk_size=4)  # T = 6: two chunks, the last one padded
+    got = O.sequence_logps(model, batch, chunk_size=chunk_size, compact=compact)
     np.testing.assert_allclose(got, np_logps(model, batch), rtol=1e-5, atol=1e-5)
+    # and the gradient equals the full-logits one (the path every objective differentiates)
+    cot = jnp.asarray(np.random.default_rng(0).standard_normal(got.shape), jnp.float32)
+    graphdef, params = nnx.split(model)
+
+    def grad(**kw):
+        return jax.grad(lambda p: jnp.sum(cot * O.sequence_logps(nnx.merge(graphdef, p), batch, **kw)))(params)
+
+    for a, b in zip(jax.tree.leaves(grad(chunk_size=chunk_size, compact=compact)),
+                    jax.tree.leaves(grad(chunk_size=None))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match=r"\[B, N, T\]"):
         O.sequence_logps(model, {**batch, "input_ids": batch["input_ids"][:, 0]})
+
+
+def _scans(fn, *args) -> int:
+    return str(jax.make_jaxpr(fn)(*args)).count("scan[")
+
+
+def test_sequence_logps_small_heads_are_not_chunked(monkeypatch):
+    # B·N·T·V = 16·6·16 logits are far below MIN_CHUNK_LOGITS: one piece, no loop; with the floor at 0, chunk 1 loops.
+    model = TinyLM(rngs=nnx.Rngs(0))
+    batch = _batch()
+    for compact in (True, False):
+        assert _scans(lambda b: O.sequence_logps(model, b, chunk_size=1, compact=compact), batch) == 0
+    monkeypatch.setattr(O, "MIN_CHUNK_LOGITS", 0)
+    for compact in (True, False):
+        assert _scans(lambda b: O.sequence_logps(model, b, chunk_size=1, compact=compact), batch) == 1
+    # The floor rounds rows up to whole positions per sequence: 16·6·16 = 1536 logits → exactly one chunk of T.
+    monkeypatch.setattr(O, "MIN_CHUNK_LOGITS", 16 * 6 * 16)
+    assert _scans(lambda b: O.sequence_logps(model, b, chunk_size=1), batch) == 0
+    monkeypatch.setattr(O, "MIN_CHUNK_LOGITS", 16 * 6 * 16 + 1)  # needs 7 positions per sequence > T: still one
+    assert _scans(lambda b: O.sequence_logps(model, b, chunk_size=1), batch) == 0
+    monkeypatch.setattr(O, "MIN_CHUNK_LOGITS", 16 * 5 * 16)  # 5 positions per sequence: two chunks, a loop
+    assert _scans(lambda b: O.sequence_logps(model, b, chunk_size=1), batch) == 1
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="chunk_size"):
+            O.sequence_logps(model, batch, chunk_size=bad)
 
 
 def test_dpo_objective_matches_numpy_in_cached_and_model_modes():
