@@ -59,12 +59,6 @@ def _positive_part(pts, ref):
 
 
 @numba.njit(cache=True, nogil=True)
-def hv(pts, ref):
-    """Hypervolume of the points ``[n, K]`` above ``ref [K]`` (maximisation), K >= 3."""
-    return _hv_nd(_positive_part(pts, ref))
-
-
-@numba.njit(cache=True, nogil=True)
 def _hv3d(pts):
     """3-D hypervolume of ``pts [n, 3]`` (> 0, reference 0) by the O(n log n) staircase sweep (module docstring)."""
     n = pts.shape[0]
@@ -240,3 +234,9 @@ def _hv_nd(pts):
         next_last = pts[by_last[i + 1], k - 1] if i + 1 < n else 0.0
         total += volume * (pts[p, k - 1] - next_last)
     return total
+
+
+@numba.njit(cache=True, nogil=True)
+def hv(pts, ref):
+    """Hypervolume of the points ``[n, K]`` above ``ref [K]`` (maximisation), K >= 3."""
+    return _hv_nd(_positive_part(pts, ref))
