@@ -1,4 +1,4 @@
-"""Exact hypervolume and Pareto filtering (host NumPy, float64).
+"""Exact hypervolume and Pareto filtering (host float64: NumPy, and numba kernels when installed).
 
 These are evaluation metrics on a handful to a few thousand front points, computed once per evaluation, outside any
 jitted step; their algorithms are sequential sweeps with data-dependent sizes, which XLA handles poorly. So they run
@@ -13,8 +13,10 @@ reference contribute nothing.
 Algorithms (reference moved to the origin, so every kept point is > 0):
 
 * 2-D: ``HV = ∫ max{y_p : x_p ≥ x} dx`` — sort by x descending, running maximum of y, sum of ``Δx · max y``.
-  O(n log n), vectorised; a compiled loop measured no faster (both ~0.85 ms at n = 10⁴), so both backends use it.
-* 3-D, ``backend="numba"``: the O(n log n) HV3D staircase sweep in z order (``_hv_numba``), 1.0-1.2x moocore's C.
+  O(n log n), vectorised; a compiled loop measured no faster (~0.85 ms each at n = 10⁴, before the NumPy path's
+  filter and sort fixes took it to ~0.5 ms), so both backends use it.
+* 3-D, ``backend="numba"``: the O(n log n) HV3D staircase sweep in z order (``_hv_numba``), 0.8-1.3x moocore's C
+  time at n = 1000.
 * 3-D, ``backend="numpy"``: ``HV = ∬ max{z_p : x_p ≥ x, y_p ≥ y} dx dy``. On the grid of sorted x and y coordinates
   the integrand is a 2-D prefix maximum; with points ordered by y, column ``a`` (the a-th largest x) holds ``z_p``
   where ``rank_x(p) ≤ a`` and a running maximum down the column gives the integrand, weighted by ``Δy ⊗ Δx``. O(n²)
@@ -24,7 +26,8 @@ Algorithms (reference moved to the origin, so every kept point is > 0):
 * K ≥ 4: dimension sweep (HSO; While et al. 2006) on the last coordinate: ``HV_K = Σ_i (z_i − z_{i+1}) ·
   HV_{K−1}(front of the i highest points)``, where each slab's (K−1)-volume is updated by the new point's
   exclusive contribution computed on its WFG limit set (While et al. 2012), recursing down to the 3-D kernel. The
-  compiled backend runs the same recursion in one numba function down to its 3-D sweep (~50x faster at 4-D).
+  compiled backend runs the same recursion in one numba function down to its 3-D sweep, pruning each limit set with
+  a linear pass instead of an exact filter (~100x faster than NumPy at 4-D, n = 300).
 """
 
 from __future__ import annotations
