@@ -128,6 +128,9 @@ def speedups_at(ls: Sequence[Front], cos: Sequence[Sequence[Front]], target: flo
 def main(config: BenchConfig) -> float:
     """Print the rounds, the W-COS-DPO curve and the speedups; return the headline speedup."""
     c = dataclasses.replace(config.experiment, progress=False)
+    if c.lr_schedule != "constant":
+        raise ValueError("pareto_cost evaluates W-COS-DPO along one constant-step-size run; a decaying schedule "
+                         "ends with its run, so each budget would be its own run (see BUILD_NOTES for that sweep)")
     exp = Experiment(c)
     exp.train_base()
     k = exp.num_objectives

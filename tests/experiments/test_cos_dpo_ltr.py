@@ -114,23 +114,48 @@ def test_per_objective_losses_depend_on_beta_times_diff_only():
     np.testing.assert_allclose(c[:, 1], E.per_objective_losses(diff, batch, 2.0, "softmax")[:, 1], rtol=1e-5)
 
 
-def test_w_cos_objective_conditions_on_the_sampled_weight():
+def test_w_cos_objective_conditions_on_the_batch_weight():
     rng = np.random.default_rng(4)
     batch = _batch(rng) | {"beta": np.full((6,), 0.8, np.float32)}
     model = _ranker(cond_dim=2)
-    key = jax.random.PRNGKey(7)
-    obj = E.w_cos_objective(label_norm="softmax", num_objectives=2, concentration=1.0, penalty=0.0,
-                            per_example=False)
-    loss, _ = obj(model, batch, key)
-    w = np.asarray(sample_simplex_weights(jax.random.split(key)[0], (), 2))
+    w = np.asarray([0.3, 0.7], np.float32)
+    obj = E.w_cos_objective(label_norm="softmax", penalty=0.0, per_example=False)
+    loss, _ = obj(model, batch | {"weights": np.tile(w, (6, 1))}, None)
     scores = model(batch["features"], where=batch["where"], cond=np.tile(w, (6, 1)))
     want = sum(w[k] * listwise_dpo_loss(scores, batch["ref_scores"], batch["aux"][:, k], beta=0.8,
                                         where=batch["where"]) for k in range(2))
     np.testing.assert_allclose(loss, want, rtol=1e-5)
     # the penalty lowers the loss by μ·cos(ℓ, w) ∈ (0, 1]
-    pen = E.w_cos_objective(label_norm="softmax", num_objectives=2, concentration=1.0, penalty=0.5,
-                            per_example=False)(model, batch, key)[0]
+    pen = E.w_cos_objective(label_norm="softmax", penalty=0.5, per_example=False)(
+        model, batch | {"weights": np.tile(w, (6, 1))}, None)[0]
     assert 0 < float(loss - pen) <= 0.5 + 1e-6
+    # one weight per list: list b is conditioned on and scored with its own w_b
+    ws = rng.dirichlet(np.ones(2), size=6).astype(np.float32)
+    loss, _ = E.w_cos_objective(label_norm="softmax", penalty=0.0, per_example=True)(
+        model, batch | {"weights": ws}, None)
+    scores = model(batch["features"], where=batch["where"], cond=ws)
+    per_list = np.stack([listwise_dpo_loss(scores, batch["ref_scores"], batch["aux"][:, k], beta=0.8,
+                                           where=batch["where"], reduce_fn=None) for k in range(2)], 1)
+    valid = batch["where"].any(-1)
+    np.testing.assert_allclose(loss, np.sum(ws * per_list, 1)[valid].mean(), rtol=1e-5)
+
+
+def test_simplex_sampler_is_dirichlet():
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    per_list = E.simplex_sampler(3, 1.0, per_example=True)(rng, 4000)["weights"]
+    assert per_list.shape == (4000, 3) and per_list.dtype == np.float32
+    np.testing.assert_allclose(per_list.sum(1), 1.0, atol=1e-6)
+    assert (per_list >= 0).all()
+    # Dirichlet(1, 1, 1): each marginal is Beta(1, 2)
+    assert stats.kstest(per_list[:, 0], stats.beta(1, 2).cdf).pvalue > 1e-3
+    # Dirichlet(0.5·1) at K = 2: w_1 ~ Beta(0.5, 0.5), heavier near the vertices than uniform
+    w = E.simplex_sampler(2, 0.5, per_example=True)(rng, 4000)["weights"][:, 0]
+    assert stats.kstest(w, stats.beta(0.5, 0.5).cdf).pvalue > 1e-3
+    assert stats.kstest(w, stats.uniform.cdf).pvalue < 1e-6
+    per_step = E.simplex_sampler(2, 1.0, per_example=False)(rng, 5)["weights"]
+    assert per_step.shape == (5, 2) and (per_step == per_step[0]).all()
 
 
 def test_t_cos_objective_trains_objective_k_at_k_beta_d_k():
@@ -312,7 +337,8 @@ def test_cos_objectives_match_the_engines_ltr_cos_dpo_objective(temperature):
                                  beta_range=(0.5, 2.0))
         got, _ = mine(model, batch, key)
     else:
-        mine = E.w_cos_objective(label_norm="softmax", num_objectives=2, concentration=1.0, penalty=0.3,
-                                 per_example=False)
-        got, _ = mine(model, batch | {"beta": np.full((6,), 0.6, np.float32)}, key)
+        # the engine draws w in the step from the key's first half; the experiment reads it from the batch
+        w = np.asarray(sample_simplex_weights(jax.random.split(key)[0], (), 2))
+        mine = E.w_cos_objective(label_norm="softmax", penalty=0.3, per_example=False)
+        got, _ = mine(model, batch | {"beta": np.full((6,), 0.6, np.float32), "weights": np.tile(w, (6, 1))}, key)
     np.testing.assert_allclose(got, want, rtol=1e-5)
