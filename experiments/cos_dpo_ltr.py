@@ -108,6 +108,9 @@ class Config:
       beta: the common DPO temperature of all methods; ``beta_alt``: the second temperature of the Prop. 3.1 check.
       label_norm: ListNet label normalisation of the auxiliary labels (``softmax`` dense, ``l1`` sparse).
       concentration: Dirichlet α of the W-COS-DPO / T-COS-DPO weight sampler.
+      vertex_fraction: share of W-COS-DPO's weight draws put exactly on a uniformly chosen vertex e_k instead of
+        drawn from the Dirichlet (0 = the paper's sampler; a variant measured in BUILD_NOTES, where the whole HV gap
+        to DPO-LS sits at the vertices).
       penalty: cosine penalty μ (eq. 18) of the COS methods (0 = plain scalarisation).
       per_example_weights: sample one w per query (default) instead of one per step (the paper's choice; METHODS
         §3 allows both). Measured on the synthetic default (BUILD_NOTES): per query reaches a higher hypervolume
@@ -148,6 +151,7 @@ class Config:
     beta_alt: float = 2.0
     label_norm: Literal["softmax", "l1"] = "softmax"
     concentration: float = 1.0
+    vertex_fraction: float = 0.0
     penalty: float = 0.0
     per_example_weights: bool = True
     tcos_beta_range: tuple[float, float] = (0.5, 2.0)
@@ -169,6 +173,8 @@ class Config:
             raise ValueError("mslr_objectives needs at least 2 feature columns")
         if self.num_weights < 2:
             raise ValueError("num_weights must be >= 2")
+        if not 0 <= self.vertex_fraction < 1:
+            raise ValueError(f"vertex_fraction must be in [0, 1), got {self.vertex_fraction}")
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
         for name in ("beta", "beta_alt", "learning_rate", "base_learning_rate", "concentration"):
@@ -426,16 +432,24 @@ def w_cos_objective(*, label_norm: str, penalty: float, per_example: bool) -> Ca
     return objective
 
 
-def simplex_sampler(num_objectives: int, concentration: float, *, per_example: bool
+def simplex_sampler(num_objectives: int, concentration: float, *, per_example: bool, vertex_fraction: float = 0.0
                     ) -> Callable[[np.random.Generator, int], dict[str, np.ndarray]]:
     """Host sampler of W-COS-DPO's weights: ``sample(rng, B) -> {"weights": [B, K] float32}``, w ~ Dirichlet(α·1).
 
-    One draw per list (``per_example``) or one per step repeated on every row (the paper's choice).
+    One draw per list (``per_example``) or one per step repeated on every row (the paper's choice). With
+    ``vertex_fraction`` p > 0 each draw is, with probability p, a uniformly chosen vertex e_k instead (a mixture).
     """
+    if not 0 <= vertex_fraction < 1:
+        raise ValueError(f"vertex_fraction must be in [0, 1), got {vertex_fraction}")
     alpha = np.full(num_objectives, concentration, np.float64)
+    corners = np.eye(num_objectives)
 
     def sample(rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
-        w = rng.dirichlet(alpha, size=batch_size if per_example else 1)
+        n = batch_size if per_example else 1
+        w = rng.dirichlet(alpha, size=n)
+        if vertex_fraction:
+            on_vertex = rng.random(n) < vertex_fraction
+            w[on_vertex] = corners[rng.integers(num_objectives, size=int(on_vertex.sum()))]
         return {"weights": np.broadcast_to(w, (batch_size, num_objectives)).astype(np.float32)}
 
     return sample
@@ -650,7 +664,8 @@ class Experiment:
         k = self.num_objectives
         model, wrt = (None, None) if resume is not None else self.finetune_model(k)
         obj = w_cos_objective(label_norm=c.label_norm, penalty=c.penalty, per_example=c.per_example_weights)
-        sampler = simplex_sampler(k, c.concentration, per_example=c.per_example_weights)
+        sampler = simplex_sampler(k, c.concentration, per_example=c.per_example_weights,
+                                  vertex_fraction=c.vertex_fraction)
         # a resumed chunk draws a fresh data order and fresh weights (another seed), as a longer run would
         seed = (c.seed + 1 if seed is None else seed) + (0 if resume is None else int(resume.state.step))
         return self.fit("w_cos_dpo", model, obj, self.train_data, steps=steps or c.cos_steps, seed=seed, wrt=wrt,
@@ -990,8 +1005,10 @@ def write_outputs(run_dir: Path, c: Config, metrics: dict[str, Any], curves: dic
             f"layer(s), AdamW lr {c.learning_rate:g} ({c.lr_schedule}), batch {c.batch_size} queries, listwise DPO "
             f"at β = {c.beta:g} "
             f"with `{c.label_norm}` label normalisation; {c.run_steps} steps per DPO-LS / single / MO-DPO run, "
-            f"{c.cos_steps} steps for the single W-COS-DPO / T-COS-DPO run (Dirichlet α = {c.concentration:g}, one w per "
-            f"{'list' if c.per_example_weights else 'step'}, penalty μ = {c.penalty:g}). Every method is evaluated at the same {c.num_weights} weights on the test "
+            f"{c.cos_steps} steps for the single W-COS-DPO / T-COS-DPO run (Dirichlet α = {c.concentration:g}"
+            + (f" mixed with {c.vertex_fraction:.0%} vertex draws for W-COS-DPO" if c.vertex_fraction else "")
+            + f", one w per {'list' if c.per_example_weights else 'step'}, penalty μ = {c.penalty:g}). Every method is "
+            f"evaluated at the same {c.num_weights} weights on the test "
             f"queries; HV reference point = 0 (gain column: reference = the base model's point). Train seconds "
             f"include JIT compilation; DPO Soup and MO-DPO reuse DPO-LS's vertex runs as their single-objective "
             f"models and count their time.")

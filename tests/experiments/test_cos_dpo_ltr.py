@@ -156,6 +156,15 @@ def test_simplex_sampler_is_dirichlet():
     assert stats.kstest(w, stats.uniform.cdf).pvalue < 1e-6
     per_step = E.simplex_sampler(2, 1.0, per_example=False)(rng, 5)["weights"]
     assert per_step.shape == (5, 2) and (per_step == per_step[0]).all()
+    # the vertex mixture: a share p of the draws sits exactly on a uniformly chosen vertex, the rest is Dirichlet
+    mixed = E.simplex_sampler(3, 1.0, per_example=True, vertex_fraction=0.3)(rng, 6000)["weights"]
+    on_vertex = (mixed == 1.0).any(1)
+    assert abs(on_vertex.mean() - 0.3) < 4 * np.sqrt(0.3 * 0.7 / 6000)
+    counts = np.bincount(mixed[on_vertex].argmax(1), minlength=3)
+    assert stats.chisquare(counts).pvalue > 1e-3
+    assert stats.kstest(mixed[~on_vertex, 0], stats.beta(1, 2).cdf).pvalue > 1e-3
+    with pytest.raises(ValueError, match="vertex_fraction"):
+        E.simplex_sampler(2, 1.0, per_example=True, vertex_fraction=1.0)
 
 
 def test_t_cos_objective_trains_objective_k_at_k_beta_d_k():
