@@ -351,3 +351,18 @@ def test_cos_objectives_match_the_engines_ltr_cos_dpo_objective(temperature):
         mine = E.w_cos_objective(label_norm="softmax", penalty=0.3, per_example=False)
         got, _ = mine(model, batch | {"beta": np.full((6,), 0.6, np.float32), "weights": np.tile(w, (6, 1))}, key)
     np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_gap_analysis_swaps_the_vertex_points():
+    weights = E.simplex_weights(2, 5)
+    ours = np.array([[0.40, 0.80], [0.50, 0.70], [0.60, 0.60], [0.70, 0.50], [0.80, 0.40]])
+    theirs = np.array([[0.30, 0.90], [0.50, 0.70], [0.55, 0.55], [0.70, 0.50], [0.90, 0.30]])
+    metrics = {"methods": {"w_cos_dpo": {"front": ours.tolist()}, "dpo_ls": {"front": theirs.tolist()}},
+               "weights": weights.tolist(), "data": {"train_queries": 10}}
+    text = E.gap_analysis(E.get_config(quick=True), metrics, ["dpo_ls"])
+    mixed, other = ours.copy(), theirs.copy()
+    mixed[[0, -1]], other[[0, -1]] = theirs[[0, -1]], ours[[0, -1]]
+    assert f"vertex points would have HV {_hv2d_max(mixed):.4g} " in text
+    assert f"vertex points {_hv2d_max(other):.4g})" in text
+    # vertex gap: e_0 = weights[-1] = (1, 0) → objective 0: 0.9 − 0.8; e_1 = weights[0] → objective 1: 0.9 − 0.8
+    assert "ahead at the vertices by +0.1000 NDCG" in text
