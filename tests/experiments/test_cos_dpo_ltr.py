@@ -366,3 +366,31 @@ def test_gap_analysis_swaps_the_vertex_points():
     assert f"vertex points {_hv2d_max(other):.4g})" in text
     # vertex gap: e_0 = weights[-1] = (1, 0) → objective 0: 0.9 − 0.8; e_1 = weights[0] → objective 1: 0.9 − 0.8
     assert "ahead at the vertices by +0.1000 NDCG" in text
+
+
+def test_finetune_tx_cosine_decays_over_each_runs_own_budget():
+    exp = E.Experiment(dataclasses.replace(E.get_config(quick=True), lr_schedule="cosine"))
+    lr0 = exp.config.learning_rate
+    assert exp.finetune_tx(10) is exp.finetune_tx(10)  # one optimizer per budget: its runs share a compiled step
+    assert exp.finetune_tx(10) is not exp.finetune_tx(20)
+    for n in (10, 20):
+        tx = exp.finetune_tx(n)
+        params = {"x": jnp.zeros(())}
+        state = tx.init(params)
+        steps = []
+        for _ in range(n + 1):
+            # with a constant unit gradient Adam's normalised step is 1, so the update is −lr(t)
+            updates, state = tx.update({"x": jnp.ones(())}, state, params)
+            steps.append(-float(updates["x"]))
+        want = 0.5 * lr0 * (1 + np.cos(np.pi * np.arange(n + 1) / n))
+        np.testing.assert_allclose(steps, want, rtol=1e-5, atol=1e-9)
+    const = E.Experiment(E.get_config(quick=True))
+    assert const.finetune_tx(10) is const.tx and const.finetune_tx(20) is const.tx
+
+
+def test_resume_refuses_a_decaying_schedule():
+    exp = E.Experiment(dataclasses.replace(E.get_config(quick=True), lr_schedule="cosine"))
+    exp.train_base()
+    first = exp.train_w_cos(1.0, steps=2)
+    with pytest.raises(ValueError, match="decaying schedule"):
+        exp.train_w_cos(1.0, steps=2, resume=first)
