@@ -60,16 +60,25 @@ class BenchConfig:
       repeats: alternated rounds (each round = one cold DPO-LS front and one cold W-COS-DPO curve).
       chunk_steps: W-COS-DPO steps between front evaluations (the resolution of the step count to parity).
       max_steps: W-COS-DPO step budget per round; ``None`` = DPO-LS's total (``num_weights · run_steps``).
+      sweep_cos_steps, sweep_run_steps: if given, also sweep fixed budgets under both learning-rate schedules
+        (``constant``, and ``cosine`` decaying to 0 over each run's own budget): one fresh W-COS-DPO run per budget
+        in ``sweep_cos_steps`` and one 11-run DPO-LS front per per-run budget in ``sweep_run_steps``, each
+        evaluated once at its end (HV only, on the experiment's seed). E.g. ``--sweep-cos-steps 150 300 600 900
+        --sweep-run-steps 75 150 300``.
     """
 
     experiment: Config
     repeats: int = 3
     chunk_steps: int = 75
     max_steps: int | None = None
+    sweep_cos_steps: tuple[int, ...] = ()
+    sweep_run_steps: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.repeats < 1 or self.chunk_steps < 1 or (self.max_steps is not None and self.max_steps < 1):
             raise ValueError("repeats, chunk_steps and max_steps must be >= 1")
+        if any(n < 1 for n in (*self.sweep_cos_steps, *self.sweep_run_steps)):
+            raise ValueError("sweep budgets must be >= 1")
 
 
 def get_config(quick: bool = False) -> BenchConfig:
@@ -124,6 +133,26 @@ def speedups_at(ls: Sequence[Front], cos: Sequence[Sequence[Front]], target: flo
                  None if b is None else b.cpu_seconds - b.compile_cpu_seconds)):
             out[key].append(None if den is None else num / den)
     return out
+
+
+def budget_sweep(c: Config, cos_budgets: Sequence[int], run_budgets: Sequence[int]) -> list[list]:
+    """HV of fresh fixed-budget runs under a constant and a cosine-decayed step size: one row per schedule."""
+    rows = []
+    for schedule in ("constant", "cosine"):
+        exp = Experiment(dataclasses.replace(c, lr_schedule=schedule))
+        exp.train_base()  # deterministic: the same base ranker as the main protocol's
+        weights = simplex_weights(exp.num_objectives, c.num_weights, seed=c.seed).astype(np.float32)
+        ref = np.zeros(exp.num_objectives)
+        row = [schedule]
+        for n in cos_budgets:
+            trained = exp.train_w_cos(c.beta, steps=n)
+            row.append(float(hypervolume(exp.eval_points(exp.w_cos_diffs(trained, weights))[0], ref, maximize=True)))
+        for n in run_budgets:
+            runs = exp.run_dpo_ls(weights, steps=n)
+            points = exp.eval_points([exp.scores(r, exp.test, exp.ref_test) for r in runs])[0]
+            row.append(float(hypervolume(points, ref, maximize=True)))
+        rows.append(row)
+    return rows
 
 
 def main(config: BenchConfig) -> float:
@@ -215,6 +244,12 @@ def main(config: BenchConfig) -> float:
           f"time excluding compile (W-COS steps per round: {near['steps']})")
     print(f"DPO-LS HV per round: {[round(f.hypervolume, 4) for f in ls]}; W-COS steps to the target per round: "
           f"{at_parity['steps']} (None = not reached within {max_steps})")
+    if config.sweep_cos_steps or config.sweep_run_steps:
+        print()
+        print("Fixed-budget sweep (each budget a fresh run, HV at its end; every budget shown, none selected):")
+        print(format_table(["schedule", *(f"W-COS {n}" for n in config.sweep_cos_steps),
+                            *(f"DPO-LS {n}/run" for n in config.sweep_run_steps)],
+                           budget_sweep(c, config.sweep_cos_steps, config.sweep_run_steps)))
     speedup = median_speedup(at_parity["wall"])
     print(headline("front_speedup_vs_dpo_ls", speedup))
     return speedup

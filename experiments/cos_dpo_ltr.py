@@ -639,8 +639,8 @@ class Experiment:
         """Forget the compiled steps of method ``name``, so its next run compiles again (cold-start timing)."""
         self._steps = {key: fn for key, fn in self._steps.items() if key[0] != name}
 
-    def run_dpo_ls(self, weights: np.ndarray, *, seed: int | None = None) -> list[Trained]:
-        """DPO-LS: one run of ``run_steps`` per weight (all from the same initialisation and data order).
+    def run_dpo_ls(self, weights: np.ndarray, *, seed: int | None = None, steps: int | None = None) -> list[Trained]:
+        """DPO-LS: one run of ``run_steps`` (or ``steps``) per weight, all from the same initialisation and data order.
 
         ``seed`` sets the data order (default ``config.seed + 1``, the experiment's); the initialisation is fixed.
         """
@@ -650,7 +650,7 @@ class Experiment:
         runs = []
         for i, w in enumerate(weights):
             model, wrt = self.finetune_model(0)
-            runs.append(self.fit("dpo_ls", model, obj, self.train_data, steps=c.run_steps, seed=seed, wrt=wrt,
+            runs.append(self.fit("dpo_ls", model, obj, self.train_data, steps=steps or c.run_steps, seed=seed, wrt=wrt,
                                  fixed={"weights": w}, desc=f"DPO-LS {i + 1}/{len(weights)}"))
         return runs
 
@@ -1007,8 +1007,8 @@ def write_outputs(run_dir: Path, c: Config, metrics: dict[str, Any], curves: dic
             f"with `{c.label_norm}` label normalisation; {c.run_steps} steps per DPO-LS / single / MO-DPO run, "
             f"{c.cos_steps} steps for the single W-COS-DPO / T-COS-DPO run (Dirichlet α = {c.concentration:g}"
             + (f" mixed with {c.vertex_fraction:.0%} vertex draws for W-COS-DPO" if c.vertex_fraction else "")
-            + f", one w per {'list' if c.per_example_weights else 'step'}, penalty μ = {c.penalty:g}). Every method is "
-            f"evaluated at the same {c.num_weights} weights on the test "
+            + f", one w per {'list' if c.per_example_weights else 'step'}, penalty μ = {c.penalty:g}). Every method "
+            f"is evaluated at the same {c.num_weights} weights on the test "
             f"queries; HV reference point = 0 (gain column: reference = the base model's point). Train seconds "
             f"include JIT compilation; DPO Soup and MO-DPO reuse DPO-LS's vertex runs as their single-objective "
             f"models and count their time.")

@@ -64,7 +64,8 @@ def test_config_validation():
 
 
 def test_quick_run_prints_tables_and_ends_with_the_headline(capsys):
-    speedup = cli(P.get_config, P.main, argv=["--quick", "--repeats", "1", "--experiment.num-queries", "64"])
+    speedup = cli(P.get_config, P.main, argv=["--quick", "--repeats", "1", "--experiment.num-queries", "64",
+                                              "--sweep-cos-steps", "6", "--sweep-run-steps", "6"])
     out = capsys.readouterr().out.strip().splitlines()
     assert re.fullmatch(r"front_speedup_vs_dpo_ls=(nan|[0-9.e+-]+)", out[-1])
     value = float(out[-1].split("=")[1])
@@ -75,3 +76,10 @@ def test_quick_run_prints_tables_and_ends_with_the_headline(capsys):
     rows = [line for line in out if re.match(r"\| \d+ \| 0\.\d+ \| ", line)]
     assert [int(r.split("|")[1]) for r in rows] == list(range(6, 67, 6))
     assert "cores at start" in text and "command: " in text
+    # the sweep's constant-schedule runs repeat round 0's work (same seed, init and budget): the same HVs, bit for bit
+    cells = lambda line: [c.strip() for c in line.strip("|").split("|")]  # noqa: E731
+    constant = cells(next(line for line in out if line.startswith("| constant |")))
+    round0 = cells(next(line for line in out if line.startswith("| 0 | ")))
+    assert constant[2] == round0[3]  # DPO-LS 6 steps per run vs round 0's DPO-LS HV
+    assert constant[1] == cells(rows[0])[1]  # a fresh 6-step W-COS-DPO run vs round 0's first chunk
+    assert next(line for line in out if line.startswith("| cosine |"))
