@@ -6,6 +6,7 @@ Run::
     python benchmarks/pareto_cost.py --experiment.num-objectives 5
     python benchmarks/pareto_cost.py --experiment.data-path \\
         /work/shared/data/mslr-web10k-sample/msn1.fold1.train.5k.txt.gz
+    python benchmarks/pareto_cost.py --sweep-cos-steps 150 300 600 900 --sweep-run-steps 75 150 300  # + schedules
     python benchmarks/pareto_cost.py --quick                       # seconds-long smoke preset
 
 Any option of ``experiments/cos_dpo_ltr.py``'s config applies under ``--experiment.``. The base ranker is trained
