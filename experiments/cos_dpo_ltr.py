@@ -113,8 +113,8 @@ class Config:
         to DPO-LS sits at the vertices).
       penalty: cosine penalty μ (eq. 18) of the COS methods (0 = plain scalarisation).
       per_example_weights: sample one w per query (default) instead of one per step (the paper's choice; METHODS
-        §3 allows both). Measured on the synthetic default (BUILD_NOTES): per query reaches a higher hypervolume
-        at equal steps — the conditioned model sees B weights per gradient step instead of one.
+        §3 allows both). Measured on the synthetic default (BUILD_NOTES, single runs): per query reached a higher
+        hypervolume at equal steps — the conditioned model sees B weights per gradient step instead of one.
       tcos_beta_range: T-COS-DPO samples each β_k log-uniformly in this range.
       num_weights: points per front (11, as the paper).
       ndcg_k: NDCG cut-off.
