@@ -279,8 +279,9 @@ def summarise(config: str, result: dict) -> tuple[list, float, dict]:
     for side in runs:
         step = median(med[side])
         compile_s = median([r["compile_s"] for r in runs[side]]) if side != "trl" else float("nan")
+        temp = median([r["xla_temp_bytes"] / MIB for r in runs[side]]) if side != "trl" else float("nan")
         rows.append([config, f"{result['params'] / 1e6:.2f}M", side, PAIRS / step, step,
-                     median([r["first_step_s"] for r in runs[side]]), compile_s, rss[side] / MIB])
+                     median([r["first_step_s"] for r in runs[side]]), compile_s, temp, rss[side] / MIB])
     if "mojax-dense" in runs:
         pd = runs["mojax-dense"][0]
         parity["dense_max_abs_loss_diff"] = max(abs(a - b) for a, b in zip(pd["loss"][:n], tr["loss"][:n]))
@@ -326,7 +327,7 @@ def main() -> None:
             r, speedups[config], notes[config] = summarise(config, run_config(args, config, tmp))
             rows += r
     print(format_table(["config", "params", "side", "pairs/s", "step s", "first step s", "compile s",
-                        "peak RSS MiB"], rows))
+                        "XLA temp MiB", "peak RSS MiB"], rows))
     for config in configs:
         n = notes[config]
         print(f"{config}: speedup {speedups[config]:.2f}x (median of per-round ratios), peak RSS mojax/TRL "

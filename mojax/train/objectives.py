@@ -6,8 +6,9 @@ SFT) its loss averages over — so gradient accumulation is a sum/count average 
 
 Sequence batches (``BUILD_NOTES`` "Batch layout") carry the responses on an explicit axis ``[B, N, T]``; all B·N
 responses go through the model in **one** forward (the leading axes flattened), and sequence log-probs come from the
-final hidden states and the unembedding matrix by :func:`mojax.losses.sequence_logps_from_hidden` (chunked: no
-``[B·N, T, V]`` logits). A language model here is any module with ``model(input_ids [M, T], *, attention_mask,
+final hidden states and the unembedding matrix by :func:`mojax.losses.compact_sequence_logps_from_hidden` (chunked,
+no ``[B·N, T, V]`` logits, and the LM head runs at loss positions only; ``compact=False`` selects
+:func:`mojax.losses.sequence_logps_from_hidden`, which chunks every position). A language model here is any module with ``model(input_ids [M, T], *, attention_mask,
 return_hidden=True, use_lora=..., **conditioning) -> [M, T, D]`` and ``model.unembedding() -> [D, V]``
 (``mojax.models.Decoder``, ``ConditionedLM``).
 
