@@ -143,9 +143,11 @@ def sequence_logps_from_hidden(
     targets, where = _check_targets(jnp.asarray(targets), where, lead + (t_len,))
 
     chunk = min(chunk_size, t_len)
+    out_dtype = jnp.promote_types(jnp.promote_types(hidden.dtype, unembedding.dtype), jnp.float32)
     if chunk == t_len:  # one chunk: no loop, no recompute (the bound is the same: these logits are one chunk's)
         logits = jnp.einsum("...TD,DV->...TV", hidden, unembedding, preferred_element_type=jnp.float32)
-        return jnp.sum(jnp.where(where, _token_logps_from_logits(logits, targets), 0.0), axis=-1)
+        tok = jnp.where(where, _token_logps_from_logits(logits, targets), 0.0)
+        return jnp.sum(tok.astype(out_dtype), axis=-1)
     n_chunks = -(-t_len // chunk)
     pad = n_chunks * chunk - t_len
     if pad:
@@ -167,7 +169,6 @@ def sequence_logps_from_hidden(
         h_c, t_c, w_c = xs
         return total + chunk_logps(h_c, t_c, w_c, unembedding), None
 
-    out_dtype = jnp.promote_types(jnp.promote_types(hidden.dtype, unembedding.dtype), jnp.float32)
     total, _ = jax.lax.scan(body, jnp.zeros(lead, out_dtype), (hidden, targets, where))
     return total
 

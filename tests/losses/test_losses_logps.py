@@ -104,6 +104,16 @@ def test_chunked_equals_naive_values_and_grads(chunk_size):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_chunked_one_chunk_and_loop_agree_in_value_and_dtype():
+    # chunk >= T takes the loop-free path; it must give what the scan gives, dtype included (float64 under x64).
+    hidden, unemb, targets, where = make(5)
+    with jax.enable_x64(True):
+        one, loop = (sequence_logps_from_hidden(np.float64(hidden), np.float64(unemb), targets, where=where,
+                                                chunk_size=c) for c in (T, 2))
+        assert one.dtype == loop.dtype == jnp.float64
+        np.testing.assert_allclose(one, loop, rtol=1e-6)
+
+
 def _max_intermediate_size(jaxpr) -> int:
     """Largest array produced anywhere in a (closed) jaxpr, including inside scan / remat / pjit bodies."""
     best = 0
