@@ -13,6 +13,7 @@ from typing import Any
 from mojax import losses, metrics, solvers
 from mojax.losses import (
     bradley_terry_loss,
+    compact_sequence_logps_from_hidden,
     dpo_loss,
     ipo_loss,
     lipo_lambda_loss,
@@ -41,6 +42,7 @@ __all__ = [
     "__version__",
     "bradley_terry_loss",
     "data",
+    "compact_sequence_logps_from_hidden",
     "dpo_loss",
     "expected_calibration_error",
     "hypervolume",
