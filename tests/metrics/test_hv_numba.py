@@ -11,19 +11,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from mojax.metrics import hypervolume
+from hv_testlib import grid_count
 
 pytest.importorskip("numba")  # an optional dependency (mojax[fast]); test_hypervolume.py covers the fallback
-
-
-def _grid_count(points, ref, hi):
-    """Count unit cells [c, c+1)^K with c >= ref that lie under some point (integer coordinates)."""
-    k = len(ref)
-    axes = [np.arange(ref[d], hi) for d in range(k)]
-    cells = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, k)  # lower corners
-    covered = np.zeros(len(cells), dtype=bool)
-    for p in points:
-        covered |= np.all(cells + 1 <= p, axis=1)
-    return float(covered.sum())
 
 
 def _random_front(rng, n, k, kind):
@@ -68,7 +58,7 @@ def test_compiled_matches_numpy_kernels_with_ties(k):
         compiled = hypervolume(pts, ref, backend="numba")
         assert compiled == hypervolume(pts, ref, backend="numpy")  # integer volumes: both exact
         if trial < 3 and k < 6:
-            assert compiled == _grid_count(pts, ref, 5)
+            assert compiled == grid_count(pts, ref, 5)
 
 
 def test_compiled_small_and_degenerate_inputs():
