@@ -8,8 +8,9 @@ Sequence batches (``BUILD_NOTES`` "Batch layout") carry the responses on an expl
 responses go through the model in **one** forward (the leading axes flattened), and sequence log-probs come from the
 final hidden states and the unembedding matrix by :func:`mojax.losses.compact_sequence_logps_from_hidden` (chunked,
 no ``[B·N, T, V]`` logits, and the LM head runs at loss positions only; ``compact=False`` selects
-:func:`mojax.losses.sequence_logps_from_hidden`, which chunks every position). A language model here is any module with ``model(input_ids [M, T], *, attention_mask,
-return_hidden=True, use_lora=..., **conditioning) -> [M, T, D]`` and ``model.unembedding() -> [D, V]``
+:func:`mojax.losses.sequence_logps_from_hidden`, which chunks every position). A language model here is any module
+with ``model(input_ids [M, T], *, attention_mask, return_hidden=True, use_lora=..., **conditioning) -> [M, T, D]``
+and ``model.unembedding() -> [D, V]``
 (``mojax.models.Decoder``, ``ConditionedLM``).
 
 Reference log-probs, three modes (``ref_mode``):
@@ -188,7 +189,7 @@ def dpo_objective(*, beta: float = 0.1, label_smoothing: float = 0.0, loss_type:
 
 def listwise_dpo_objective(*, beta: float = 0.1, label_norm: str = "softmax", objective_index: int = 0,
                            ref_mode: str = "cached", chunk_size: int | None = CHUNK_SIZE,
-                  compact: bool = True) -> Callable:
+                           compact: bool = True) -> Callable:
     """Listwise DPO (COS-DPO eq. 8) on N responses with labels ``batch["labels"][:, objective_index]`` ``[B, N]``."""
     _check_ref_mode(ref_mode)
 

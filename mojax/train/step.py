@@ -132,12 +132,6 @@ def split_microbatches(batch: Mapping[str, jax.Array], accum_steps: int) -> dict
     return out
 
 
-def tree_all_finite(tree: Any) -> jax.Array:
-    """True iff every element of every leaf is finite."""
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
-
-
 def make_train_step(
     graphdef: nnx.GraphDef,
     objective: Objective | StatefulObjective,
@@ -204,7 +198,7 @@ def make_train_step(
         metrics = jax.tree.map(lambda m: m / safe, metric_sums)
         # The guard reads one scalar, the global norm (the clip and the metric compute it too; XLA shares it): it is
         # non-finite iff a gradient entry is, or ‖g‖² overflows float32 (no clipping makes such an update useful).
-        # tree_all_finite(grads) gives the same verdict otherwise, but XLA copied its per-leaf `and` chain into each
+        # A per-leaf `all(isfinite)` gives the same verdict otherwise, but XLA copied its `and` chain into each
         # per-leaf `where(finite, new, old)` fusion: 18.1k HLO instructions instead of 9.6k and ~60 MiB more compile
         # memory on the tiny DPO benchmark (BUILD_NOTES "DPO step vs TRL").
         grad_norm = optax.tree.norm(grads)
