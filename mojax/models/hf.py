@@ -25,6 +25,7 @@ import shutil
 import struct
 import tempfile
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -32,7 +33,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from flax import nnx, traverse_util
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from mojax.models.config import DecoderConfig, RopeScaling
 from mojax.models.decoder import Decoder
@@ -426,36 +427,11 @@ def _weights_to_hf(c: DecoderConfig, flat: dict[tuple, np.ndarray]) -> dict[str,
 # building a model from a flat weight dict
 
 
-def _fit(sharding: NamedSharding, shape: tuple[int, ...]) -> NamedSharding:
-    """Drop mesh axes from dimensions they do not divide (e.g. 2 KV heads on a 4-way tensor axis): such a weight
-    is replicated along that dimension instead of failing."""
-    spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
-    mesh = sharding.mesh
-    fixed = []
-    for dim, axes in zip(shape, spec):
-        if axes is None:
-            fixed.append(None)
-            continue
-        names = (axes,) if isinstance(axes, str) else tuple(axes)
-        keep = []
-        size = 1
-        for a in names:
-            if dim % (size * mesh.shape[a]) == 0:
-                keep.append(a)
-                size *= mesh.shape[a]
-        fixed.append(None if not keep else keep[0] if len(keep) == 1 else tuple(keep))
-    return NamedSharding(mesh, PartitionSpec(*fixed))
-
-
 def param_shardings(model_or_state: Any, mesh: Mesh) -> Any:
     """``NamedSharding`` per leaf of a model's (possibly abstract) state: the logical-axis rules of
     :mod:`mojax.sharding`, with mesh axes that do not divide a dimension dropped. Returns a pure nested dict."""
     state = model_or_state if isinstance(model_or_state, nnx.State) else nnx.state(model_or_state)
-    shard = state_shardings(state, mesh)
-    shapes = nnx.to_pure_dict(state)
-    shard = nnx.to_pure_dict(shard)
-    return jax.tree.map(lambda s, a: _fit(s, tuple(a.shape)), shard, shapes,
-                        is_leaf=lambda x: isinstance(x, NamedSharding))
+    return nnx.to_pure_dict(state_shardings(state, mesh))  # state_shardings already applies sharding.fit_spec
 
 
 def model_from_weights(config: DecoderConfig, weights: dict[tuple, np.ndarray], *, mesh: Mesh | None = None
@@ -509,9 +485,19 @@ def load_hf(path: str | os.PathLike, *, dtype=jnp.float32, mesh: Mesh | None = N
     cfg_path = path / "config.json"
     if not cfg_path.exists():
         raise FileNotFoundError(f"{path}: no config.json")
-    config = config_from_hf(json.loads(cfg_path.read_text()), dtype=dtype)
-    weights = _weights_from_hf(config, _read_checkpoint(path))
-    return model_from_weights(config, weights, mesh=mesh)
+    return from_hf_state(json.loads(cfg_path.read_text()), _read_checkpoint(path), dtype=dtype, mesh=mesh)
+
+
+def from_hf_state(hf_config: dict, tensors: Mapping[str, np.ndarray], *, dtype=jnp.float32,
+                  mesh: Mesh | None = None) -> Decoder:
+    """A placed :class:`Decoder` from a Hugging Face ``config.json`` dict and its tensors under their Hugging Face
+    names (``model.layers.0.self_attn.q_proj.weight``, ...; any float dtype, e.g. memory-mapped bf16).
+
+    The common back end of :func:`load_hf` and of converters from other formats (GGUF): build the HF-style config
+    and the HF-named tensors, then call this. ``dtype`` and ``mesh`` are as in :func:`load_hf`.
+    """
+    config = config_from_hf(dict(hf_config), dtype=dtype)
+    return model_from_weights(config, _weights_from_hf(config, dict(tensors)), mesh=mesh)
 
 
 def flat_weights(model: Decoder, *, merge_lora: bool = True) -> dict[tuple, np.ndarray]:
