@@ -55,7 +55,7 @@ def test_sequence_logps_one_chunked_forward_matches_float64(chunk_size, compact,
     # dense chunk 4: T = 6 gives two chunks, the last one padded; compact 4 / 1: B·N·4 and B·N rows per chunk, the
     # loss positions packed (several chunks, some skipped); compact 6: one chunk holds every position (no loop).
     # MIN_CHUNK_LOGITS = 0 so the tiny vocabulary is chunked as asked (the floor is tested below).
-    monkeypatch.setattr(O, "MIN_CHUNK_LOGITS", 0)
+    monkeypatch.setattr(O._common, "MIN_CHUNK_LOGITS", 0)
     model = TinyLM(rngs=nnx.Rngs(0))
     batch = _batch()
     got = O.sequence_logps(model, batch, chunk_size=chunk_size, compact=compact)
@@ -84,15 +84,15 @@ def test_sequence_logps_small_heads_are_not_chunked(monkeypatch):
     batch = _batch()
     for compact in (True, False):
         assert _scans(lambda b: O.sequence_logps(model, b, chunk_size=1, compact=compact), batch) == 0
-    monkeypatch.setattr(O, "MIN_CHUNK_LOGITS", 0)
+    monkeypatch.setattr(O._common, "MIN_CHUNK_LOGITS", 0)
     for compact in (True, False):
         assert _scans(lambda b: O.sequence_logps(model, b, chunk_size=1, compact=compact), batch) == 1
     # The floor rounds rows up to whole positions per sequence: 16·6·16 = 1536 logits → exactly one chunk of T.
-    monkeypatch.setattr(O, "MIN_CHUNK_LOGITS", 16 * 6 * 16)
+    monkeypatch.setattr(O._common, "MIN_CHUNK_LOGITS", 16 * 6 * 16)
     assert _scans(lambda b: O.sequence_logps(model, b, chunk_size=1), batch) == 0
-    monkeypatch.setattr(O, "MIN_CHUNK_LOGITS", 16 * 6 * 16 + 1)  # needs 7 positions per sequence > T: still one
+    monkeypatch.setattr(O._common, "MIN_CHUNK_LOGITS", 16 * 6 * 16 + 1)  # needs 7 positions per sequence > T: still one
     assert _scans(lambda b: O.sequence_logps(model, b, chunk_size=1), batch) == 0
-    monkeypatch.setattr(O, "MIN_CHUNK_LOGITS", 16 * 5 * 16)  # 5 positions per sequence: two chunks, a loop
+    monkeypatch.setattr(O._common, "MIN_CHUNK_LOGITS", 16 * 5 * 16)  # 5 positions per sequence: two chunks, a loop
     assert _scans(lambda b: O.sequence_logps(model, b, chunk_size=1), batch) == 1
     for bad in (0, -2, 1.5, True):
         with pytest.raises(ValueError, match="chunk_size"):

@@ -1,0 +1,128 @@
+"""Reward-model objectives: Bradley–Terry and MORE (min-norm reweighting of per-dataset losses)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.flatten_util import ravel_pytree
+
+from mojax import losses as L
+from mojax.solvers import ema_update, min_norm_weights
+from mojax.train.objectives._common import _count, _pairs, example_mask
+from mojax.train.step import StatefulObjective
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reward models: Bradley–Terry and MORE.
+
+
+def _rewards(features_or_rewards: jax.Array, head_index: int) -> jax.Array:
+    return features_or_rewards[..., head_index]
+
+
+def bradley_terry_objective(*, head_index: int = 0) -> Callable:
+    """Reward-model loss ``−log σ(r(x, y_w) − r(x, y_l))`` for a :class:`mojax.models.RewardModel` on pairs."""
+
+    def objective(model, batch, rng):
+        del rng
+        _pairs(batch)
+        r = _rewards(model(batch["input_ids"], attention_mask=batch["attention_mask"]), head_index)  # [B, 2]
+        where = example_mask(batch, r.shape[0])
+        loss, metrics = L.bradley_terry_loss(r[:, 0], r[:, 1], where=where, return_metrics=True)
+        metrics.pop("confidence")  # per-pair [B]; ECE is computed in evaluation
+        return loss, {**metrics, "count": _count(where)}
+
+    return objective
+
+
+def more_objective(*, num_datasets: int, ema_decay: float | None = 0.99, normalize: bool = True,
+                   head_index: int = 0, head_filter: Any = nnx.PathContains("score")) -> StatefulObjective:
+    """MORE (METHODS §6): min-norm reweighting of per-dataset Bradley–Terry losses of a reward model.
+
+    Per step: features ``h`` of every response (one backbone forward), per-dataset losses ``L_k`` over the pairs with
+    ``batch["dataset_id"] == k``; head-only gradients ``g_k = ∇_head L_k`` on ``stop_gradient(h)``; optionally their
+    EMA (``ema_decay``, MORE's code: 0.99; the first step takes ``g`` itself) and row L2 normalisation; ``λ =
+    min_norm_weights(g)`` held constant (stop-gradient); loss ``Σ_k λ_k L_k`` through the whole model.
+
+    A dataset absent from a batch has ``L_k = 0`` and no gradient: its EMA row is not updated, and if it has none yet
+    its λ is set to 0 and the others renormalised (MORE's batches hold every dataset, so this is only a fallback).
+
+    Args:
+      num_datasets: K.
+      ema_decay: EMA weight of the old average, or None for the raw gradients.
+      normalize: L2-normalise the K gradient rows before the QP.
+      head_index: which reward head is trained.
+      head_filter: ``nnx`` filter selecting the head's parameters inside the model (``RewardModel.score``).
+
+    Metrics: ``lambda`` ``[K]``, ``dataset_losses`` ``[K]``, ``accuracy``.
+    """
+    if num_datasets < 1:
+        raise ValueError(f"num_datasets must be >= 1, got {num_datasets}")
+    if ema_decay is not None and not 0.0 <= ema_decay <= 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1] or None, got {ema_decay}")
+    k_range = jnp.arange(num_datasets)
+
+    def dataset_losses(rewards, ids, where):
+        """``[K]`` per-dataset BT losses, and per-dataset pair counts."""
+        masks = (ids[None, :] == k_range[:, None]) & where[None, :]  # [K, B]
+        losses = jax.vmap(lambda m: L.bradley_terry_loss(rewards[:, 0], rewards[:, 1], where=m))(masks)
+        return losses, jnp.sum(masks, axis=1)
+
+    def head_gradients(model, feats, ids, where):
+        """``[K, P_head]`` gradients of each ``L_k`` with respect to the head only, on stop-gradient features."""
+        graphdef, head, rest = nnx.split(model, head_filter, ...)
+
+        def losses_of(h):
+            m = nnx.merge(graphdef, h, rest)
+            rewards = _rewards(m.head(feats), head_index)
+            return dataset_losses(rewards, ids, where)[0]
+
+        jac = jax.jacrev(losses_of)(head)  # pytree with leading K on every leaf
+        return jax.vmap(lambda tree: ravel_pytree(tree)[0])(jac)
+
+    def fn(model, batch, rng, extras):
+        del rng
+        _pairs(batch)
+        feats = model.features(batch["input_ids"], attention_mask=batch["attention_mask"])  # [B, 2, D]
+        rewards = _rewards(model.head(feats), head_index)
+        ids = jnp.asarray(batch["dataset_id"], jnp.int32)
+        where = example_mask(batch, rewards.shape[0])
+        losses, counts = dataset_losses(rewards, ids, where)
+        grads = head_gradients(model, jax.lax.stop_gradient(feats), ids, where)
+        present = counts > 0
+        if ema_decay is None:
+            avg, seen = grads, present
+        else:
+            updated = ema_update(extras["ema"], grads, decay=ema_decay)
+            fresh = present & ~extras["seen"]  # first gradient of a dataset initialises its average
+            avg = jnp.where(fresh[:, None], grads, jnp.where(present[:, None], updated, extras["ema"]))
+            seen = extras["seen"] | present
+        lam = min_norm_weights(avg, normalize=normalize)
+        lam = jnp.where(seen, lam, 0.0)
+        lam = jax.lax.stop_gradient(lam / jnp.maximum(jnp.sum(lam), 1e-12))
+        loss = jnp.sum(lam * losses)
+        valid = _count(where)
+        margin = rewards[:, 0] - rewards[:, 1]
+        accuracy = jnp.sum(jnp.where(where, margin > 0, False)) / jnp.maximum(valid, 1.0)
+        metrics = {"lambda": lam, "dataset_losses": jax.lax.stop_gradient(losses),
+                   "accuracy": jax.lax.stop_gradient(accuracy), "count": valid}
+        new_extras = extras if ema_decay is None else {"ema": avg, "seen": seen}
+        return loss, metrics, new_extras
+
+    def init_extras(model):
+        """Zero EMA ``[K, P_head]`` and ``seen`` flags ``[K]`` (the head's size from an abstract evaluation)."""
+        if ema_decay is None:
+            return {}
+        abstract = model if isinstance(model, nnx.Module) else nnx.eval_shape(model)
+        _, head, _ = nnx.split(abstract, head_filter, ...)
+        size = sum(math.prod(x.shape) for x in jax.tree.leaves(head))
+        if not size:
+            raise ValueError(f"head_filter {head_filter!r} selects no parameter of the model")
+        return {"ema": jnp.zeros((num_datasets, size), jnp.float32), "seen": jnp.zeros((num_datasets,), bool)}
+
+    return StatefulObjective(fn=fn, init_extras=init_extras)
