@@ -5,7 +5,7 @@ Run::
     python benchmarks/pareto_cost.py                               # synthetic K = 2 task of `make demo`
     python benchmarks/pareto_cost.py --experiment.num-objectives 5
     python benchmarks/pareto_cost.py --experiment.data-path \\
-        /work/shared/data/mslr-web10k-sample/msn1.fold1.train.5k.txt.gz
+        ../shared/data/mslr-web10k-sample/msn1.fold1.train.5k.txt.gz
     python benchmarks/pareto_cost.py --sweep-cos-steps 150 300 600 900 --sweep-run-steps 75 150 300  # + schedules
     python benchmarks/pareto_cost.py --quick                       # seconds-long smoke preset
 

@@ -5,10 +5,10 @@ Run::
     python -m experiments.cos_dpo_llm                 # synthetic task, a few minutes on 2 CPU cores
     python -m experiments.cos_dpo_llm --quick         # seconds-long smoke preset (CI)
     python -m experiments.cos_dpo_llm --methods w_cos_dpo dpo_ls dpo_soup mo_dpo   # also MO-DPO
-    python -m experiments.cos_dpo_llm --data-path /work/shared/data/pku-saferlhf-sample/alpaca7b-test-first15.jsonl \\
-        --tokenizer-path /work/shared/data/gpt2-bpe   # PKU-SafeRLHF format (helpfulness = better, harmlessness = safer)
+    python -m experiments.cos_dpo_llm --data-path ../shared/data/pku-saferlhf-sample/alpaca7b-test-first15.jsonl \\
+        --tokenizer-path ../shared/data/gpt2-bpe   # PKU-SafeRLHF format (helpfulness = better, harmlessness = safer)
 
-Protocol (Ren et al., "COS-DPO", paper ``cos-dpo-conditioned-one-shot.md`` §4.2, METHODS §3). Two objectives on the
+Protocol (Ren et al., "COS-DPO", paper ``cos-dpo-conditioned-one-shot.md`` §4.2, docs/methods/cos-dpo.md). Two objectives on the
 same pairs: on the synthetic task the true rewards ``class_a`` and ``class_b`` (``objectives = (0, 1)``), each pair
 labelled by an independent Bradley–Terry draw per objective (so the two label rows disagree on about a third of the
 pairs). They conflict (they share token positions; corr −0.5 under the base distribution). Their *unregularised*

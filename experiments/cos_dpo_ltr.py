@@ -4,11 +4,11 @@ Run (this is ``make demo``; about 2–3 minutes on 2 CPU cores, synthetic MSLR-s
 
     python -m experiments.cos_dpo_ltr                      # synthetic task, K = 2 auxiliary objectives
     python -m experiments.cos_dpo_ltr --num-objectives 5   # K = 5 (an 11-weight simplex sample, as Table 1)
-    python -m experiments.cos_dpo_ltr --data-path /work/shared/data/mslr-web10k-sample/msn1.fold1.train.5k.txt.gz
+    python -m experiments.cos_dpo_ltr --data-path ../shared/data/mslr-web10k-sample/msn1.fold1.train.5k.txt.gz
     python -m experiments.cos_dpo_ltr --quick              # seconds-long smoke preset (CI)
 
 Protocol. A base ranker f_ref is trained on the main relevance label with ListNet. Every method then fine-tunes on
-K auxiliary label columns with listwise DPO (ListNet on β·(f_θ − f_ref), METHODS §2 eq. 8) and is evaluated on
+K auxiliary label columns with listwise DPO (ListNet on β·(f_θ − f_ref), eq. 8, docs/methods/cos-dpo.md) and is evaluated on
 held-out queries at the same ``num_weights`` simplex weights (11: a linspace for K = 2; the K vertices, the centroid
 and a fixed Dirichlet(1) sample otherwise):
 
@@ -112,8 +112,8 @@ class Config:
         drawn from the Dirichlet (0 = the paper's sampler; a variant measured in BUILD_NOTES, where the whole HV gap
         to DPO-LS sits at the vertices).
       penalty: cosine penalty μ (eq. 18) of the COS methods (0 = plain scalarisation).
-      per_example_weights: sample one w per query (default) instead of one per step (the paper's choice; METHODS
-        §3 allows both). Measured on the synthetic default (BUILD_NOTES, single runs): per query reached a higher
+      per_example_weights: sample one w per query (default) instead of one per step (the paper's choice;
+        docs/methods/cos-dpo.md allows both). Measured on the synthetic default (BUILD_NOTES, single runs): per query reached a higher
         hypervolume at equal steps — the conditioned model sees B weights per gradient step instead of one.
       tcos_beta_range: T-COS-DPO samples each β_k log-uniformly in this range.
       num_weights: points per front (11, as the paper).
@@ -384,7 +384,7 @@ def fixed_weight_objective(*, beta: float, label_norm: str) -> Callable:
 
 
 def modpo_objective(*, beta: float, label_norm: str) -> Callable:
-    r"""MO-DPO (Zhou et al. 2023) for lists, METHODS §3.
+    r"""MO-DPO (Zhou et al. 2023) for lists, docs/methods/cos-dpo.md.
 
     With k = argmax w and the single-objective models' implicit rewards r_j = β(f_j − f_ref)
     (``batch["single_diff"]`` = f_j − f_ref, ``[B,K,L]``), ListNet on objective k's labels with the scores

@@ -1,13 +1,13 @@
-"""MORE: one reward model trained on several preference datasets with min-norm loss reweighting (METHODS §6).
+"""MORE: one reward model trained on several preference datasets with min-norm loss reweighting (docs/methods/more.md).
 
 Run::
 
     python -m experiments.more_rm                    # synthetic task, a few minutes on 2 CPU cores
     python -m experiments.more_rm --quick            # seconds-long smoke preset (CI)
-    H=/work/shared/data/hh-rlhf
+    H=../shared/data/hh-rlhf
     python -m experiments.more_rm --data-paths $H/helpful-base-test-part1.jsonl.gz \\
         $H/harmless-base-test-part1.jsonl.gz $H/helpful-online-test.jsonl.gz \\
-        $H/helpful-rejection-sampled-test.jsonl.gz --tokenizer-path /work/shared/data/gpt2-bpe
+        $H/helpful-rejection-sampled-test.jsonl.gz --tokenizer-path ../shared/data/gpt2-bpe
 
 Protocol (Zeng et al., "Diverse preferences ... MORE", paper ``more-diversified-preferences.md``). K preference
 datasets that genuinely disagree: on the synthetic task, dataset k holds base-distribution pairs labelled by

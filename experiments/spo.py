@@ -1,4 +1,4 @@
-"""SPO, sequential preference optimization (Lou et al. 2024; METHODS §4): align dimension 1, then dimension 2 without
+"""SPO, sequential preference optimization (Lou et al. 2024; docs/methods/spo.md): align dimension 1, then dimension 2 without
 losing dimension 1.
 
 Run::
@@ -6,8 +6,8 @@ Run::
     python -m experiments.spo                   # synthetic task: class_a, then the conflicting class_b
     python -m experiments.spo --quick           # seconds-long smoke preset (CI)
     python -m experiments.spo --alphas 0.05 0.1 0.3     # several SPO constraint strengths (a small front)
-    python -m experiments.spo --data-paths /work/shared/data/pku-saferlhf-sample/alpaca7b-test-first15.jsonl \\
-        --tokenizer-path /work/shared/data/gpt2-bpe    # real pairs: PKU better (helpful), then safer (harmless)
+    python -m experiments.spo --data-paths ../shared/data/pku-saferlhf-sample/alpaca7b-test-first15.jsonl \\
+        --tokenizer-path ../shared/data/gpt2-bpe    # real pairs: PKU better (helpful), then safer (harmless)
     python -m experiments.spo --data-paths <helpful.jsonl.gz> <harmless.jsonl.gz> --tokenizer-path <tok>   # HH
 
 Protocol (synthetic default). π_0 is the SFT'd tiny decoder (cached, shared with the other LM experiments).

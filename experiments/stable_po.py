@@ -1,13 +1,13 @@
-"""Stable Preference Optimization (bilevel SFT + DPO, METHODS §5): does it stop DPO's likelihood displacement?
+"""Stable Preference Optimization (bilevel SFT + DPO, docs/methods/stable-po.md): does it stop DPO's likelihood displacement?
 
 Run::
 
     python -m experiments.stable_po                 # synthetic task, a few minutes on 2 CPU cores
     python -m experiments.stable_po --quick         # seconds-long smoke preset (CI)
     python -m experiments.stable_po --penalty 5.0   # a stronger hinge
-    python -m experiments.stable_po --model.model-path /work/shared/data/tinyllamas-stories260K/stories260K.bin
-    python -m experiments.stable_po --data-path /work/shared/data/hh-rlhf/helpful-base-test-part1.jsonl.gz \\
-        --tokenizer-path /work/shared/data/gpt2-bpe   # real pairs (a tiny GPT-2-vocabulary policy, SFT on them)
+    python -m experiments.stable_po --model.model-path ../shared/data/tinyllamas-stories260K/stories260K.bin
+    python -m experiments.stable_po --data-path ../shared/data/hh-rlhf/helpful-base-test-part1.jsonl.gz \\
+        --tokenizer-path ../shared/data/gpt2-bpe   # real pairs (a tiny GPT-2-vocabulary policy, SFT on them)
 
 Protocol. π_0 is the tiny decoder fitted by SFT to the synthetic task's base responses (cached, shared with the
 other LM experiments). Preference pairs are two base responses per prompt labelled by Bradley–Terry on one true

@@ -1,4 +1,4 @@
-"""COS-DPO (METHODS §3): scalarisation with the cosine penalty, simplex weights, temperature rescaling, MO-DPO.
+"""COS-DPO (docs/methods/cos-dpo.md): scalarisation with the cosine penalty, simplex weights, temperature rescaling, MO-DPO.
 
 The conditioned model itself lives in ``mojax.models``; here are the pure pieces of its objective.
 """

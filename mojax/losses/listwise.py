@@ -198,7 +198,7 @@ def lipo_lambda_loss(
     where: Array | None = None,
     reduce_fn: ReduceFn = jnp.mean,
 ) -> Array:
-    r"""LiPO-λ (Liu et al. 2024; METHODS §2): lambda-weighted pairwise logistic loss.
+    r"""LiPO-λ (Liu et al. 2024; docs/methods/cos-dpo.md): lambda-weighted pairwise logistic loss.
 
     .. math::
         \ell = -\sum_{\psi_i > \psi_j} \Delta_{ij} \log\sigma(s_i - s_j), \quad

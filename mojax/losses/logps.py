@@ -95,7 +95,7 @@ def sequence_logps(logits: Array, targets: Array, *, where: Array) -> Array:
       where: bool ``[..., T]``; masked tokens (prompt, padding) contribute 0.
 
     Returns:
-      ``[...]`` float32 sequence log-probs (the input to every preference loss; METHODS notation ``logp``).
+      ``[...]`` float32 sequence log-probs (the input to every preference loss; ``logp`` in docs/methods/dpo-family.md).
 
     >>> import jax.numpy as jnp
     >>> logits = jnp.zeros((2, 4))            # uniform over V = 4

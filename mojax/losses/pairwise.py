@@ -268,7 +268,7 @@ def simpo_loss(
       chosen_logps, rejected_logps: ``[...]`` summed sequence log-probs.
       chosen_lengths, rejected_lengths: ``[...]`` response token counts (:func:`~mojax.losses.token_counts`);
         clipped below at 1.
-      beta, gamma: scale and margin (METHODS §5). label_smoothing: as in :func:`dpo_loss`.
+      beta, gamma: scale and margin (docs/methods/dpo-family.md). label_smoothing: as in :func:`dpo_loss`.
       return_metrics: also return the mean length-normalised rewards, margin and accuracy.
 
     >>> print(f"{float(simpo_loss(-2.0, -4.0, 2.0, 2.0, beta=1.0, gamma=1.0)):.6f}")  # -log sigmoid(0)

@@ -1,4 +1,4 @@
-"""SPO: sequential preference optimisation (METHODS §4; loss derived, see BUILD_NOTES "Losses")."""
+"""SPO: sequential preference optimisation (loss derived in docs/methods/spo.md)."""
 
 from __future__ import annotations
 

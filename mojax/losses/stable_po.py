@@ -1,4 +1,4 @@
-"""Stable Preference Optimisation (METHODS §5; derived, see BUILD_NOTES "Losses"): penalty and one-step bilevel forms.
+"""Stable Preference Optimisation (derived in docs/methods/stable-po.md): penalty and one-step bilevel forms.
 
 The upper level is a preference loss (DPO, SimPO, CPO: :mod:`mojax.losses.pairwise`); the lower level is SFT on
 the chosen responses. Two solvers:

@@ -23,7 +23,7 @@ def expected_calibration_error(
                       = \\frac{1}{N} \\sum_m \\Big|\\sum_{i \\in B_m} y_i - \\sum_{i \\in B_m} p_i\\Big|
 
     with M equal-width bins ``B_1 = [0, 1/M]``, ``B_m = ((m−1)/M, m/M]``, ``acc`` the mean outcome and ``conf`` the mean
-    probability in the bin (METHODS.md section 6; binning and formula as in MORE's released ``calibration_error``,
+    probability in the bin (docs/methods/more.md; binning and formula as in MORE's released ``calibration_error``,
     ``np.searchsorted`` on the inner edges). For a reward model pass ``probs = σ(r(x, y_a) − r(x, y_b))`` and
     ``labels = 1`` where ``y_a`` is the preferred response. For the classification-style variant pass
     ``max(p, 1 − p)`` and whether the predicted side was right. Probabilities outside [0, 1] fall in the end bins.

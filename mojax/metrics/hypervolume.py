@@ -244,7 +244,7 @@ def hypervolume(points, reference, *, maximize: bool = True, backend: str = "aut
 
     (maximisation; with ``maximize=False`` the boxes are ``[p, r]`` for ``p < r``). Equals moocore's
     ``hypervolume(-points, ref=-reference)`` for maximisation. Used for the fronts traced by a preference-weight sweep
-    (COS-DPO, METHODS.md sections 3 and 7).
+    (COS-DPO, docs/methods/cos-dpo.md).
 
     Args:
       points: ``[n, K]`` array of objective vectors (any n >= 0, K >= 1).

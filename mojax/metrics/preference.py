@@ -30,7 +30,7 @@ def preference_accuracy(
     .. math:: \\mathrm{acc} = \\frac{1}{N} \\sum_i \\big([r^w_i > r^l_i] + t\\,[r^w_i = r^l_i]\\big)
 
     with tie credit ``t`` (default 0: a tie is not a correct prediction, i.e. accuracy is ``margin > 0`` as in the
-    DPO metrics of METHODS.md section 1). Rewards may be implicit DPO rewards or reward-model outputs (MORE).
+    DPO metrics of docs/methods/dpo-family.md). Rewards may be implicit DPO rewards or reward-model outputs (MORE).
 
     Args:
       chosen_rewards: ``[...]`` rewards of the preferred responses.
@@ -66,7 +66,7 @@ def win_rate(
     .. math:: \\mathrm{WR}_k = \\frac{1}{N} \\sum_i \\big([s^A_{ik} > s^B_{ik}] + t\\,[s^A_{ik} = s^B_{ik}]\\big)
 
     where ``s_{ik}`` is the judge's score (e.g. the dimension-k reward model) of the system's response to prompt i
-    (SPO evaluation, METHODS.md sections 4 and 7). The default tie credit 1/2 makes ``WR(A, B) + WR(B, A) = 1``.
+    (SPO evaluation, docs/methods/spo.md). The default tie credit 1/2 makes ``WR(A, B) + WR(B, A) = 1``.
 
     Args:
       scores_a: ``[N, ...]`` judge scores of A's responses; trailing axes (e.g. K dimensions) are kept.

@@ -34,7 +34,7 @@ def ndcg(
     deterministic and does not reward constant scores. Masked items (``where`` False) are removed before ranking:
     they neither take a rank nor contribute gain. A list whose IDCG is 0 (no valid item with positive label) has no
     defined NDCG and gets ``empty_value`` (default 0, as in rax / TF-Ranking; LightGBM uses 1). Used for the
-    MSLR-WEB10K evaluation of COS-DPO (METHODS.md sections 3 and 7).
+    MSLR-WEB10K evaluation of COS-DPO (docs/methods/cos-dpo.md).
 
     Args:
       scores: ``[..., L]`` model scores.

@@ -1,6 +1,6 @@
 """Hyper Prompt Tuning (HPT): conditioning a frozen decoder on a preference-weight vector through a prefix.
 
-COS-DPO (Ren et al., "COS-DPO: conditioned one-shot multi-objective fine-tuning", §3 and Fig. 4; METHODS §3).
+COS-DPO (Ren et al., "COS-DPO: conditioned one-shot multi-objective fine-tuning", §3 and Fig. 4; docs/methods/cos-dpo.md).
 A weight vector ``w`` on the simplex (and, for Temperature-COS-DPO, the temperature direction ``β/‖β‖₁``) is mapped
 by two small MLPs to ``A(w) ∈ R^{P×r}`` and ``B(w) ∈ R^{D×r}``; their product is a mask ``M(w) = A(w)·B(w)ᵀ`` that
 multiplies entrywise a trainable prefix block ``E ∈ R^{P×D}``. The result ``M(w) ⊙ E`` is handed to the backbone as

@@ -1,6 +1,6 @@
 """Multi-head reward models: a bias-free linear head on the last non-pad token's hidden state.
 
-MORE (Zeng et al., "Diversified preferences ... MORE", METHODS §6): ``r(x, y) = Wᵀ h(x, y)`` with ``h`` the backbone's
+MORE (Zeng et al., "Diversified preferences ... MORE", docs/methods/more.md): ``r(x, y) = Wᵀ h(x, y)`` with ``h`` the backbone's
 final hidden state at the last real token of prompt + response. ``features`` and ``head`` are exposed separately so
 MORE can take head-only gradients ``g_k = ∇_W L_k`` on stop-gradient features.
 """

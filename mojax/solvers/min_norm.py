@@ -8,7 +8,7 @@ Given per-objective gradients ``g_1..g_K`` (rows of ``grads``, shape ``[K, P]``)
                    = \\arg\\min_{\\lambda \\in \\Delta^K} \\lambda^\\top G \\lambda, \\qquad G = \\mathrm{grads}\\,\\mathrm{grads}^\\top,
 
 a convex QP on the K x K Gram matrix G (Sener & Koltun 2018, "Multi-Task Learning as Multi-Objective Optimization";
-used by MORE, Zeng et al. 2024, METHODS.md section 6). Everything here works on G, so the cost after forming G is
+used by MORE, Zeng et al. 2024, docs/methods/more.md). Everything here works on G, so the cost after forming G is
 independent of P.
 
 Algorithm (K >= 3): Wolfe's (1976) minimum-norm-point active-set method in Gram form, run for a fixed number of
@@ -89,7 +89,7 @@ def ema_update(ema: jax.Array, grads: jax.Array, *, decay: float = 0.99) -> jax.
     """Exponential moving average of per-objective gradients: ``decay * ema + (1 - decay) * grads``.
 
     MORE's released code keeps ``m_k ← (1 − α) m_k + α g_k`` per dataset before L2-normalising the ``m_k`` and solving
-    the min-norm QP (METHODS.md section 6: coefficient 0.99, i.e. ``decay = 1 − α = 0.99``). Pure function: the caller
+    the min-norm QP (docs/methods/more.md: α = 0.99 weighs the *new* gradient, i.e. ``decay = 1 − α = 0.01``). Pure function: the caller
     carries ``ema`` (shape of ``grads``, e.g. ``[K, P]``) in its train state. Note the released code initialises
     ``m_k`` to the head's initial weights; initialising with zeros or the first gradient is the caller's choice.
 

@@ -26,7 +26,7 @@ def np_spo(c, r, prev_c, prev_r, beta, alpha):
 
 
 def test_two_dimension_closed_form():
-    # METHODS §4, n = 2: z = β Δ[logπ_θ - logπ_1] - α Δ[logπ_1 - logπ_0].
+    # docs/methods/spo.md, n = 2: z = β Δ[logπ_θ - logπ_1] - α Δ[logπ_1 - logπ_0].
     # Δlogπ_θ = 1, Δlogπ_1 = 0.5, Δlogπ_0 = -0.5; β = 2, α = 0.5: z = 2·0.5 - 0.5·1 = 0.5.
     loss, m = spo_loss(0.0, -1.0, jnp.array([-1.0, -1.0]), jnp.array([-0.5, -1.5]), beta=2.0, alpha=0.5,
                        return_phi=True)

@@ -81,7 +81,7 @@ def test_leading_axes_pairs_layout():
 
 
 def test_head_only_gradient_matches_closed_form():
-    """MORE's g_k = ∇_W L_k on stop-gradient features: mean[−σ(−wᵀΔh)·Δh] (METHODS §6)."""
+    """MORE's g_k = ∇_W L_k on stop-gradient features: mean[−σ(−wᵀΔh)·Δh] (docs/methods/more.md)."""
     ids, mask = _pad([[1, 2, 3], [4, 5], [6, 7, 8, 9], [2, 2]], 5, left=False)
     feats = jax.lax.stop_gradient(_FEATS(_RM, ids, mask)).reshape(2, 2, D)  # [pairs, chosen/rejected, D]
 

@@ -125,7 +125,7 @@ def modpo_objective(*, beta: float = 0.1, weights: tuple[float, ...], objective_
 
 def spo_objective(*, beta: float = 0.1, alpha: float | tuple[float, ...] = 0.0,
                   chunk_size: int | None = CHUNK_SIZE, compact: bool = True) -> Callable:
-    """SPO round n (METHODS §4) on dimension-n pairs against cached ``batch["ref_logps"]`` ``[n, B, N]`` of π_0..π_{n−1}.
+    """SPO round n (docs/methods/spo.md) on dimension-n pairs against cached ``batch["ref_logps"]`` ``[n, B, N]`` of π_0..π_{n−1}.
 
     Metrics: ``phi_mean`` (mean gradient weight ϕ) and the preference metrics against π_{n−1}.
     """
@@ -168,7 +168,7 @@ def _pref_losses(pref: str, logps, ref, lengths, where, *, beta, gamma, nll_weig
 def stable_po_objective(*, beta: float = 0.1, penalty: float = 1.0, pref: str = "dpo", gamma: float = 0.0,
                         nll_weight: float = 1.0, label_smoothing: float = 0.0, ref_mode: str = "cached",
                         chunk_size: int | None = CHUNK_SIZE, compact: bool = True) -> Callable:
-    """Stable PO, penalty form: ``L_pref + λ·E[max(0, logπ_ref(y_w) − logπ_θ(y_w))]`` (METHODS §5).
+    """Stable PO, penalty form: ``L_pref + λ·E[max(0, logπ_ref(y_w) − logπ_θ(y_w))]`` (docs/methods/stable-po.md).
 
     ``pref`` picks DPO, SimPO or CPO as the upper-level loss; the reference is needed for the hinge in every case.
     Metrics: ``preference_loss``, ``hinge``, ``hinge_active``, ``chosen_logps``, ``rejected_logps``.

@@ -42,7 +42,7 @@ def bradley_terry_objective(*, head_index: int = 0) -> Callable:
 
 def more_objective(*, num_datasets: int, ema_decay: float | None = 0.99, normalize: bool = True,
                    head_index: int = 0, head_filter: Any = nnx.PathContains("score")) -> StatefulObjective:
-    """MORE (METHODS §6): min-norm reweighting of per-dataset Bradley–Terry losses of a reward model.
+    """MORE (docs/methods/more.md): min-norm reweighting of per-dataset Bradley–Terry losses of a reward model.
 
     Per step: features ``h`` of every response (one backbone forward), per-dataset losses ``L_k`` over the pairs with
     ``batch["dataset_id"] == k``; head-only gradients ``g_k = ∇_head L_k`` on ``stop_gradient(h)``; optionally their
