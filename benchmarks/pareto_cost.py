@@ -45,9 +45,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _bench import alternate, format_table, headline, load_average  # noqa: E402
 from experiments._common import cli, command_line  # noqa: E402
-from experiments.cos_dpo_ltr import Config, Experiment, simplex_weights  # noqa: E402
+from experiments.cos_dpo_ltr import Config, Experiment  # noqa: E402
 from experiments.cos_dpo_ltr import get_config as experiment_config  # noqa: E402
 from mojax.metrics import hypervolume  # noqa: E402
+from mojax.simplex import simplex_weights  # noqa: E402
 
 SEED_STRIDE = 7919  # seed offset between rounds: far from the W-COS chunk offsets (seed + steps done)
 

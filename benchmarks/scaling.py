@@ -40,10 +40,10 @@ from experiments.cos_dpo_ltr import (  # noqa: E402
     _compile_options,
     fixed_weight_objective,
     ranker_config,
-    simplex_sampler,
     w_cos_objective,
 )
 from mojax.models.ranker import AugmentedRanker, ListRanker  # noqa: E402
+from mojax.simplex import simplex_sampler  # noqa: E402
 from mojax.train.mesh import MeshConfig, make_mesh  # noqa: E402
 from mojax.train.state import create_train_state  # noqa: E402
 from mojax.train.step import OptimizerConfig, jit_train_step, make_optimizer, make_train_step  # noqa: E402
@@ -102,7 +102,7 @@ def step_time(method: str, *, b: int, l: int, k: int, cfg: Config, mesh) -> tupl
         objective = w_cos_objective(label_norm="softmax", penalty=0.0, per_example=False)
         batch["beta"] = np.ones((b,), np.float32)
         # the experiment draws w on the host each step (~10 µs of NumPy, outside the compiled step)
-        batch |= simplex_sampler(k, 1.0, per_example=False)(rng, b)
+        batch["weights"] = simplex_sampler(k, 1.0, per_example=False)(rng, b)
     else:
         objective = fixed_weight_objective(beta=1.0, label_norm="softmax")
         batch["weights"] = np.full((b, k), 1.0 / k, np.float32)

@@ -71,11 +71,12 @@ from mojax.losses import (
 )
 from mojax.metrics import hypervolume, ndcg, pareto_front
 from mojax.models.ranker import AugmentedRanker, ListRanker, ListRankerConfig, num_params
+from mojax.simplex import simplex_sampler, simplex_weights, vertex_indices
 from mojax.train.mesh import MeshConfig, make_mesh
 from mojax.train.state import create_train_state
 from mojax.train.step import OptimizerConfig, jit_train_step, make_optimizer, make_train_step
 
-__all__ = ["Config", "get_config", "main", "simplex_weights"]
+__all__ = ["Config", "get_config", "main"]
 
 EXPERIMENT = "cos_dpo_ltr"
 METHOD_LABELS = {"w_cos_dpo": "W-COS-DPO", "dpo_ls": "DPO-LS", "dpo_soup": "DPO Soup", "mo_dpo": "MO-DPO",
@@ -294,38 +295,6 @@ def load_task(config: Config) -> tuple[Task, Task, list[str]]:
     return task(train), task(test), names
 
 
-def simplex_weights(num_objectives: int, num_weights: int, *, seed: int = 0) -> np.ndarray:
-    """The evaluation weights ``[n, K]`` every method is compared on.
-
-    K = 2: ``(i/(n−1), 1 − i/(n−1))`` for i = 0..n−1 (the paper's 11-point sweep). K > 2: the K vertices, the
-    centroid, then ``n − K − 1`` draws from Dirichlet(1) with a fixed seed (a simplex grid has C(m+K−1, K−1)
-    points and cannot match 11 at K = 5). Vertices come first in K > 2, at both ends for K = 2.
-    """
-    k, n = num_objectives, num_weights
-    if k == 2:
-        t = np.linspace(0.0, 1.0, n)
-        return np.stack([t, 1.0 - t], 1)
-    if n < k:
-        raise ValueError(f"num_weights={n} cannot hold the {k} vertices of the simplex")
-    rows = [np.eye(k)]
-    if n > k:
-        rows.append(np.full((1, k), 1.0 / k))
-    if n > k + 1:
-        rows.append(np.random.default_rng(seed).dirichlet(np.ones(k), size=n - k - 1))
-    return np.concatenate(rows)[:n]
-
-
-def vertex_indices(weights: np.ndarray) -> list[int]:
-    """Index of the unit vector e_k in ``weights`` for each k."""
-    out = []
-    for k in range(weights.shape[1]):
-        hits = np.flatnonzero(np.isclose(weights[:, k], 1.0))
-        if len(hits) == 0:
-            raise ValueError(f"the weight sweep lacks the vertex e_{k}")
-        out.append(int(hits[0]))
-    return out
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Objectives: ``objective(model, batch, rng) -> (loss, metrics)`` plugged into the engine's one train step.
 # Batches hold ``features [B,L,F]``, ``where [B,L]``, ``main [B,L]``, ``aux [B,K,L]``, ``ref_scores [B,L]`` and,
@@ -412,7 +381,7 @@ def modpo_objective(*, beta: float, label_norm: str) -> Callable:
 def w_cos_objective(*, label_norm: str, penalty: float, per_example: bool) -> Callable:
     """W-COS-DPO (eq. 12, with the eq. 18 penalty): the model conditioned on w, loss ``Σ_k w_k ℓ_k − μ·cos``.
 
-    w ~ Dirichlet(α·1) is drawn on the host, one per step or one per list (:func:`simplex_sampler`), and read from
+    w ~ Dirichlet(α·1) is drawn on the host, one per step or one per list (:func:`mojax.simplex.simplex_sampler`), and read from
     ``batch["weights"] [B,K]`` (equal rows for one w per step); the temperature from ``batch["beta"] [B]``, so runs
     at several β (the Prop. 3.1 check) share a compile. Host draws keep ``jax.random.dirichlet``'s rejection-sampling
     loops out of the compiled step, which then compiles like DPO-LS's (BUILD_NOTES: ~0.5 s less per W-COS-DPO run
@@ -430,29 +399,6 @@ def w_cos_objective(*, label_norm: str, penalty: float, per_example: bool) -> Ca
         return loss, _objective_metrics(per_obj)
 
     return objective
-
-
-def simplex_sampler(num_objectives: int, concentration: float, *, per_example: bool, vertex_fraction: float = 0.0
-                    ) -> Callable[[np.random.Generator, int], dict[str, np.ndarray]]:
-    """Host sampler of W-COS-DPO's weights: ``sample(rng, B) -> {"weights": [B, K] float32}``, w ~ Dirichlet(α·1).
-
-    One draw per list (``per_example``) or one per step repeated on every row (the paper's choice). With
-    ``vertex_fraction`` p > 0 each draw is, with probability p, a uniformly chosen vertex e_k instead (a mixture).
-    """
-    if not 0 <= vertex_fraction < 1:
-        raise ValueError(f"vertex_fraction must be in [0, 1), got {vertex_fraction}")
-    alpha = np.full(num_objectives, concentration, np.float64)
-    corners = np.eye(num_objectives)
-
-    def sample(rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
-        n = batch_size if per_example else 1
-        w = rng.dirichlet(alpha, size=n)
-        if vertex_fraction:
-            on_vertex = rng.random(n) < vertex_fraction
-            w[on_vertex] = corners[rng.integers(num_objectives, size=int(on_vertex.sum()))]
-        return {"weights": np.broadcast_to(w, (batch_size, num_objectives)).astype(np.float32)}
-
-    return sample
 
 
 def t_cos_objective(*, beta: float, label_norm: str, num_objectives: int, concentration: float, penalty: float,
@@ -664,8 +610,9 @@ class Experiment:
         k = self.num_objectives
         model, wrt = (None, None) if resume is not None else self.finetune_model(k)
         obj = w_cos_objective(label_norm=c.label_norm, penalty=c.penalty, per_example=c.per_example_weights)
-        sampler = simplex_sampler(k, c.concentration, per_example=c.per_example_weights,
-                                  vertex_fraction=c.vertex_fraction)
+        draw = simplex_sampler(k, c.concentration, per_example=c.per_example_weights,
+                               vertex_fraction=c.vertex_fraction)
+        sampler = lambda rng, size: {"weights": draw(rng, size)}  # noqa: E731
         # a resumed chunk draws a fresh data order and fresh weights (another seed), as a longer run would
         seed = (c.seed + 1 if seed is None else seed) + (0 if resume is None else int(resume.state.step))
         return self.fit("w_cos_dpo", model, obj, self.train_data, steps=steps or c.cos_steps, seed=seed, wrt=wrt,

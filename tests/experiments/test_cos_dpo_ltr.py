@@ -17,6 +17,7 @@ from experiments import cos_dpo_ltr as E
 from experiments._common import cli
 from mojax.losses import listwise_dpo_loss, modpo_loss, sample_simplex_weights
 from mojax.models.ranker import ListRanker, ListRankerConfig
+from mojax.simplex import simplex_weights
 
 MSLR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "mslr-web10k-sample" / \
     "msn1.fold1.train.5k.txt.gz"
@@ -140,33 +141,6 @@ def test_w_cos_objective_conditions_on_the_batch_weight():
     np.testing.assert_allclose(loss, np.sum(ws * per_list, 1)[valid].mean(), rtol=1e-5)
 
 
-def test_simplex_sampler_is_dirichlet():
-    from scipy import stats
-
-    rng = np.random.default_rng(0)
-    per_list = E.simplex_sampler(3, 1.0, per_example=True)(rng, 4000)["weights"]
-    assert per_list.shape == (4000, 3) and per_list.dtype == np.float32
-    np.testing.assert_allclose(per_list.sum(1), 1.0, atol=1e-6)
-    assert (per_list >= 0).all()
-    # Dirichlet(1, 1, 1): each marginal is Beta(1, 2)
-    assert stats.kstest(per_list[:, 0], stats.beta(1, 2).cdf).pvalue > 1e-3
-    # Dirichlet(0.5·1) at K = 2: w_1 ~ Beta(0.5, 0.5), heavier near the vertices than uniform
-    w = E.simplex_sampler(2, 0.5, per_example=True)(rng, 4000)["weights"][:, 0]
-    assert stats.kstest(w, stats.beta(0.5, 0.5).cdf).pvalue > 1e-3
-    assert stats.kstest(w, stats.uniform.cdf).pvalue < 1e-6
-    per_step = E.simplex_sampler(2, 1.0, per_example=False)(rng, 5)["weights"]
-    assert per_step.shape == (5, 2) and (per_step == per_step[0]).all()
-    # the vertex mixture: a share p of the draws sits exactly on a uniformly chosen vertex, the rest is Dirichlet
-    mixed = E.simplex_sampler(3, 1.0, per_example=True, vertex_fraction=0.3)(rng, 6000)["weights"]
-    on_vertex = (mixed == 1.0).any(1)
-    assert abs(on_vertex.mean() - 0.3) < 4 * np.sqrt(0.3 * 0.7 / 6000)
-    counts = np.bincount(mixed[on_vertex].argmax(1), minlength=3)
-    assert stats.chisquare(counts).pvalue > 1e-3
-    assert stats.kstest(mixed[~on_vertex, 0], stats.beta(1, 2).cdf).pvalue > 1e-3
-    with pytest.raises(ValueError, match="vertex_fraction"):
-        E.simplex_sampler(2, 1.0, per_example=True, vertex_fraction=1.0)
-
-
 def test_t_cos_objective_trains_objective_k_at_k_beta_d_k():
     rng = np.random.default_rng(5)
     batch = _batch(rng)
@@ -188,20 +162,6 @@ def test_t_cos_objective_trains_objective_k_at_k_beta_d_k():
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def test_simplex_weights():
-    w2 = E.simplex_weights(2, 11)
-    np.testing.assert_allclose(w2[:, 0], np.linspace(0, 1, 11))
-    np.testing.assert_allclose(w2.sum(1), 1)
-    w5 = E.simplex_weights(5, 11, seed=3)
-    assert w5.shape == (11, 5) and (w5 >= 0).all()
-    np.testing.assert_allclose(w5.sum(1), 1, atol=1e-12)
-    np.testing.assert_array_equal(w5[:5], np.eye(5))
-    np.testing.assert_allclose(w5[5], 0.2)
-    assert E.vertex_indices(w2) == [10, 0] and E.vertex_indices(w5) == list(range(5))
-    with pytest.raises(ValueError):
-        E.simplex_weights(5, 3)
 
 
 def test_grade_aux_labels_against_loop():
@@ -354,7 +314,7 @@ def test_cos_objectives_match_the_engines_ltr_cos_dpo_objective(temperature):
 
 
 def test_gap_analysis_swaps_the_vertex_points():
-    weights = E.simplex_weights(2, 5)
+    weights = simplex_weights(2, 5)
     ours = np.array([[0.40, 0.80], [0.50, 0.70], [0.60, 0.60], [0.70, 0.50], [0.80, 0.40]])
     theirs = np.array([[0.30, 0.90], [0.50, 0.70], [0.55, 0.55], [0.70, 0.50], [0.90, 0.30]])
     metrics = {"methods": {"w_cos_dpo": {"front": ours.tolist()}, "dpo_ls": {"front": theirs.tolist()}},
