@@ -1,0 +1,111 @@
+"""Run directories: a fingerprint checked before anything is written, new directories by default, resume checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import pytest
+
+from mojax.train.run_dir import (FINGERPRINT_FILE, RunMismatchError, check_or_claim, check_resume_step,
+                                 data_fingerprint, make_fingerprint, new_run_dir)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Opt:
+    learning_rate: float = 1e-3
+    schedule: str = "constant"
+
+
+def _fp(tmp_path, **changes):
+    data = tmp_path / "pairs.jsonl"
+    if not data.exists():
+        data.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    fields = dict(model="models/tiny", method="dpo", beta=0.1, optimizer=_Opt(), steps=3,
+                  data=data_fingerprint([data], seed=0), shapes={"batch_size": 8, "accum_steps": 1, "max_length": 64})
+    fields.update(changes)
+    return make_fingerprint(**fields)
+
+
+def _snapshot(path):
+    return {p: (p.stat().st_size, p.read_bytes()) for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_fresh_claim_then_same_run_resumes_and_more_steps_is_allowed(tmp_path):
+    run = tmp_path / "run"
+    claim = check_or_claim(run, _fp(tmp_path))
+    assert claim.fresh and (run / FINGERPRINT_FILE).is_file()
+    again = check_or_claim(run, _fp(tmp_path))
+    assert not again.fresh and again.changed == {}
+    more = check_or_claim(run, _fp(tmp_path, steps=5))
+    assert more.changed == {"steps": (3, 5)}
+    record = json.loads((run / FINGERPRINT_FILE).read_text())
+    assert record["fields"]["steps"] == 5 and record["history"][-1]["changed"] == {"steps": [3, 5]}
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"method": "ipo"}, "method"),
+    ({"optimizer": _Opt(learning_rate=2e-3)}, "optimizer.learning_rate"),
+    ({"shapes": {"batch_size": 4, "accum_steps": 1, "max_length": 64}}, "shapes.batch_size"),
+    ({"model": "models/other"}, "model"),
+])
+def test_a_different_run_is_refused_in_one_line_naming_the_field_and_nothing_is_written(tmp_path, change, field):
+    run = tmp_path / "run"
+    check_or_claim(run, _fp(tmp_path))
+    (run / "checkpoints" / "3").mkdir(parents=True)
+    before = _snapshot(run)
+    with pytest.raises(RunMismatchError) as err:
+        check_or_claim(run, _fp(tmp_path, **change))
+    message = str(err.value)
+    assert "\n" not in message and field in message and "belongs to another run" in message
+    assert _snapshot(run) == before
+    # the same change passes when explicitly allowed (by field or by its dotted prefix)
+    assert field in check_or_claim(run, _fp(tmp_path, **change), allow=(field.split(".")[0],)).changed
+
+
+def test_changed_data_content_or_order_seed_is_refused(tmp_path):
+    run = tmp_path / "run"
+    check_or_claim(run, _fp(tmp_path))
+    with pytest.raises(RunMismatchError, match="data.seed 0 → 1"):
+        check_or_claim(run, _fp(tmp_path, data=data_fingerprint([tmp_path / "pairs.jsonl"], seed=1)))
+    (tmp_path / "pairs.jsonl").write_text('{"prompt": "a", "chosen": "B", "rejected": "c"}\n')  # same size, edited
+    with pytest.raises(RunMismatchError, match="data.files"):
+        check_or_claim(run, _fp(tmp_path))
+    os.utime(tmp_path / "pairs.jsonl", (0, 0))  # only the mtime: the content hash is what counts
+    assert data_fingerprint([tmp_path / "pairs.jsonl"]) == data_fingerprint([tmp_path / "pairs.jsonl"])
+
+
+def test_checkpoints_without_fingerprint_are_refused_unless_adopted(tmp_path):
+    run = tmp_path / "old"
+    (run / "checkpoints" / "25").mkdir(parents=True)
+    with pytest.raises(RunMismatchError, match="no fingerprint.json"):
+        check_or_claim(run, _fp(tmp_path))
+    assert not (run / FINGERPRINT_FILE).exists()
+    assert check_or_claim(run, _fp(tmp_path), allow=("*",)).fresh
+    # a directory with files but no checkpoint (a run that died before saving) is simply claimed
+    assert check_or_claim(tmp_path / "crashed", _fp(tmp_path)).fresh
+
+
+def test_unreadable_fingerprint_and_non_writing_processes(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / FINGERPRINT_FILE).write_text("{trunc")
+    with pytest.raises(RunMismatchError, match="unreadable"):
+        check_or_claim(run, _fp(tmp_path))
+    other = tmp_path / "other"
+    assert check_or_claim(other, _fp(tmp_path), write=False).fresh and not other.exists()
+
+
+def test_new_run_dirs_are_distinct_and_resume_step_checks(tmp_path):
+    a, b = new_run_dir(tmp_path, "dpo"), new_run_dir(tmp_path, "dpo")
+    assert a != b and a.is_dir() and b.is_dir() and a.name.startswith("dpo-") and not any(a.iterdir())
+    assert check_resume_step(None, 10) is None
+    assert check_resume_step(6, 8) == "resumed from step 6 of 8"
+    with pytest.raises(ValueError, match="checkpoint is at step 25 but steps=20"):
+        check_resume_step(25, 20)
+
+
+def test_fingerprint_values_round_trip_json():
+    fp = make_fingerprint(a=(1, 2), b={"c": float("nan")}, p=os.path.join("x", "y"), e={})
+    assert fp == {"a": [1, 2], "b.c": "nan", "p": os.path.join("x", "y"), "e": {}}
