@@ -14,7 +14,7 @@ Masking / NaN policy (one rule for the whole library):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -27,6 +27,7 @@ ReduceFn = Callable[[Array], Array] | None
 __all__ = [
     "as_float",
     "check_positive",
+    "check_same_shape",
     "check_unit_interval",
     "check_where",
     "log_sigmoid",
@@ -77,6 +78,34 @@ def check_unit_interval(name: str, value: Any) -> None:
     """Raise ``ValueError`` unless a concrete ``value`` lies in [0, 1]; traced values pass through."""
     if _is_concrete(value) and not np.all((np.asarray(value, np.float64) >= 0) & (np.asarray(value) <= 1)):
         raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
+
+
+def _fmt(shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def check_same_shape(caller: str, arrays: Mapping[str, Any]) -> tuple[int, ...]:
+    """The common shape of ``arrays`` (argument name -> array-like), or a ``ValueError`` naming each shape.
+
+    Inputs match when they broadcast to the shape of one of them: equal shapes, scalars, and size-1 or missing
+    leading axes that fill in (``[B, 1, L]`` scores against ``[B, K, L]`` labels) are fine. An outer product that
+    makes the result larger than every input is refused: ``[B, 1]`` reference log-probs against ``[B]`` policy
+    log-probs would broadcast to ``[B, B]`` and give a plausible but wrong loss. Only static shapes are read, so
+    the check costs nothing under ``jit``.
+
+    >>> check_same_shape("f", {"a": np.zeros(3), "b": 1.0})
+    (3,)
+    """
+    shapes = {name: tuple(np.shape(a)) for name, a in arrays.items()}
+    listing = ", ".join(f"{name} {_fmt(s)}" for name, s in shapes.items())
+    try:
+        shape = tuple(np.broadcast_shapes(*shapes.values()))
+    except ValueError:
+        raise ValueError(f"{caller}: input shapes do not match: {listing} (they do not broadcast together)") from None
+    if shapes and shape not in shapes.values():
+        raise ValueError(f"{caller}: input shapes do not match: {listing} (broadcasting would give {_fmt(shape)}, "
+                         "larger than every input; pass one shape, or scalars)")
+    return shape
 
 
 def check_where(where: Any, shape: tuple[int, ...], name: str = "where") -> Array | None:

@@ -13,6 +13,7 @@ from mojax.losses._base import (
     ReduceFn,
     as_float,
     check_positive,
+    check_same_shape,
     check_where,
     log_sigmoid,
     mask_inputs,
@@ -62,8 +63,8 @@ def scalarized_loss(
     3.5
     """
     check_positive("penalty", penalty, allow_zero=True)
+    shape = check_same_shape("scalarized_loss", {"per_objective_losses": per_objective_losses, "weights": weights})
     losses, weights = as_float(per_objective_losses), as_float(weights)
-    shape = jnp.broadcast_shapes(losses.shape, weights.shape)
     if len(shape) < 1:
         raise ValueError("per_objective_losses and weights need a trailing objective axis K")
     losses, weights = jnp.broadcast_to(losses, shape), jnp.broadcast_to(weights, shape)
@@ -201,7 +202,10 @@ def modpo_loss(
     check_positive("weights[..., objective_index]", w_k)
     other_term = jnp.sum(w_rest * other, axis=-1)
     where, (c, r, rc, rr, wk, ot) = prepare_pairs(
-        where, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, w_k, other_term
+        where, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, w_k, other_term,
+        names=("chosen_logps", "rejected_logps", "ref_chosen_logps", "ref_rejected_logps",
+               "weights[..., objective_index]", "other_reward_margins (objective axis summed)"),
+        caller="modpo_loss",
     )
     # Masked entries had w_k zeroed by prepare_pairs; divide by 1 there to stay finite.
     wk_safe = wk if where is None else jnp.where(where, wk, 1.0)

@@ -17,6 +17,7 @@ from mojax.losses._base import (
     ReduceFn,
     as_float,
     check_positive,
+    check_same_shape,
     check_where,
     log_sigmoid,
     mask_inputs,
@@ -52,6 +53,18 @@ LABEL_NORMS: dict[str, Callable[[Array, Array | None], Array]] = {
 }
 
 
+def _check_into(caller: str, name: str, value, shape: tuple[int, ...]) -> None:
+    # An optional per-item array may broadcast into the loss's shape but never enlarge it.
+    vshape = tuple(jnp.shape(value))
+    try:
+        ok = jnp.broadcast_shapes(vshape, shape) == tuple(shape)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{caller}: {name} of shape {list(vshape)} does not broadcast to the lists' shape "
+                         f"{list(shape)}")
+
+
 def normalize_labels(labels: Array, *, where: Array | None = None, label_norm: str = "softmax") -> Array:
     """Target distribution φ(ψ) over the valid items of each list (``[..., L]``, masked items 0)."""
     if label_norm not in LABEL_NORMS:
@@ -59,11 +72,11 @@ def normalize_labels(labels: Array, *, where: Array | None = None, label_norm: s
     return LABEL_NORMS[label_norm](as_float(labels), where)
 
 
-def _prepare_lists(scores, labels, where):
-    scores, labels = as_float(scores), as_float(labels)
-    shape = jnp.broadcast_shapes(scores.shape, labels.shape)
+def _prepare_lists(scores, labels, where, caller):
+    shape = check_same_shape(caller, {"scores": scores, "labels": labels})
     if len(shape) < 1:
-        raise ValueError("listwise losses need at least one (list) axis")
+        raise ValueError(f"{caller}: listwise losses need at least one (list) axis")
+    scores, labels = as_float(scores), as_float(labels)
     scores, labels = jnp.broadcast_to(scores, shape), jnp.broadcast_to(labels, shape)
     where = check_where(where, shape)
     scores, labels = mask_inputs(where, scores, labels)
@@ -97,10 +110,11 @@ def listnet_loss(
     >>> print(f"{float(listnet_loss(jnp.zeros(4), jnp.array([1., 0., 0., 0.]), label_norm='l1')):.6f}")  # log 4
     1.386294
     """
-    scores, labels, where, list_where = _prepare_lists(scores, labels, where)
+    scores, labels, where, list_where = _prepare_lists(scores, labels, where, "listnet_loss")
     target = normalize_labels(labels, where=where, label_norm=label_norm)
     terms = target * masked_log_softmax(scores, where)
     if weights is not None:
+        _check_into("listnet_loss", "weights", weights, terms.shape)
         weights = jnp.broadcast_to(as_float(weights), terms.shape)
         terms = terms * (weights if where is None else jnp.where(where, weights, 0.0))
     return reduce_masked(-jnp.sum(terms, axis=-1), list_where, reduce_fn)
@@ -131,8 +145,8 @@ def listwise_dpo_loss(
       where, label_norm, weights, reduce_fn: as in :func:`listnet_loss`.
     """
     check_positive("beta", beta)
+    shape = check_same_shape("listwise_dpo_loss", {"logps": logps, "ref_logps": ref_logps, "labels": labels})
     logps, ref_logps = as_float(logps), as_float(ref_logps)
-    shape = jnp.broadcast_shapes(logps.shape, ref_logps.shape, jnp.shape(labels))
     w = check_where(where, shape)
     logps, ref_logps = mask_inputs(w, jnp.broadcast_to(logps, shape), jnp.broadcast_to(ref_logps, shape))
     return listnet_loss(
@@ -179,7 +193,9 @@ def pairwise_list_loss(
       pair_weights: optional ``[..., L, L]`` weights :math:`\Delta_{ij}`.
       reduce_fn: over lists (``None`` → ``[...]``).
     """
-    scores, labels, where, list_where = _prepare_lists(scores, labels, where)
+    scores, labels, where, list_where = _prepare_lists(scores, labels, where, "pairwise_list_loss")
+    if pair_weights is not None:
+        _check_into("pairwise_list_loss", "pair_weights", pair_weights, scores.shape + scores.shape[-1:])
     diffs = scores[..., :, None] - scores[..., None, :]
     valid = labels[..., :, None] > labels[..., None, :]
     if where is not None:
@@ -216,7 +232,7 @@ def lipo_lambda_loss(
     >>> print(f"{float(lipo_lambda_loss(jnp.array([1.0, 0.0]), jnp.array([1.0, 0.0]))):.6f}")
     0.115616
     """
-    scores, labels, where, _ = _prepare_lists(scores, labels, where)
+    scores, labels, where, _ = _prepare_lists(scores, labels, where, "lipo_lambda_loss")
     tau = ranks(jax.lax.stop_gradient(scores), where=where).astype(scores.dtype)
     gain = jnp.exp2(labels) - 1.0
     inv_discount = 1.0 / jnp.log2(1.0 + tau)

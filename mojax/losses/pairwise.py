@@ -4,13 +4,14 @@ Every loss here has the same shape: turn the inputs into one logit per pair, app
 reduce under the mask (:func:`pair_loss`). Variants are entries of a table of per-pair functions
 (:data:`DPO_PAIR_LOSSES`), not string branches inside the loss.
 
-All inputs are ``[...]`` arrays with one entry per pair (any leading batch shape); ``where`` is a bool
-``[...]`` mask (False for padding pairs); see :mod:`mojax.losses._base` for the masking / NaN policy.
+All inputs are ``[...]`` arrays with one entry per pair (any leading batch shape), all of one shape (scalars
+broadcast; mismatched shapes raise ``ValueError``, :func:`~mojax.losses._base.check_same_shape`); ``where`` is a
+bool ``[...]`` mask (False for padding pairs); see :mod:`mojax.losses._base` for the masking / NaN policy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 
 import jax
@@ -23,6 +24,7 @@ from mojax.losses._base import (
     as_float,
     _is_concrete,
     check_positive,
+    check_same_shape,
     check_unit_interval,
     check_where,
     log_sigmoid,
@@ -46,12 +48,23 @@ __all__ = [
 ]
 
 PairLoss = Callable[..., Array]
+_LOGPS = ("chosen_logps", "rejected_logps", "ref_chosen_logps", "ref_rejected_logps")
 
 
-def prepare_pairs(where: Array | None, *arrays) -> tuple[Array | None, tuple[Array, ...]]:
-    """Upcast ``arrays`` to float, broadcast them to one shape, validate ``where`` and zero masked inputs."""
+def prepare_pairs(
+    where: Array | None, *arrays, names: Sequence[str] | None = None, caller: str = "loss"
+) -> tuple[Array | None, tuple[Array, ...]]:
+    """Check that ``arrays`` match in shape, upcast them to float, broadcast them to that shape, validate
+    ``where`` and zero masked inputs.
+
+    ``names`` (one per array) and ``caller`` make the shape error name the offending arguments
+    (:func:`~mojax.losses._base.check_same_shape`).
+    """
+    names = tuple(names) if names is not None else tuple(f"argument {i}" for i in range(len(arrays)))
+    if len(names) != len(arrays):
+        raise ValueError(f"prepare_pairs: {len(names)} names for {len(arrays)} arrays")
+    shape = check_same_shape(caller, dict(zip(names, arrays)))
     arrays = tuple(as_float(a) for a in arrays)
-    shape = jnp.broadcast_shapes(*(a.shape for a in arrays))
     arrays = tuple(jnp.broadcast_to(a, shape) for a in arrays)
     where = check_where(where, shape)
     return where, mask_inputs(where, *arrays)
@@ -114,7 +127,8 @@ def preference_metrics(
     ``margins`` = their difference, ``accuracy`` = fraction of pairs with margin > 0, ``chosen_logps`` and
     ``rejected_logps`` the mean policy log-probs. All scalars.
     """
-    where, (c, r, rc, rr) = prepare_pairs(where, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    where, (c, r, rc, rr) = prepare_pairs(where, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps,
+                                          names=_LOGPS, caller="preference_metrics")
     c, r, rc, rr = (jax.lax.stop_gradient(x) for x in (c, r, rc, rr))
     chosen_rewards = beta * (c - rc)
     rejected_rewards = beta * (r - rr)
@@ -156,7 +170,8 @@ def dpo_loss(
 
     Args:
       chosen_logps, rejected_logps: ``[...]`` policy sequence log-probs (:func:`~mojax.losses.sequence_logps`).
-      ref_chosen_logps, ref_rejected_logps: ``[...]`` reference log-probs (broadcastable).
+      ref_chosen_logps, ref_rejected_logps: ``[...]`` reference log-probs, the policy log-probs' shape (a scalar
+        broadcasts; shapes that would broadcast to a larger one, ``[B, 1]`` against ``[B]``, raise ``ValueError``).
       beta: KL temperature :math:`\beta > 0` (scalar or broadcastable array).
       label_smoothing: :math:`\varepsilon \in [0, 1]` of conservative DPO (``loss_type="sigmoid"`` only).
       loss_type: a key of :data:`DPO_PAIR_LOSSES` or a callable ``f(h, *, beta, label_smoothing)``.
@@ -180,7 +195,8 @@ def dpo_loss(
             raise ValueError(f"label_smoothing applies to loss_type='sigmoid' only, not {loss_type!r}")
     else:
         raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {sorted(DPO_PAIR_LOSSES)} or a callable")
-    where, (c, r, rc, rr) = prepare_pairs(where, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    where, (c, r, rc, rr) = prepare_pairs(where, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps,
+                                          names=_LOGPS, caller="dpo_loss")
     h = (c - rc) - (r - rr)
     loss = pair_loss(lambda x: fn(x, beta=beta, label_smoothing=label_smoothing), h, where=where, reduce_fn=reduce_fn)
     if return_metrics:
@@ -206,6 +222,8 @@ def ipo_loss(
     >>> print(f"{float(ipo_loss(1.0, 0.0, 0.0, 0.0, beta=0.5)):.1f}")   # (1 - 1)^2
     0.0
     """
+    # Checked here too so a shape error names ipo_loss, the function the caller called.
+    check_same_shape("ipo_loss", dict(zip(_LOGPS, (chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps))))
     return dpo_loss(
         chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps,
         beta=beta, loss_type="ipo", where=where, reduce_fn=reduce_fn, return_metrics=return_metrics,
@@ -230,7 +248,8 @@ def bradley_terry_loss(
     >>> print(f"{float(bradley_terry_loss(1.0, 1.0)):.6f}")   # log 2
     0.693147
     """
-    where, (rw, rl) = prepare_pairs(where, chosen_rewards, rejected_rewards)
+    where, (rw, rl) = prepare_pairs(where, chosen_rewards, rejected_rewards,
+                                    names=("chosen_rewards", "rejected_rewards"), caller="bradley_terry_loss")
     margin = rw - rl
     loss = pair_loss(lambda z: -log_sigmoid(z), margin, where=where, reduce_fn=reduce_fn)
     if not return_metrics:
@@ -276,7 +295,9 @@ def simpo_loss(
     """
     check_positive("beta", beta)
     check_unit_interval("label_smoothing", label_smoothing)
-    where, (c, r, nc, nr) = prepare_pairs(where, chosen_logps, rejected_logps, chosen_lengths, rejected_lengths)
+    where, (c, r, nc, nr) = prepare_pairs(
+        where, chosen_logps, rejected_logps, chosen_lengths, rejected_lengths,
+        names=("chosen_logps", "rejected_logps", "chosen_lengths", "rejected_lengths"), caller="simpo_loss")
     chosen_rewards = beta * c / jnp.maximum(nc, 1.0)
     rejected_rewards = beta * r / jnp.maximum(nr, 1.0)
     z = chosen_rewards - rejected_rewards - gamma
@@ -324,7 +345,8 @@ def cpo_loss(
     check_positive("beta", beta)
     check_positive("nll_weight", nll_weight, allow_zero=True)
     lengths = 1.0 if chosen_lengths is None else chosen_lengths
-    where, (c, r, n) = prepare_pairs(where, chosen_logps, rejected_logps, lengths)
+    where, (c, r, n) = prepare_pairs(where, chosen_logps, rejected_logps, lengths,
+                                     names=("chosen_logps", "rejected_logps", "chosen_lengths"), caller="cpo_loss")
     pref = -log_sigmoid(beta * (c - r))
     nll = -c / jnp.maximum(n, 1.0)
     loss = pair_loss(lambda x: x, pref + nll_weight * nll, where=where, reduce_fn=reduce_fn)

@@ -37,7 +37,8 @@ def likelihood_hinge(
     >>> print(float(likelihood_hinge(-3.0, -2.0)))
     1.0
     """
-    where, (c, rc) = prepare_pairs(where, chosen_logps, ref_chosen_logps)
+    where, (c, rc) = prepare_pairs(where, chosen_logps, ref_chosen_logps, names=("chosen_logps", "ref_chosen_logps"),
+                                   caller="likelihood_hinge")
     return reduce_masked(jax.nn.relu(rc - c), where, reduce_fn)
 
 
@@ -70,7 +71,9 @@ def stable_po_loss(
     2.5
     """
     check_positive("penalty", penalty, allow_zero=True)
-    where, (pref, c, rc) = prepare_pairs(where, pref_losses, chosen_logps, ref_chosen_logps)
+    where, (pref, c, rc) = prepare_pairs(where, pref_losses, chosen_logps, ref_chosen_logps,
+                                         names=("pref_losses", "chosen_logps", "ref_chosen_logps"),
+                                         caller="stable_po_loss")
     hinge = jax.nn.relu(rc - c)
     loss = reduce_masked(pref + penalty * hinge, where, reduce_fn)
     if return_metrics:

@@ -73,3 +73,19 @@ def test_public_api_is_documented():
         assert callable(obj) or isinstance(obj, (dict, type(losses.DPO_PAIR_LOSSES))), name
         if callable(obj):
             assert obj.__doc__ and len(obj.__doc__.strip()) > 20, f"{name} lacks a docstring"
+
+
+def test_check_same_shape():
+    from mojax.losses._base import check_same_shape
+
+    a, col = np.zeros(4), np.zeros((4, 1))
+    assert check_same_shape("f", {"a": a, "b": a, "s": 2.0}) == (4,)
+    assert check_same_shape("f", {"x": np.zeros((2, 1, 5)), "y": np.zeros((2, 3, 5))}) == (2, 3, 5)
+    assert check_same_shape("f", {}) == ()
+    with pytest.raises(ValueError, match=r"^f: input shapes do not match: a \[4\], b \[4, 1\] "
+                                         r"\(broadcasting would give \[4, 4\], larger than every input"):
+        check_same_shape("f", {"a": a, "b": col})
+    with pytest.raises(ValueError, match=r"^f: input shapes do not match: a \[4\], c \[3\] \(they do not broadcast"):
+        check_same_shape("f", {"a": a, "c": np.zeros(3)})
+    # static shapes only: a tracer's shape is checked without reading its value
+    jax.jit(lambda x: check_same_shape("f", {"x": x, "y": x}) and x)(jnp.zeros(3))

@@ -179,3 +179,20 @@ def test_modpo_check_grads():
         other = np.float64(rng_arrays(9, (5, 1))[0])
         f = jax.jit(lambda c, r: modpo_loss(c, r, rc, rr, other, np.array([0.3, 0.7]), beta=0.5, objective_index=1))
         check_grads(f, (c, r), order=1, modes=("rev",))
+
+
+def test_cos_dpo_losses_refuse_mismatched_shapes():
+    b, k = 4, 3
+    c = jnp.zeros(b)
+    w = jnp.full((k,), 1.0 / k)
+    other = jnp.zeros((b, k - 1))
+    modpo_loss(c, c, c, c, other, w, beta=0.5, objective_index=0)
+    with pytest.raises(ValueError, match=r"modpo_loss: input shapes do not match: .*ref_rejected_logps \[4, 1\]"):
+        modpo_loss(c, c, c, c[:, None], other, w, beta=0.5, objective_index=0)
+    with pytest.raises(ValueError, match=r"modpo_loss: input shapes do not match: .*other_reward_margins"):
+        modpo_loss(c, c, c, c, other[:, None, :], w, beta=0.5, objective_index=0)
+    losses = jnp.ones((b, k))
+    scalarized_loss(losses, w)  # one weight vector for the whole batch broadcasts
+    with pytest.raises(ValueError, match=r"scalarized_loss: input shapes do not match: "
+                                         r"per_objective_losses \[4, 3\], weights \[4, 1, 3\]"):
+        scalarized_loss(losses, w[None, None, :].repeat(b, 0))

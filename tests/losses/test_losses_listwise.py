@@ -214,3 +214,42 @@ def test_listwise_dpo_check_grads():
         where = jnp.array([[True, True, False, True]] * 3)
         f = jax.jit(lambda x: listwise_dpo_loss(x, ref, labels, beta=0.7, where=where, label_norm="softmax"))
         check_grads(f, (logps,), order=1, modes=("rev",))
+
+
+LISTWISE = {
+    "listnet_loss": lambda s, r, y: listnet_loss(s, y),
+    "lipo_lambda_loss": lambda s, r, y: lipo_lambda_loss(s, y),
+    "listwise_dpo_loss": lambda s, r, y: listwise_dpo_loss(s, r, y, beta=0.5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LISTWISE))
+def test_listwise_losses_refuse_mismatched_shapes(name):
+    fn = LISTWISE[name]
+    rng = np.random.default_rng(0)
+    s, r, y = (jnp.asarray(rng.random((3, 5)), jnp.float32) for _ in range(3))
+    fn(s, r, y)
+    fn(s[:, None, :], r[:, None, :], jnp.stack([y, y], axis=1))  # [B, 1, L] scores against [B, K, L] labels
+    n_args = 3 if name == "listwise_dpo_loss" else 2
+    positions = [0, 1, 2] if n_args == 3 else [0, 2]
+    for bad in positions:
+        wrong = [s, r, y]
+        wrong[bad] = wrong[bad][:, :, None]  # [B, L, 1] against [B, L]: would broadcast to [B, L, L]... or fail
+        with pytest.raises(ValueError, match=rf"{name}: input shapes do not match"):
+            fn(*wrong)
+        wrong[bad] = wrong[bad][:, :4, 0]  # L = 4 against L = 5
+        with pytest.raises(ValueError, match=rf"{name}: input shapes do not match: .*\[3, 4\]"):
+            fn(*wrong)
+    wrong = [s, r, y]
+    wrong[positions[-1]] = y[:, None, :]  # [B, 1, L] against [B, L] with B = 3: broadcasts to [3, 3, L]
+    with pytest.raises(ValueError, match=r"\[3, 3, 5\], larger than every input"):
+        jax.jit(fn)(*wrong)
+
+
+def test_listwise_optional_weights_cannot_enlarge_the_lists():
+    s, y = jnp.zeros((3, 5)), jnp.ones((3, 5))
+    listnet_loss(s, y, weights=jnp.ones((3, 1)))  # one weight per list broadcasts into [B, L]
+    with pytest.raises(ValueError, match=r"listnet_loss: weights of shape \[3, 1, 5\]"):
+        listnet_loss(s, y, weights=jnp.ones((3, 1, 5)))
+    with pytest.raises(ValueError, match=r"pairwise_list_loss: pair_weights of shape \[3, 5\]"):
+        pairwise_list_loss(lambda z: z, s, y, pair_weights=jnp.ones((3, 5)))

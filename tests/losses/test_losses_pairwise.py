@@ -194,3 +194,46 @@ def test_hyperparameters_may_be_traced():
     c, r, rc, rr = rng_arrays(11, (8,), (8,), (8,), (8,))
     f = jax.jit(lambda beta, eps: dpo_loss(c, r, rc, rr, beta=beta, label_smoothing=eps))
     np.testing.assert_allclose(f(0.5, 0.1), dpo_loss(c, r, rc, rr, beta=0.5, label_smoothing=0.1), rtol=1e-6)
+
+
+# Each pairwise loss with its per-pair arguments; a [B, 1] array among [B] ones must raise, not broadcast to [B, B].
+PAIRWISE = {
+    "dpo_loss": (lambda a, b, c, d: dpo_loss(a, b, c, d, beta=0.5), 4),
+    "ipo_loss": (lambda a, b, c, d: ipo_loss(a, b, c, d, beta=0.5), 4),
+    "preference_metrics": (lambda a, b, c, d: preference_metrics(a, b, c, d, beta=0.5), 4),
+    "simpo_loss": (lambda a, b, c, d: simpo_loss(a, b, c, d, beta=0.5), 4),
+    "cpo_loss": (lambda a, b, c: cpo_loss(a, b, beta=0.5, chosen_lengths=c), 3),
+    "bradley_terry_loss": (lambda a, b: bradley_terry_loss(a, b), 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAIRWISE))
+def test_pairwise_losses_refuse_mismatched_shapes(name):
+    fn, n_args = PAIRWISE[name]
+    b = 4
+    args = [jnp.full((b,), -1.0 - i) for i in range(n_args)]
+    fn(*args)  # matching shapes are fine, and so are scalars among them
+    fn(*args[:-1], 2.0)
+    for bad in range(n_args):
+        wrong = list(args)
+        wrong[bad] = args[bad][:, None]  # [B, 1] against [B]: would broadcast to [B, B]
+        with pytest.raises(ValueError, match=rf"{name}: "
+                                             r"input shapes do not match: .*\[4, 1\].*larger than every input"):
+            fn(*wrong)
+        wrong[bad] = args[bad][:3]  # [3] against [4]: does not broadcast at all
+        with pytest.raises(ValueError, match=r"input shapes do not match: .*\[3\].*do not broadcast"):
+            fn(*wrong)
+    # the check reads static shapes only, so it fires the same way while tracing under jit
+    wrong = list(args)
+    wrong[-1] = args[-1][:, None]
+    with pytest.raises(ValueError, match="input shapes do not match"):
+        jax.jit(fn)(*wrong)
+
+
+def test_dpo_shape_error_names_the_arguments():
+    c = jnp.zeros(5)
+    with pytest.raises(ValueError) as err:
+        dpo_loss(c, c, c[:, None], c, beta=0.1)
+    msg = str(err.value)
+    assert "dpo_loss" in msg and "ref_chosen_logps [5, 1]" in msg and "chosen_logps [5]" in msg
+    assert "[5, 5]" in msg and "\n" not in msg

@@ -113,3 +113,15 @@ def test_bilevel_errors():
         bilevel_objective(sft, pref, inner_lr=-0.1)
     with pytest.raises(ValueError, match="penalty"):
         stable_po_loss(0.0, 0.0, 0.0, penalty=-1.0)
+
+
+@pytest.mark.parametrize("name", ["likelihood_hinge", "stable_po_loss"])
+def test_stable_po_losses_refuse_mismatched_shapes(name):
+    fn = {"likelihood_hinge": lambda p, c, r: likelihood_hinge(c, r),
+          "stable_po_loss": lambda p, c, r: stable_po_loss(p, c, r, penalty=1.0)}[name]
+    x = jnp.zeros(6)
+    fn(x, x, x)
+    with pytest.raises(ValueError, match=rf"{name}: input shapes do not match: .*ref_chosen_logps \[6, 1\]"):
+        fn(x, x, x[:, None])
+    with pytest.raises(ValueError, match=rf"{name}: input shapes do not match: .*chosen_logps \[6, 1\]"):
+        fn(x, x[:, None], x)
