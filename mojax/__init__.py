@@ -5,11 +5,6 @@ functions are re-exported here; the heavier layers (``mojax.models``, ``mojax.da
 attribute access so ``import mojax`` inside someone else's JAX code stays cheap.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
 from mojax import losses, metrics, solvers
 from mojax.losses import (
     bradley_terry_loss,
@@ -35,8 +30,6 @@ from mojax.metrics import expected_calibration_error, hypervolume, ndcg, pareto_
 from mojax.solvers import min_norm_weights
 
 __version__ = "0.1.0"
-
-_LAZY = ("models", "data", "train", "sharding")
 
 __all__ = [
     "__version__",
@@ -74,8 +67,12 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
+def __getattr__(name: str) -> object:
+    """Load the heavier layers (models, data, train, sharding) on first access."""
+    # Imported here, not at module level, so ``dir(mojax)`` shows only the public API (a test checks it).
+    import importlib
+
+    if name in ("models", "data", "train", "sharding"):
         module = importlib.import_module(f"mojax.{name}")
         globals()[name] = module
         return module
