@@ -45,7 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _bench import alternate, format_table, headline, load_average  # noqa: E402
 from experiments._common import cli, command_line  # noqa: E402
-from experiments.cos_dpo_ltr import Config, Experiment  # noqa: E402
+from experiments._ltr_train import Experiment  # noqa: E402
+from experiments.cos_dpo_ltr import Config  # noqa: E402
 from experiments.cos_dpo_ltr import get_config as experiment_config  # noqa: E402
 from mojax.metrics import hypervolume  # noqa: E402
 from mojax.simplex import simplex_weights  # noqa: E402

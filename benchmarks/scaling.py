@@ -35,13 +35,13 @@ from flax import nnx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from experiments._common import cli, make_run_dir, markdown_table  # noqa: E402
-from experiments.cos_dpo_ltr import (  # noqa: E402
-    Config as ExperimentConfig,
+from experiments._ltr_train import (  # noqa: E402
     _compile_options,
     fixed_weight_objective,
     ranker_config,
     w_cos_objective,
 )
+from experiments.cos_dpo_ltr import Config as ExperimentConfig  # noqa: E402
 from mojax.models.ranker import AugmentedRanker, ListRanker  # noqa: E402
 from mojax.simplex import simplex_sampler  # noqa: E402
 from mojax.train.mesh import MeshConfig, make_mesh  # noqa: E402

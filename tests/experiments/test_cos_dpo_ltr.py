@@ -1,4 +1,4 @@
-"""Tests for experiments/cos_dpo_ltr.py: the objectives against independent forms, helpers, and a --quick smoke run."""
+"""Tests for experiments/cos_dpo_ltr.py and its ``_ltr_*`` modules: objectives, helpers, a --quick smoke run."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from experiments import _ltr_report as R
+from experiments import _ltr_task as T
+from experiments import _ltr_train as TR
 from experiments import cos_dpo_ltr as E
 from experiments._common import cli
 from mojax.losses import listwise_dpo_loss, modpo_loss, sample_simplex_weights
@@ -52,7 +55,7 @@ def test_fixed_weight_objective_vertex_is_single_objective_listwise_dpo():
     batch = _batch(rng)
     model = _ranker()
     diff = model(batch["features"], where=batch["where"]) - batch["ref_scores"]
-    obj = E.fixed_weight_objective(beta=0.7, label_norm="softmax")
+    obj = TR.fixed_weight_objective(beta=0.7, label_norm="softmax")
     for k in range(2):
         w = np.broadcast_to(np.eye(2, dtype=np.float32)[k], (6, 2))
         loss, metrics = obj(model, batch | {"weights": w}, None)
@@ -77,7 +80,7 @@ def test_modpo_objective_equals_pairwise_modpo_on_two_item_lists():
     for w in ([0.3, 0.7], [0.8, 0.2]):
         w = np.asarray(w, np.float32)
         k = int(np.argmax(w))
-        loss, _ = E.modpo_objective(beta=beta, label_norm="l1")(model, batch | {"weights": np.tile(w, (8, 1))}, None)
+        loss, _ = TR.modpo_objective(beta=beta, label_norm="l1")(model, batch | {"weights": np.tile(w, (8, 1))}, None)
         chosen = np.argmax(batch["aux"][:, k], -1)
         rows = np.arange(8)
         other = 1 - k
@@ -94,7 +97,7 @@ def test_modpo_objective_at_vertex_is_dpo_on_that_objective():
     batch["single_diff"] = rng.normal(size=(6, 2, 5)).astype(np.float32)
     model = _ranker()
     w = np.tile(np.asarray([0.0, 1.0], np.float32), (6, 1))
-    loss, _ = E.modpo_objective(beta=2.0, label_norm="softmax")(model, batch | {"weights": w}, None)
+    loss, _ = TR.modpo_objective(beta=2.0, label_norm="softmax")(model, batch | {"weights": w}, None)
     want = listwise_dpo_loss(model(batch["features"], where=batch["where"]), batch["ref_scores"], batch["aux"][:, 1],
                              beta=2.0, where=batch["where"])
     np.testing.assert_allclose(loss, want, rtol=1e-5)
@@ -105,14 +108,14 @@ def test_per_objective_losses_depend_on_beta_times_diff_only():
     rng = np.random.default_rng(3)
     batch = _batch(rng)
     diff = jnp.asarray(rng.normal(size=(6, 5)), jnp.float32)
-    a = E.per_objective_losses(diff, batch, 0.5, "softmax")
-    b = E.per_objective_losses(diff * (0.5 / 2.0), batch, 2.0, "softmax")
+    a = TR.per_objective_losses(diff, batch, 0.5, "softmax")
+    b = TR.per_objective_losses(diff * (0.5 / 2.0), batch, 2.0, "softmax")
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert a.shape == (6, 2)
     # per-objective temperatures [1, K] score objective k at β_k
-    c = E.per_objective_losses(diff, batch, jnp.asarray([[0.5, 2.0]]), "softmax")
+    c = TR.per_objective_losses(diff, batch, jnp.asarray([[0.5, 2.0]]), "softmax")
     np.testing.assert_allclose(c[:, 0], a[:, 0], rtol=1e-5)
-    np.testing.assert_allclose(c[:, 1], E.per_objective_losses(diff, batch, 2.0, "softmax")[:, 1], rtol=1e-5)
+    np.testing.assert_allclose(c[:, 1], TR.per_objective_losses(diff, batch, 2.0, "softmax")[:, 1], rtol=1e-5)
 
 
 def test_w_cos_objective_conditions_on_the_batch_weight():
@@ -120,19 +123,19 @@ def test_w_cos_objective_conditions_on_the_batch_weight():
     batch = _batch(rng) | {"beta": np.full((6,), 0.8, np.float32)}
     model = _ranker(cond_dim=2)
     w = np.asarray([0.3, 0.7], np.float32)
-    obj = E.w_cos_objective(label_norm="softmax", penalty=0.0, per_example=False)
+    obj = TR.w_cos_objective(label_norm="softmax", penalty=0.0, per_example=False)
     loss, _ = obj(model, batch | {"weights": np.tile(w, (6, 1))}, None)
     scores = model(batch["features"], where=batch["where"], cond=np.tile(w, (6, 1)))
     want = sum(w[k] * listwise_dpo_loss(scores, batch["ref_scores"], batch["aux"][:, k], beta=0.8,
                                         where=batch["where"]) for k in range(2))
     np.testing.assert_allclose(loss, want, rtol=1e-5)
     # the penalty lowers the loss by μ·cos(ℓ, w) ∈ (0, 1]
-    pen = E.w_cos_objective(label_norm="softmax", penalty=0.5, per_example=False)(
+    pen = TR.w_cos_objective(label_norm="softmax", penalty=0.5, per_example=False)(
         model, batch | {"weights": np.tile(w, (6, 1))}, None)[0]
     assert 0 < float(loss - pen) <= 0.5 + 1e-6
     # one weight per list: list b is conditioned on and scored with its own w_b
     ws = rng.dirichlet(np.ones(2), size=6).astype(np.float32)
-    loss, _ = E.w_cos_objective(label_norm="softmax", penalty=0.0, per_example=True)(
+    loss, _ = TR.w_cos_objective(label_norm="softmax", penalty=0.0, per_example=True)(
         model, batch | {"weights": ws}, None)
     scores = model(batch["features"], where=batch["where"], cond=ws)
     per_list = np.stack([listwise_dpo_loss(scores, batch["ref_scores"], batch["aux"][:, k], beta=0.8,
@@ -146,7 +149,7 @@ def test_t_cos_objective_trains_objective_k_at_k_beta_d_k():
     batch = _batch(rng)
     model = _ranker(cond_dim=4)
     key = jax.random.PRNGKey(3)
-    obj = E.t_cos_objective(beta=1.5, label_norm="softmax", num_objectives=2, concentration=1.0, penalty=0.0,
+    obj = TR.t_cos_objective(beta=1.5, label_norm="softmax", num_objectives=2, concentration=1.0, penalty=0.0,
                             beta_range=(0.5, 2.0))
     loss, _ = obj(model, batch, key)
     kw, kb = jax.random.split(key)
@@ -170,7 +173,7 @@ def test_grade_aux_labels_against_loop():
     where = rng.random((4, 6)) < 0.7
     where[:, 0] = True
     aux[1, 2] = 5.0  # constant column
-    got = E.grade_aux_labels(aux, where)
+    got = T.grade_aux_labels(aux, where)
     for q in range(4):
         for k in range(3):
             v = aux[q, k][where[q]]
@@ -182,11 +185,11 @@ def test_grade_aux_labels_against_loop():
 
 def test_synthetic_correlation_is_valid_and_conflicting():
     for k in (2, 5):
-        s = E.synthetic_correlation(k, 0.25, -0.5)
+        s = T.synthetic_correlation(k, 0.25, -0.5)
         assert np.linalg.eigvalsh(s).min() > 0 and np.allclose(np.diag(s), 1)
         assert s[1, 2] < 0 and s[0, 1] == 0.25
     with pytest.raises(ValueError, match="no valid correlation"):
-        E.synthetic_correlation(5, 0.9, -0.9)
+        T.synthetic_correlation(5, 0.9, -0.9)
 
 
 def test_config_validation():
@@ -201,7 +204,7 @@ def test_config_validation():
 @pytest.mark.skipif(not MSLR.is_file(), reason="../shared MSLR sample absent")
 def test_load_task_mslr_sample():
     cfg = E.Config(data_path=str(MSLR), mslr_objectives=(134, 135), list_size=32)
-    train, test, names = E.load_task(cfg)
+    train, test, names = T.load_task(cfg)
     assert names == ["f134", "f135"]
     assert train.features.shape[-1] == 131  # features 132–136 are targets, never inputs (paper §A.4)
     assert train.aux.shape[1] == 2 and set(np.unique(train.main)) <= {0, 1, 2, 3, 4}
@@ -302,13 +305,13 @@ def test_cos_objectives_match_the_engines_ltr_cos_dpo_objective(temperature):
         beta=0.6, penalty=0.3, label_norm="softmax", ref_mode="cached")
     want, _ = engine(model, batch | {"labels": batch["aux"]}, key)
     if temperature:
-        mine = E.t_cos_objective(beta=0.6, label_norm="softmax", num_objectives=2, concentration=1.0, penalty=0.3,
+        mine = TR.t_cos_objective(beta=0.6, label_norm="softmax", num_objectives=2, concentration=1.0, penalty=0.3,
                                  beta_range=(0.5, 2.0))
         got, _ = mine(model, batch, key)
     else:
         # the engine draws w in the step from the key's first half; the experiment reads it from the batch
         w = np.asarray(sample_simplex_weights(jax.random.split(key)[0], (), 2))
-        mine = E.w_cos_objective(label_norm="softmax", penalty=0.3, per_example=False)
+        mine = TR.w_cos_objective(label_norm="softmax", penalty=0.3, per_example=False)
         got, _ = mine(model, batch | {"beta": np.full((6,), 0.6, np.float32), "weights": np.tile(w, (6, 1))}, key)
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
@@ -319,7 +322,7 @@ def test_gap_analysis_swaps_the_vertex_points():
     theirs = np.array([[0.30, 0.90], [0.50, 0.70], [0.55, 0.55], [0.70, 0.50], [0.90, 0.30]])
     metrics = {"methods": {"w_cos_dpo": {"front": ours.tolist()}, "dpo_ls": {"front": theirs.tolist()}},
                "weights": weights.tolist(), "data": {"train_queries": 10}}
-    text = E.gap_analysis(E.get_config(quick=True), metrics, ["dpo_ls"])
+    text = R.gap_analysis(E.get_config(quick=True), metrics, ["dpo_ls"])
     mixed, other = ours.copy(), theirs.copy()
     mixed[[0, -1]], other[[0, -1]] = theirs[[0, -1]], ours[[0, -1]]
     assert f"vertex points would have HV {_hv2d_max(mixed):.4g} " in text
@@ -329,7 +332,7 @@ def test_gap_analysis_swaps_the_vertex_points():
 
 
 def test_finetune_tx_cosine_decays_over_each_runs_own_budget():
-    exp = E.Experiment(dataclasses.replace(E.get_config(quick=True), lr_schedule="cosine"))
+    exp = TR.Experiment(dataclasses.replace(E.get_config(quick=True), lr_schedule="cosine"))
     lr0 = exp.config.learning_rate
     assert exp.finetune_tx(10) is exp.finetune_tx(10)  # one optimizer per budget: its runs share a compiled step
     assert exp.finetune_tx(10) is not exp.finetune_tx(20)
@@ -344,12 +347,12 @@ def test_finetune_tx_cosine_decays_over_each_runs_own_budget():
             steps.append(-float(updates["x"]))
         want = 0.5 * lr0 * (1 + np.cos(np.pi * np.arange(n + 1) / n))
         np.testing.assert_allclose(steps, want, rtol=1e-5, atol=1e-9)
-    const = E.Experiment(E.get_config(quick=True))
+    const = TR.Experiment(E.get_config(quick=True))
     assert const.finetune_tx(10) is const.tx and const.finetune_tx(20) is const.tx
 
 
 def test_resume_refuses_a_decaying_schedule():
-    exp = E.Experiment(dataclasses.replace(E.get_config(quick=True), lr_schedule="cosine"))
+    exp = TR.Experiment(dataclasses.replace(E.get_config(quick=True), lr_schedule="cosine"))
     exp.train_base()
     first = exp.train_w_cos(1.0, steps=2)
     with pytest.raises(ValueError, match="decaying schedule"):
