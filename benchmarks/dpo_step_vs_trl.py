@@ -166,7 +166,7 @@ def role_trl(args) -> dict:
 
 
 def mojax_batches(examples, t: int, pad: int):
-    """The batch layout (BUILD_NOTES) of consecutive groups of ``PAIRS`` examples, right padded to ``t``."""
+    """The batch layout (docs/contracts.md) of consecutive groups of ``PAIRS`` examples, right padded to ``t``."""
     import numpy as np
 
     for start in range(0, len(examples), PAIRS):

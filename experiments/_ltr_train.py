@@ -124,7 +124,7 @@ def w_cos_objective(*, label_norm: str, penalty: float, per_example: bool) -> Ca
     w ~ Dirichlet(α·1) is drawn on the host, one per step or one per list (:func:`mojax.simplex.simplex_sampler`), and read from
     ``batch["weights"] [B,K]`` (equal rows for one w per step); the temperature from ``batch["beta"] [B]``, so runs
     at several β (the Prop. 3.1 check) share a compile. Host draws keep ``jax.random.dirichlet``'s rejection-sampling
-    loops out of the compiled step, which then compiles like DPO-LS's (BUILD_NOTES: ~0.5 s less per W-COS-DPO run
+    loops out of the compiled step, which then compiles like DPO-LS's (docs/benchmarks-pareto-cost.md: ~0.5 s less per W-COS-DPO run
     on CPU, the step no slower).
     """
 
@@ -395,7 +395,7 @@ class Experiment:
 def _compile_options() -> dict[str, Any] | None:
     """XLA options for the train steps on CPU: LLVM at -O1 without its expensive passes, legacy fusion emitters.
 
-    Measured on 2 cores (BUILD_NOTES, DPO-LS step): 1.7 s CPU to compile and 2.0–2.3 ms per step, against 4.3 s
+    Measured on 2 cores (docs/benchmarks-pareto-cost.md, DPO-LS step): 1.7 s CPU to compile and 2.0–2.3 ms per step, against 4.3 s
     and 2.5 ms at XLA's defaults and 1.9 s and 7.6 ms at backend level 0 (the earlier choice, whose unoptimised
     kernels made every step 3× slower). These tiny steps run ~230 small kernels, so compile time is per-kernel
     code generation and -O1 is enough for the kernels. Numerics are unchanged (same loss to 1e-6). Other

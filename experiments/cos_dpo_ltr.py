@@ -89,11 +89,11 @@ class Config:
       label_norm: ListNet label normalisation of the auxiliary labels (``softmax`` dense, ``l1`` sparse).
       concentration: Dirichlet α of the W-COS-DPO / T-COS-DPO weight sampler.
       vertex_fraction: share of W-COS-DPO's weight draws put exactly on a uniformly chosen vertex e_k instead of
-        drawn from the Dirichlet (0 = the paper's sampler; a variant measured in BUILD_NOTES, where the whole HV gap
+        drawn from the Dirichlet (0 = the paper's sampler; a variant measured in docs/benchmarks-pareto-cost.md, where the whole HV gap
         to DPO-LS sits at the vertices).
       penalty: cosine penalty μ (eq. 18) of the COS methods (0 = plain scalarisation).
       per_example_weights: sample one w per query (default) instead of one per step (the paper's choice;
-        docs/methods/cos-dpo.md allows both). Measured on the synthetic default (BUILD_NOTES, single runs): per query reached a higher
+        docs/methods/cos-dpo.md allows both). Measured on the synthetic default (docs/experiments/cos-dpo-ltr.md, single runs): per query reached a higher
         hypervolume at equal steps — the conditioned model sees B weights per gradient step instead of one.
       tcos_beta_range: T-COS-DPO samples each β_k log-uniformly in this range.
       num_weights: points per front (11, as the paper).

@@ -1,6 +1,6 @@
 """Input side of mojax: readers, LETOR parser, tokenisation, Grain pipelines, bad-input reports, synthetic tasks.
 
-Sequence batches follow BUILD_NOTES "Batch layout": ``input_ids / attention_mask / loss_mask [B, N, T]``,
+Sequence batches follow docs/contracts.md: ``input_ids / attention_mask / loss_mask [B, N, T]``,
 ``labels [B, K, N]``, ``dataset_id [B]``, ``example_mask [B]``; ranking batches ``features [B, L, F]``,
 ``where [B, L]``, ``labels [B, K, L]``.
 """

@@ -1,6 +1,6 @@
 """Bad-input accounting: every record a reader, parser or tokenizer sees is either kept or counted by reason.
 
-Policy (see BUILD_NOTES "Data"): nothing is dropped silently. A reader calls :meth:`DataReport.keep` for each
+Policy (see docs/data.md): nothing is dropped silently. A reader calls :meth:`DataReport.keep` for each
 record it emits and :meth:`DataReport.skip` (with a reason, the 1-based line or row number and a short detail) for
 each one it drops; tokenisation adds :meth:`DataReport.alter` for records it keeps but changes (truncation). The
 first few offending records of every reason are remembered so a user can open the file at the right line.

@@ -1,6 +1,6 @@
 """Tokenisation, truncation and collation of preference examples into the sequence batch layout.
 
-Policy (BUILD_NOTES "Data"):
+Policy (docs/data.md):
 
 - Responses get EOS appended (``TokenizeConfig.append_eos``); the prompt gets the tokenizer's BOS prepended when it
   has one and the text does not already start with it (``add_bos=None``; chat templates often include it).
@@ -13,7 +13,7 @@ Policy (BUILD_NOTES "Data"):
   ``min_bucket``) or the next multiple of ``bucket_multiple``, capped at ``max_length``; so batches of short pairs
   stay cheap while the number of distinct shapes (jit compilations) stays logarithmic.
 
-Batch layout (see BUILD_NOTES "Batch layout"): ``input_ids`` int32 ``[B, N, T]`` = prompt + response,
+Batch layout (see docs/contracts.md): ``input_ids`` int32 ``[B, N, T]`` = prompt + response,
 ``attention_mask`` int32 ``[B, N, T]``, ``loss_mask`` bool ``[B, N, T]`` (True on response tokens incl. EOS),
 ``labels`` float32 ``[B, K, N]``, ``dataset_id`` int32 ``[B]``, ``example_mask`` bool ``[B]``.
 """

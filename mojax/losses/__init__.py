@@ -1,6 +1,6 @@
 """mojax.losses: pure array losses for preference optimisation (no models, no jit inside).
 
-Contract (BUILD_NOTES "Loss contract"): arrays in, keyword-only options, a boolean ``where`` mask, ``reduce_fn``
+Contract (docs/contracts.md): arrays in, keyword-only options, a boolean ``where`` mask, ``reduce_fn``
 (default ``jnp.mean`` over valid entries; ``None`` → per-example values with masked entries 0); all-masked input
 gives 0 with finite gradients; ``return_metrics=True`` returns ``(loss, metrics)``.
 """

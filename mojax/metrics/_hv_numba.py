@@ -31,7 +31,7 @@ order-independent and the slabs between them have zero height.
 K ≥ 4 (the dimension sweep of ``hypervolume._hv_sweep``): points in decreasing last coordinate; the (K−1)-D volume
 of the slab front grows by each point's exclusive contribution ``vol(p) − HV_{K−1}(limit set)`` with limit set
 ``{min(q, p) : q in front}`` (While et al. 2012), computed by recursion without filtering (every level skips
-dominated points itself). 4-D is O(n² log n); moocore's HV4D+ is O(n²) (BUILD_NOTES, Performance).
+dominated points itself). 4-D is O(n² log n); moocore's HV4D+ is O(n²) (docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ Algorithms (reference moved to the origin, so every kept point is > 0):
   the integrand is a 2-D prefix maximum; with points ordered by y, column ``a`` (the a-th largest x) holds ``z_p``
   where ``rank_x(p) ≤ a`` and a running maximum down the column gives the integrand, weighted by ``Δy ⊗ Δx``. O(n²)
   work in blocks of columns (O(n · block) memory), one vectorised NumPy call per row: ~15x moocore at n = 1000
-  (BUILD_NOTES, Performance), because a sorted sweep cannot be vectorised and pays ~µs of interpreter time per
+  (docs/benchmarks.md), because a sorted sweep cannot be vectorised and pays ~µs of interpreter time per
   point in Python. It is the fallback without numba and the compiled kernel's independent reference in the tests.
 * K ≥ 4: dimension sweep (HSO; While et al. 2006) on the last coordinate: ``HV_K = Σ_i (z_i − z_{i+1}) ·
   HV_{K−1}(front of the i highest points)``, where each slab's (K−1)-volume is updated by the new point's

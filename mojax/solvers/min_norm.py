@@ -21,7 +21,7 @@ which returns exactly what the remaining no-op steps would (typically after a ha
 The weights carry no gradient (a ``stop_gradient`` is applied to G): callers treat λ as a constant, as MORE does,
 and ``jax.grad`` of a loss that uses λ works (its derivative through λ is zero). Starting at the uniform point makes degenerate inputs (zero or identical
 gradients, where every λ on a face is optimal) return a deterministic answer: uniform when nothing improves on it.
-Measured (BUILD_NOTES, solvers): worst KKT residual 7e-16 over 200 random float64 problems with K in 3..16
+Measured (docs/methods/more.md): worst KKT residual 7e-16 over 200 random float64 problems with K in 3..16
 (well-conditioned, rank-deficient, strongly correlated and badly scaled gradients); projected-gradient FISTA alone,
 by contrast, stalls at 1e-5 after 200 steps on the badly scaled ones. ``fista_iters`` optional FISTA steps
 (accelerated projected gradient with :func:`optax.projections.projection_simplex`, step ``1/||G||_F``, gradient
@@ -67,7 +67,7 @@ def _check_grads(grads: jax.Array) -> jax.Array:
 
 def _matvec(matrix: jax.Array, vector: jax.Array) -> jax.Array:
     # Products + sum instead of `@`: under vmap a matvec becomes a batched dot_general, which XLA:CPU runs far slower
-    # than this fused elementwise form on K <= 16 (BUILD_NOTES, solvers); it is also exact-precision on TPU.
+    # than this fused elementwise form on K <= 16 (docs/benchmarks.md); it is also exact-precision on TPU.
     return jnp.sum(matrix * vector[None, :], axis=-1)
 
 
@@ -251,7 +251,7 @@ def _gram(grads: jax.Array) -> jax.Array:
 @_gram.def_vmap
 def _gram_batched(axis_size: int, in_batched: list[bool], grads: jax.Array) -> tuple[jax.Array, bool]:
     # Under vmap a matmul becomes a batched dot_general, which XLA:CPU runs 3-20x slower than either alternative
-    # (BUILD_NOTES, solvers): on CPU, a sequential map of 2-D matmuls (K >= 3) or products + sum fused into one
+    # (docs/benchmarks.md): on CPU, a sequential map of 2-D matmuls (K >= 3) or products + sum fused into one
     # reduction (K = 2, where the matmul call overhead dominates); on GPU/TPU, the fused products, exact in the input
     # dtype and fully parallel (a sequential map would serialise there).
     del axis_size

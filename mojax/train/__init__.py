@@ -1,7 +1,7 @@
 """The training engine: mesh, train state, one pure train step, objectives, checkpoints, multi-host, host loop.
 
 The method is an objective plugged into one step (:mod:`mojax.train.objectives`); the host loop
-(:func:`train`) owns data iteration, checkpoints, metrics and progress. See BUILD_NOTES "Training engine".
+(:func:`train`) owns data iteration, checkpoints, metrics and progress. See docs/engine.md.
 """
 
 from mojax.train.checkpoint import CheckpointConfig, Checkpointer, StopFlag, install_sigterm_flag

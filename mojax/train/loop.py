@@ -187,7 +187,7 @@ def train(
       model: an ``nnx.Module`` or a zero-argument builder (initialised straight onto the mesh).
       objective: the method (:mod:`mojax.train.objectives`).
       tx: optax transformation (:func:`mojax.train.step.make_optimizer`).
-      data: an iterator of *this process's* host batches (dicts of arrays in the batch layout of ``BUILD_NOTES``);
+      data: an iterator of *this process's* host batches (dicts of arrays in the batch layout of docs/contracts.md);
         if it has ``get_state``/``set_state`` (Grain) its position is checkpointed and restored.
       mesh: the device mesh.
       config, checkpoint: loop and checkpoint configs.

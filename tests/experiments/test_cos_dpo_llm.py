@@ -65,7 +65,7 @@ def test_quick_run_metrics_schema(quick_run):
 def test_conditioned_model_outputs_change_with_w(quick_run):
     """The one trained conditioned model gives different held-out log-probs at w = (1, 0) and (0, 1) (mean
     absolute difference per response). (After the few quick steps the change is too small to flip sampled tokens of
-    16 prompts, so the sampled front points may coincide; the default run's front spreads, see BUILD_NOTES.)"""
+    16 prompts, so the sampled front points may coincide; the default run's front spreads, see docs/experiments/cos-dpo-llm.md.)"""
     m = json.loads((quick_run / "metrics.json").read_text())["methods"]["w_cos_dpo"]
     assert m["logp_change_across_w"] > 1e-4
 

@@ -1,4 +1,4 @@
-"""Shared checks of the loss contract (BUILD_NOTES "Loss contract"), used by every tests/losses file."""
+"""Shared checks of the loss contract (docs/contracts.md), used by every tests/losses file."""
 
 from __future__ import annotations
 

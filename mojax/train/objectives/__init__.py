@@ -4,7 +4,7 @@ Each factory returns a pure function (or a :class:`~mojax.train.step.StatefulObj
 losses of :mod:`mojax.losses`. Every objective reports ``metrics["count"]`` — the number of examples (tokens for
 SFT) its loss averages over — so gradient accumulation is a sum/count average (see :mod:`mojax.train.step`).
 
-Sequence batches (``BUILD_NOTES`` "Batch layout") carry the responses on an explicit axis ``[B, N, T]``; all B·N
+Sequence batches (docs/contracts.md) carry the responses on an explicit axis ``[B, N, T]``; all B·N
 responses go through the model in **one** forward (the leading axes flattened), and sequence log-probs come from the
 final hidden states and the unembedding matrix by :func:`mojax.losses.compact_sequence_logps_from_hidden` (chunked,
 no ``[B·N, T, V]`` logits, and the LM head runs at loss positions only; ``compact=False`` selects

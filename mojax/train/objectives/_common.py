@@ -18,7 +18,7 @@ from mojax import losses as L
 REF_MODES = ("cached", "model", "lora")
 # Positions per sequence in one LM-head chunk (B·N·CHUNK_SIZE rows). 32: with packing (``compact``) the head's work
 # is rounded up to whole chunks, so smaller chunks waste less; B·N·32 rows (512 at 8 pairs) still make GEMMs large
-# enough that a smaller chunk was not slower (BUILD_NOTES "DPO step vs TRL").
+# enough that a smaller chunk was not slower (docs/benchmarks.md).
 CHUNK_SIZE = 32
 # A chunk holds at least this many logits (64 MiB in float32): chunking only bounds memory, and below this size it
 # costs a loop, a recomputed GEMM and compile time for nothing — a small vocabulary's head then runs in one piece.
