@@ -53,8 +53,10 @@ class SyntheticLMConfig:
     Attributes:
       num_topics: T.
       tokens_per_class: C content tokens per (topic, class).
-      prompt_min_len, prompt_max_len: content tokens in a prompt.
-      response_min_len, response_max_len: response length range (EOS not counted).
+      prompt_min_len: fewest content tokens in a prompt.
+      prompt_max_len: most content tokens in a prompt.
+      response_min_len: shortest response (EOS not counted).
+      response_max_len: longest response (EOS not counted).
       stop_prob: per-token probability of stopping once ``response_min_len`` tokens are out.
       on_topic_prob: probability a token follows the prompt's topic.
       class_probs: probabilities of classes A, B, neutral.
