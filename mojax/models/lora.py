@@ -30,9 +30,13 @@ class LoRAConfig:
     ``LORA_TARGETS``), with dropout ``dropout`` on the adapter's input."""
 
     rank: int = 8
+    """Rank r of each adapter ``A·B`` (A ``[in, r]``, B ``[r, out]``, B initialised to zero)."""
     alpha: float = 16.0
+    """Scale numerator: the adapter's output is multiplied by ``alpha / rank``."""
     dropout: float = 0.0
+    """Dropout rate on the adapter's input."""
     targets: tuple[str, ...] = ("q_proj", "v_proj")
+    """Projections that get adapters (any of ``LORA_TARGETS``)."""
 
     def __post_init__(self):
         if self.rank <= 0:
