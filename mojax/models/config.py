@@ -1,8 +1,11 @@
-"""Configuration of the decoder-only language models (GPT-2, Llama 2/3, Mistral, Qwen2, GPT-NeoX).
+"""Configuration of the decoder-only language models (GPT-2, Llama 2/3, Mistral, Qwen2/3, GPT-NeoX, Gemma 2/3).
 
 One frozen, keyword-only :class:`DecoderConfig` describes every supported family; the differences between families
-are a handful of switches (norm type, gated MLP, learned vs rotary positions, parallel residual, biases, tying).
-Parameters are always stored in float32; ``dtype`` is the compute dtype.
+are a handful of switches (norm type, gated MLP, learned vs rotary positions, parallel residual, biases, tying,
+q/k norms, soft-capping, per-layer sliding windows). Each switch defaults to the plain Llama behaviour, so a family
+that does not set it computes exactly what it did before the switch existed. Which ``model_type`` values exist is
+decided by :mod:`mojax.models.families` (one module per family). Parameters are always stored in float32;
+``dtype`` is the compute dtype.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from typing import Any, Literal
 import jax.numpy as jnp
 import numpy as np
 
-MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", "gpt_neox")
 ACTIVATIONS = ("silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu")
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+NORMS = ("rmsnorm", "layernorm", "gemma_rmsnorm")
+LAYER_TYPES = ("full_attention", "sliding_attention")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -59,13 +63,15 @@ class DecoderConfig:
     """A decoder-only transformer.
 
     Attributes:
-      model_type: Hugging Face family name, used for import/export: one of ``MODEL_TYPES``.
+      model_type: Hugging Face family name, used for import/export: a key of the family registry
+        (:func:`mojax.models.families.model_types`).
       vocab_size, d_model, num_layers, num_heads: the usual sizes (V, D, layers, query heads H).
       num_kv_heads: key/value heads for grouped-query attention (Ainslie et al. 2023); ``None`` means ``num_heads``.
       head_dim: per-head width; ``None`` means ``d_model // num_heads``.
       mlp_dim: hidden width of the MLP.
       max_positions: learned-position table size (GPT-2) and the nominal context length.
-      norm: ``"rmsnorm"`` (Llama family) or ``"layernorm"`` (GPT-2, NeoX); ``norm_eps`` its epsilon.
+      norm: ``"rmsnorm"`` (Llama family), ``"layernorm"`` (GPT-2, NeoX) or ``"gemma_rmsnorm"`` (Gemma:
+        ``x / rms(x) · (1 + g)`` in float32, gains initialised at 0); ``norm_eps`` its epsilon.
       activation: MLP non-linearity (HF ``hidden_act`` names); ``gated_mlp``: ``down(act(gate x) * up x)`` (SwiGLU)
         instead of ``down(act(up x))``.
       positional: ``"rope"`` (rotary, Su et al. 2021, rotate-half layout) or ``"learned"`` (absolute table).
@@ -74,9 +80,23 @@ class DecoderConfig:
       parallel_residual: ``x + attn(ln1 x) + mlp(ln2 x)`` (GPT-NeoX/GPT-J) instead of sequential residuals.
       qkv_bias, attn_out_bias, mlp_bias: biases on the q/k/v, output and MLP projections.
       tie_embeddings: the unembedding is the transposed token embedding.
-      sliding_window: Mistral's sliding-window attention (key index > query index - window); ``None`` for full.
+      sliding_window: sliding-window attention (key slot > query slot - window); ``None`` for full.
+      layer_types: per layer ``"full_attention"`` or ``"sliding_attention"`` (Gemma 2/3 alternate them); ``None``:
+        every layer slides when ``sliding_window`` is set (Mistral), else none does.
+      rope_local_theta: rotary base of the sliding layers (Gemma 3's local base, default rotary without scaling);
+        ``None``: the sliding layers use ``rope_theta``/``rope_scaling`` like the others.
+      qk_norm: normalise each head of q and k (over ``head_dim``, with the ``norm`` kind) before the rotary
+        embedding (Qwen3, Gemma 3).
+      scale_embeddings: multiply the token embeddings by √d_model (Gemma); the tied unembedding is not scaled.
+      query_pre_attn_scalar: scores are ``q·k · query_pre_attn_scalar^-1/2`` (Gemma); ``None``: ``q·k / √h``.
+      attn_logit_softcap, final_logit_softcap: ``cap · tanh(x / cap)`` on the attention scores / the output logits
+        (Gemma 2); ``None`` for none.
+      sandwich_norms: also normalise each block's attention and MLP outputs before their residual add
+        (``post_attn_norm``, ``post_mlp_norm``; Gemma 2/3).
       bos_token_id, eos_token_id, pad_token_id: special tokens carried for export and generation.
       initializer_range: std of the normal initialiser of weights.
+      checkpoint_dtype: the floating dtype of the checkpoint the weights came from (``"bfloat16"``, ...):
+        :func:`mojax.models.save_hf` writes that dtype by default; ``None`` (a fresh model) writes float32.
       dtype: compute dtype (parameters stay float32; logits and norms are computed in float32).
       remat: rematerialise each block in the backward pass (saves activation memory).
     """
@@ -90,7 +110,7 @@ class DecoderConfig:
     head_dim: int | None = None
     mlp_dim: int
     max_positions: int = 2048
-    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    norm: Literal["rmsnorm", "layernorm", "gemma_rmsnorm"] = "rmsnorm"
     norm_eps: float = 1e-6
     activation: str = "silu"
     gated_mlp: bool = True
@@ -104,16 +124,26 @@ class DecoderConfig:
     mlp_bias: bool = False
     tie_embeddings: bool = False
     sliding_window: int | None = None
+    layer_types: tuple[str, ...] | None = None
+    rope_local_theta: float | None = None
+    qk_norm: bool = False
+    scale_embeddings: bool = False
+    query_pre_attn_scalar: float | None = None
+    attn_logit_softcap: float | None = None
+    final_logit_softcap: float | None = None
+    sandwich_norms: bool = False
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     pad_token_id: int | None = None
     initializer_range: float = 0.02
+    checkpoint_dtype: str | None = None
     dtype: Any = jnp.float32
     remat: bool = False
 
     def __post_init__(self):
-        if self.model_type not in MODEL_TYPES:
-            raise ValueError(f"model_type {self.model_type!r} is not supported; supported: {MODEL_TYPES}")
+        from mojax.models.families import get_family  # the registry imports this module: import it late
+
+        get_family(self.model_type)  # raises ValueError naming the supported families
         for name in ("vocab_size", "d_model", "num_layers", "num_heads", "mlp_dim", "max_positions"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -121,8 +151,8 @@ class DecoderConfig:
             raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.kv_heads}")
         if self.head_dim is None and self.d_model % self.num_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; set head_dim")
-        if self.norm not in ("rmsnorm", "layernorm"):
-            raise ValueError(f"norm must be 'rmsnorm' or 'layernorm', got {self.norm!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation {self.activation!r} is not supported; supported: {ACTIVATIONS}")
         if self.positional not in ("rope", "learned"):
@@ -133,6 +163,21 @@ class DecoderConfig:
             raise ValueError(f"rotary dimension int(head_dim * rotary_pct) = {self.rotary_dim} must be even and >= 2")
         if self.sliding_window is not None and self.sliding_window <= 0:
             raise ValueError(f"sliding_window must be positive or None, got {self.sliding_window}")
+        if self.layer_types is not None:
+            if not isinstance(self.layer_types, tuple):  # a list would make the config unhashable (jit static)
+                object.__setattr__(self, "layer_types", tuple(self.layer_types))
+            if len(self.layer_types) != self.num_layers or not set(self.layer_types) <= set(LAYER_TYPES):
+                raise ValueError(f"layer_types must give one of {LAYER_TYPES} per layer ({self.num_layers}), got "
+                                 f"{self.layer_types}")
+            if "sliding_attention" in self.layer_types and self.sliding_window is None:
+                raise ValueError("layer_types has sliding_attention layers but sliding_window is None")
+        for name in ("query_pre_attn_scalar", "attn_logit_softcap", "final_logit_softcap", "rope_local_theta"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive or None, got {value}")
+        if self.checkpoint_dtype not in (None, "float32", "bfloat16", "float16"):
+            raise ValueError(f"checkpoint_dtype must be float32, bfloat16, float16 or None, got "
+                             f"{self.checkpoint_dtype!r}")
         if jnp.dtype(self.dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
             raise ValueError(f"compute dtype must be float32, bfloat16 or float16, got {self.dtype}")
 
@@ -152,17 +197,28 @@ class DecoderConfig:
         """Number of leading dimensions of each head that are rotated: ``int(head_size * rotary_pct)``."""
         return int(self.head_size * self.rotary_pct)
 
+    @property
+    def sliding_layers(self) -> tuple[bool, ...]:
+        """Per layer, whether its attention is restricted to the sliding window."""
+        if self.layer_types is None:
+            return (self.sliding_window is not None,) * self.num_layers
+        return tuple(t == "sliding_attention" for t in self.layer_types)
+
     def replace(self, **changes: Any) -> DecoderConfig:
         """A copy with some fields changed (e.g. ``config.replace(dtype=jnp.bfloat16, remat=True)``)."""
         return dataclasses.replace(self, **changes)
 
-    def rope_inv_freq(self) -> tuple[np.ndarray, float]:
+    def rope_inv_freq(self, *, local: bool = False) -> tuple[np.ndarray, float]:
         """Inverse frequencies ``[rotary_dim // 2]`` (float32) and the cos/sin scale factor of the rotary embedding.
 
         Default: :math:`\\omega_i = \\theta^{-2i/d_r}`. Scaled variants follow Hugging Face's
-        ``modeling_rope_utils`` (computed here in float64, then rounded to float32).
+        ``modeling_rope_utils`` (computed here in float64, then rounded to float32). ``local=True`` gives a
+        sliding layer's frequencies: the default rotary with ``rope_local_theta`` when that is set.
         """
         dim = self.rotary_dim
+        if local and self.rope_local_theta is not None:
+            inv = 1.0 / (self.rope_local_theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+            return inv.astype(np.float32), 1.0
         inv = 1.0 / (self.rope_theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
         rs = self.rope_scaling
         if rs is None or rs.type == "default":
@@ -209,18 +265,21 @@ class DecoderConfig:
     @classmethod
     def tiny(cls, model_type: str = "llama", **overrides: Any) -> DecoderConfig:
         """A tiny model of the given family (a few thousand parameters) for tests and CPU demos."""
-        base = dict(vocab_size=128, d_model=32, num_layers=2, num_heads=4, mlp_dim=64, max_positions=128)
-        fam = _FAMILY_DEFAULTS[model_type]
-        if model_type in ("llama", "mistral", "qwen2"):
-            base.update(num_kv_heads=2)
-        return cls(model_type=model_type, **{**base, **fam, **overrides})
+        from mojax.models.families import get_family
+
+        fam = get_family(model_type)
+        fields = {**dict(vocab_size=128, d_model=32, num_layers=2, num_heads=4, mlp_dim=64, max_positions=128),
+                  **fam.defaults, **fam.tiny, **overrides}
+        if fam.sliding_pattern and "layer_types" not in overrides:  # e.g. Gemma 2: local, global, local, ...
+            fields["layer_types"] = fam.layer_types(fields["num_layers"])
+        return cls(model_type=model_type, **fields)
 
     @classmethod
     def gpt2_small(cls, **overrides: Any) -> DecoderConfig:
         """GPT-2 small (124M; Radford et al. 2019)."""
         return cls(model_type="gpt2", **{**dict(vocab_size=50257, d_model=768, num_layers=12, num_heads=12,
                                                mlp_dim=3072, max_positions=1024, bos_token_id=50256,
-                                               eos_token_id=50256), **_FAMILY_DEFAULTS["gpt2"], **overrides})
+                                               eos_token_id=50256), **_defaults("gpt2"), **overrides})
 
     @classmethod
     def llama2_7b(cls, **overrides: Any) -> DecoderConfig:
@@ -258,15 +317,10 @@ class DecoderConfig:
         """Pythia 160M (GPT-NeoX: parallel residual, 25% partial rotary, untied)."""
         return cls(model_type="gpt_neox", **{**dict(vocab_size=50304, d_model=768, num_layers=12, num_heads=12,
                                                    mlp_dim=3072, max_positions=2048, bos_token_id=0,
-                                                   eos_token_id=0), **_FAMILY_DEFAULTS["gpt_neox"], **overrides})
+                                                   eos_token_id=0), **_defaults("gpt_neox"), **overrides})
 
 
-_FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "gpt2": dict(norm="layernorm", norm_eps=1e-5, activation="gelu_new", gated_mlp=False, positional="learned",
-                 qkv_bias=True, attn_out_bias=True, mlp_bias=True, tie_embeddings=True),
-    "llama": dict(),
-    "mistral": dict(),
-    "qwen2": dict(qkv_bias=True),
-    "gpt_neox": dict(norm="layernorm", norm_eps=1e-5, activation="gelu", gated_mlp=False, rotary_pct=0.25,
-                     parallel_residual=True, qkv_bias=True, attn_out_bias=True, mlp_bias=True),
-}
+def _defaults(model_type: str) -> dict[str, Any]:
+    from mojax.models.families import get_family
+
+    return dict(get_family(model_type).defaults)

@@ -1,4 +1,4 @@
-"""The decoder-only language model (one module for GPT-2, Llama 2/3, Mistral, Qwen2 and GPT-NeoX).
+"""The decoder-only language model (one module for GPT-2, Llama 2/3, Mistral, Qwen2/3, GPT-NeoX, Gemma 2/3).
 
 Positions of padded inputs come from the attention mask (``cumsum(mask) - 1``), so a left-padded prompt gives the
 same logits as the unpadded one (and as Hugging Face with ``position_ids`` from the mask, which ``generate`` uses).
@@ -7,6 +7,7 @@ Attention is causal by *slot index* and masks padding keys, exactly as Hugging F
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -56,7 +57,7 @@ class Decoder(nnx.Module):
         self.embed = Embed(c.vocab_size, c.d_model, names=("vocab", "embed"), std=c.initializer_range, rngs=rngs)
         self.pos_embed = Embed(c.max_positions, c.d_model, names=(None, "embed"), std=c.initializer_range,
                                rngs=rngs) if c.positional == "learned" else None
-        self.blocks = nnx.List([Block(c, rngs=rngs) for _ in range(c.num_layers)])
+        self.blocks = nnx.List([Block(c, local=local, rngs=rngs) for local in c.sliding_layers])
         self.final_norm = Norm(c.d_model, kind=c.norm, eps=c.norm_eps, dtype=c.dtype, rngs=rngs)
         self.lm_head = None if c.tie_embeddings else Dense(
             (c.d_model,), (c.vocab_size,), names=("embed", "vocab"), std=c.initializer_range, dtype=c.dtype,
@@ -136,6 +137,8 @@ class Decoder(nnx.Module):
         tok_pos = pos[:, P:]
 
         x = self.embed(ids)
+        if c.scale_embeddings:  # Gemma: × √D in the compute dtype (HF casts the factor to the weights' dtype)
+            x = x.astype(c.dtype) * jnp.asarray(math.sqrt(c.d_model), c.dtype)
         if self.pos_embed is not None:
             x = x + self.pos_embed(jnp.minimum(tok_pos, c.max_positions - 1))
         if P:
@@ -152,9 +155,12 @@ class Decoder(nnx.Module):
         q_idx = index + jnp.arange(L, dtype=jnp.int32)  # slot of each new query
         k_idx = jnp.arange(S, dtype=jnp.int32)
         allowed = k_idx[None, :] <= q_idx[:, None]  # [L, S] causal by slot
-        if c.sliding_window is not None:
-            allowed &= k_idx[None, :] > q_idx[:, None] - c.sliding_window
         attn_mask = allowed[None] & key_mask[:, None, :]  # [B, L, S]
+        if any(c.sliding_layers):
+            window = k_idx[None, :] > q_idx[:, None] - c.sliding_window
+            local_mask = (allowed & window)[None] & key_mask[:, None, :]
+            if all(c.sliding_layers):
+                attn_mask = local_mask
 
         def apply(block, x, pos, attn_mask, kv, index):
             return block(x, pos, attn_mask, kv, index, use_lora=use_lora)
@@ -164,7 +170,8 @@ class Decoder(nnx.Module):
         new_keys, new_values = [], []
         for i, block in enumerate(self.blocks):
             kv = None if cache is None else (cache.keys[i], cache.values[i])
-            x, new_kv = apply(block, x, pos, attn_mask, kv, index)
+            mask_i = local_mask if c.sliding_layers[i] else attn_mask
+            x, new_kv = apply(block, x, pos, mask_i, kv, index)
             if new_kv is not None:
                 new_keys.append(new_kv[0])
                 new_values.append(new_kv[1])
@@ -173,6 +180,8 @@ class Decoder(nnx.Module):
             out = x.reshape(tuple(lead) + (T, c.d_model))
         else:
             logits = jnp.dot(x, self.unembedding().astype(c.dtype), preferred_element_type=jnp.float32)
+            if c.final_logit_softcap is not None:  # Gemma 2: cap · tanh(logits / cap), in float32
+                logits = jnp.tanh(logits / c.final_logit_softcap) * c.final_logit_softcap
             logits = constrain(logits, "batch", "seq", "vocab")
             out = logits.reshape(tuple(lead) + (T, c.vocab_size))
         if cache is None:

@@ -1,26 +1,26 @@
 """Hugging Face checkpoints in and out, the llama2.c checkpoint format, and tokenizers.
 
-Weight layouts (mojax ← Hugging Face):
+The per-family knowledge (config mapping, weight names and layouts) lives in :mod:`mojax.models.families`, one
+module per family; this module reads and writes files and places weights. Import and export both go through the
+family's one weight table.
 
-* Llama / Mistral / Qwen2 ``nn.Linear`` weights are stored ``(out, in)``: ``q_proj [H·h, D]`` → ``[D, H, h]`` by
-  transpose + reshape; ``o_proj [D, H·h]`` → ``[H, h, D]``; MLP ``[F, D]`` → ``[D, F]``; ``lm_head [V, D]`` →
-  ``[D, V]``.
-* GPT-2 ``Conv1D`` weights are already ``(in, out)``: ``c_attn [D, 3D]`` splits along the output into q, k, v.
-* GPT-NeoX ``query_key_value [3·H·h, D]`` is laid out per head: output row ``n·3h + j`` is head ``n``'s q
-  (``j < h``), k (``h ≤ j < 2h``) or v; i.e. ``W.reshape(H, 3, h, D)``.
 * llama2.c (Karpathy) rotates *interleaved* pairs ``(2i, 2i+1)`` of each head; Hugging Face and mojax rotate halves
   ``(i, i + h/2)``. Permuting each head's output rows of ``wq``/``wk`` from ``[pair, 2]`` to ``[2, pair]`` order
   maps one onto the other (the permutation in HF's ``convert_llama_weights_to_hf.py``); q·k is invariant because
   q and k are permuted alike.
 
 Safetensors files are read with a small memory-mapped reader (no torch; bf16 via ``ml_dtypes``), so a weight is
-read from disk only when placed, straight onto its sharding.
+read from disk only when placed, straight onto its sharding. Export writes the checkpoint's own dtype (bf16 stays
+bf16) and splits large models into ``model-0000k-of-0000n.safetensors`` files plus
+``model.safetensors.index.json``, as ``transformers`` does.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -35,16 +35,15 @@ import numpy as np
 from flax import nnx, traverse_util
 from jax.sharding import Mesh
 
-from mojax.models.config import DecoderConfig, RopeScaling
+from mojax.models import families
+from mojax.models.config import DecoderConfig
 from mojax.models.decoder import Decoder
+from mojax.models.families import get_family
 from mojax.sharding import state_shardings
 
 _ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
               "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 
-# Buffers some checkpoints carry that are not weights (causal-mask tables, cached rotary frequencies).
-_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".attention.bias", ".attention.masked_bias",
-                     "rotary_emb.inv_freq")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -85,342 +84,101 @@ def _read_checkpoint(path: Path) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# config.json <-> DecoderConfig
+# safetensors out
 
 
-def _rope_from_hf(cfg: dict) -> tuple[float, RopeScaling | None, dict]:
-    params = dict(cfg.get("rope_parameters") or {})
-    legacy = cfg.get("rope_scaling") or {}
-    params = {**legacy, **params}
-    theta = float(params.get("rope_theta", cfg.get("rope_theta", cfg.get("rotary_emb_base", 10000.0))))
-    kind = params.get("rope_type", params.get("type", "default"))
-    if kind == "default":
-        return theta, None, params
-    if kind not in ("linear", "llama3", "yarn"):
-        raise ValueError(f"rope type {kind!r} is not supported (supported: default, linear, llama3, yarn)")
-    scaling = RopeScaling(
-        type=kind, factor=params.get("factor"), low_freq_factor=params.get("low_freq_factor"),
-        high_freq_factor=params.get("high_freq_factor"),
-        original_max_positions=params.get("original_max_position_embeddings"),
-        beta_fast=params.get("beta_fast"), beta_slow=params.get("beta_slow"),
-        attention_factor=params.get("attention_factor"), mscale=params.get("mscale"),
-        mscale_all_dim=params.get("mscale_all_dim"), truncate=params.get("truncate", True))
-    return theta, scaling, params
+def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray],
+                      metadata: Mapping[str, str] | None = None) -> None:
+    """Write tensors (float32/float16/bfloat16/int arrays) as one ``.safetensors`` file, atomically (a temporary
+    file renamed into place, so an interrupted write never leaves a truncated file under the final name)."""
+    path = Path(path)
+    names = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    arrays = []
+    for name, value in tensors.items():
+        a = np.ascontiguousarray(value)
+        if a.dtype not in names:
+            raise ValueError(f"tensor {name!r}: dtype {a.dtype} cannot be written to safetensors")
+        header[name] = {"dtype": names[a.dtype], "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+        arrays.append(a)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the format aligns the data section to 8 bytes
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for a in arrays:
+            f.write(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes())
+    os.replace(tmp, path)
 
 
-def _first_id(value):
-    if isinstance(value, list):
-        return value[0] if value else None
-    return value
+def parse_size(size: int | str) -> int:
+    """Bytes of a size given as an int or a string like ``"5GB"`` (powers of 1000) or ``"500MiB"`` (of 1024),
+    as ``transformers``' ``max_shard_size``."""
+    if isinstance(size, int):
+        return size
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*", str(size), flags=re.IGNORECASE)
+    if not m or (not m.group(2) and m.group(3)):
+        raise ValueError(f"cannot read size {size!r} (e.g. 5GB, 500MB, 2GiB or a number of bytes)")
+    power = " KMGT".index(m.group(2).upper() or " ")
+    return int(float(m.group(1)) * (1024 if m.group(3) else 1000) ** power)
 
 
-def config_from_hf(cfg: dict, *, dtype=jnp.float32) -> DecoderConfig:
-    """A :class:`DecoderConfig` from a Hugging Face ``config.json`` dict; raises on unsupported features."""
-    mt = cfg.get("model_type")
-    special = dict(bos_token_id=_first_id(cfg.get("bos_token_id")), eos_token_id=_first_id(cfg.get("eos_token_id")),
-                   pad_token_id=_first_id(cfg.get("pad_token_id")),
-                   initializer_range=cfg.get("initializer_range", 0.02), dtype=dtype)
-    if mt == "gpt2":
-        if not cfg.get("scale_attn_weights", True) or cfg.get("scale_attn_by_inverse_layer_idx", False):
-            raise ValueError("gpt2 configs with scale_attn_weights=False or scale_attn_by_inverse_layer_idx=True "
-                             "are not supported")
-        if cfg.get("add_cross_attention", False):
-            raise ValueError("gpt2 with add_cross_attention=True (encoder-decoder) is not supported")
-        d = cfg.get("n_embd", 768)
-        return DecoderConfig(
-            model_type="gpt2", vocab_size=cfg["vocab_size"], d_model=d, num_layers=cfg.get("n_layer", 12),
-            num_heads=cfg.get("n_head", 12), mlp_dim=cfg.get("n_inner") or 4 * d,
-            max_positions=cfg.get("n_positions", 1024), norm="layernorm",
-            norm_eps=cfg.get("layer_norm_epsilon", 1e-5), activation=cfg.get("activation_function", "gelu_new"),
-            gated_mlp=False, positional="learned", qkv_bias=True, attn_out_bias=True, mlp_bias=True,
-            tie_embeddings=cfg.get("tie_word_embeddings", True), **special)
-    if mt in ("llama", "mistral", "qwen2"):
-        theta, scaling, params = _rope_from_hf(cfg)
-        if params.get("partial_rotary_factor", 1.0) != 1.0:
-            raise ValueError(f"{mt} with partial_rotary_factor != 1 is not supported")
-        window = None
-        if mt == "mistral":
-            window = cfg.get("sliding_window")
-        if mt == "qwen2":
-            layer_types = cfg.get("layer_types") or []
-            sliding = cfg.get("use_sliding_window", False) and cfg.get("max_window_layers", 0) < cfg[
-                "num_hidden_layers"]
-            if sliding or "sliding_attention" in layer_types:
-                raise ValueError("qwen2 with use_sliding_window=True (per-layer sliding-window attention) is not "
-                                 "supported")
-        attn_bias = cfg.get("attention_bias", False)
-        heads = cfg["num_attention_heads"]
-        return DecoderConfig(
-            model_type=mt, vocab_size=cfg["vocab_size"], d_model=cfg["hidden_size"],
-            num_layers=cfg["num_hidden_layers"], num_heads=heads, num_kv_heads=cfg.get("num_key_value_heads") or heads,
-            head_dim=cfg.get("head_dim"), mlp_dim=cfg["intermediate_size"],
-            max_positions=cfg.get("max_position_embeddings", 2048), norm="rmsnorm",
-            norm_eps=cfg.get("rms_norm_eps", 1e-6), activation=cfg.get("hidden_act", "silu"), gated_mlp=True,
-            positional="rope", rope_theta=theta, rope_scaling=scaling,
-            qkv_bias=True if mt == "qwen2" else attn_bias, attn_out_bias=False if mt == "qwen2" else attn_bias,
-            mlp_bias=cfg.get("mlp_bias", False), tie_embeddings=cfg.get("tie_word_embeddings", False),
-            sliding_window=window, **special)
-    if mt == "gpt_neox":
-        theta, scaling, params = _rope_from_hf(cfg)
-        pct = params.get("partial_rotary_factor", cfg.get("rotary_pct", 0.25))
-        bias = cfg.get("attention_bias", True)
-        return DecoderConfig(
-            model_type="gpt_neox", vocab_size=cfg["vocab_size"], d_model=cfg["hidden_size"],
-            num_layers=cfg["num_hidden_layers"], num_heads=cfg["num_attention_heads"],
-            mlp_dim=cfg["intermediate_size"], max_positions=cfg.get("max_position_embeddings", 2048),
-            norm="layernorm", norm_eps=cfg.get("layer_norm_eps", 1e-5), activation=cfg.get("hidden_act", "gelu"),
-            gated_mlp=False, positional="rope", rope_theta=theta, rope_scaling=scaling, rotary_pct=pct,
-            parallel_residual=cfg.get("use_parallel_residual", True), qkv_bias=bias, attn_out_bias=bias,
-            mlp_bias=True, tie_embeddings=cfg.get("tie_word_embeddings", False), **special)
-    raise ValueError(f"model_type {mt!r} is not supported by mojax.models.load_hf "
-                     "(supported: gpt2, llama, mistral, qwen2, gpt_neox)")
-
-
-def config_to_hf(c: DecoderConfig) -> dict[str, Any]:
-    """The Hugging Face ``config.json`` dict of a :class:`DecoderConfig`."""
-    special = dict(bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id,
-                   initializer_range=c.initializer_range, tie_word_embeddings=c.tie_embeddings, dtype="float32")
-    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": c.rope_theta}
-    if c.rope_scaling is not None:
-        rs = c.rope_scaling
-        rope = {"rope_type": rs.type, "rope_theta": c.rope_theta}
-        for key, value in (("factor", rs.factor), ("low_freq_factor", rs.low_freq_factor),
-                           ("high_freq_factor", rs.high_freq_factor),
-                           ("original_max_position_embeddings", rs.original_max_positions),
-                           ("beta_fast", rs.beta_fast), ("beta_slow", rs.beta_slow),
-                           ("attention_factor", rs.attention_factor), ("mscale", rs.mscale),
-                           ("mscale_all_dim", rs.mscale_all_dim)):
-            if value is not None:
-                rope[key] = value
-        if rs.type == "yarn":
-            rope["truncate"] = rs.truncate
-    if c.model_type == "gpt2":
-        _require(c, norm="layernorm", gated_mlp=False, positional="learned", qkv_bias=True, attn_out_bias=True,
-                 mlp_bias=True, parallel_residual=False, num_kv_heads=(None, c.num_heads),
-                 head_dim=(None, c.d_model // c.num_heads), sliding_window=None)
-        return dict(architectures=["GPT2LMHeadModel"], model_type="gpt2", vocab_size=c.vocab_size,
-                    n_embd=c.d_model, n_layer=c.num_layers, n_head=c.num_heads, n_inner=c.mlp_dim,
-                    n_positions=c.max_positions, layer_norm_epsilon=c.norm_eps, activation_function=c.activation,
-                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **special)
-    if c.model_type in ("llama", "mistral", "qwen2"):
-        _require(c, norm="rmsnorm", gated_mlp=True, positional="rope", parallel_residual=False, rotary_pct=1.0)
-        out = dict(architectures=[{"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-                                   "qwen2": "Qwen2ForCausalLM"}[c.model_type]],
-                   model_type=c.model_type, vocab_size=c.vocab_size, hidden_size=c.d_model,
-                   intermediate_size=c.mlp_dim, num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads,
-                   num_key_value_heads=c.kv_heads, head_dim=c.head_size, hidden_act=c.activation,
-                   max_position_embeddings=c.max_positions, rms_norm_eps=c.norm_eps, rope_parameters=rope,
-                   attention_dropout=0.0, **special)
-        if c.model_type == "llama":
-            if c.qkv_bias != c.attn_out_bias:
-                raise ValueError("llama export needs qkv_bias == attn_out_bias (HF has one attention_bias flag)")
-            _require(c, sliding_window=None)
-            out.update(attention_bias=c.qkv_bias, mlp_bias=c.mlp_bias)
-        elif c.model_type == "mistral":
-            _require(c, qkv_bias=False, attn_out_bias=False, mlp_bias=False)
-            out.update(sliding_window=c.sliding_window)
-        else:
-            _require(c, qkv_bias=True, attn_out_bias=False, mlp_bias=False, sliding_window=None)
-            out.update(use_sliding_window=False, sliding_window=None, max_window_layers=c.num_layers)
-        return out
-    _require(c, norm="layernorm", gated_mlp=False, positional="rope", mlp_bias=True, sliding_window=None,
-             num_kv_heads=(None, c.num_heads), head_dim=(None, c.d_model // c.num_heads))
-    if c.qkv_bias != c.attn_out_bias:
-        raise ValueError("gpt_neox export needs qkv_bias == attn_out_bias (HF has one attention_bias flag)")
-    rope["partial_rotary_factor"] = c.rotary_pct
-    return dict(architectures=["GPTNeoXForCausalLM"], model_type="gpt_neox", vocab_size=c.vocab_size,
-                hidden_size=c.d_model, intermediate_size=c.mlp_dim, num_hidden_layers=c.num_layers,
-                num_attention_heads=c.num_heads, hidden_act=c.activation, max_position_embeddings=c.max_positions,
-                layer_norm_eps=c.norm_eps, use_parallel_residual=c.parallel_residual, rope_parameters=rope,
-                attention_bias=c.qkv_bias, hidden_dropout=0.0, attention_dropout=0.0, **special)
-
-
-def _require(c: DecoderConfig, **expected):
-    for key, want in expected.items():
-        got = getattr(c, key)
-        ok = got in want if isinstance(want, tuple) else got == want
-        if not ok:
-            raise ValueError(f"cannot export a {c.model_type} config with {key}={got!r} (Hugging Face's "
-                             f"{c.model_type} needs {want!r})")
+def _shard(tensors: dict[str, np.ndarray], max_bytes: int) -> list[dict[str, np.ndarray]]:
+    """Consecutive groups of tensors of at most ``max_bytes`` each (a larger tensor gets a file of its own), in the
+    order given: ``transformers``' (``huggingface_hub``'s) rule."""
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for name, a in tensors.items():
+        if shards[-1] and size + a.nbytes > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = a
+        size += a.nbytes
+    return shards
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# weights: HF names <-> mojax state paths
+# config.json <-> DecoderConfig, HF names <-> mojax paths: the family modules (mojax.models.families) hold both
 
 
-def _strip(weights: dict[str, np.ndarray], prefixes: tuple[str, ...]) -> dict[str, np.ndarray]:
-    out = {}
-    for key, value in weights.items():
-        if key.endswith(_IGNORED_SUFFIXES):
-            continue
-        for p in prefixes:
-            if key.startswith(p):
-                key = key[len(p):]
-                break
-        out[key] = value
-    return out
+def config_from_hf(cfg: dict, *, dtype=jnp.float32) -> DecoderConfig:
+    """A :class:`DecoderConfig` from a Hugging Face ``config.json`` dict; raises ``ValueError`` on an unknown
+    ``model_type`` or a feature its family module does not implement."""
+    return families.config_from_hf(get_family(cfg.get("model_type")), cfg, dtype=dtype)
 
 
-def _weights_from_hf(c: DecoderConfig, hf: dict[str, np.ndarray]) -> dict[tuple, np.ndarray]:
-    """mojax flat state ``{path: array}`` from Hugging Face tensors (names with their model prefix)."""
-    D, H, K, h = c.d_model, c.num_heads, c.kv_heads, c.head_size
-    out: dict[tuple, np.ndarray] = {}
-    f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
-    if c.model_type == "gpt2":
-        w = _strip(hf, ("transformer.",))
-        out[("embed", "embedding")] = w.pop("wte.weight")
-        out[("pos_embed", "embedding")] = w.pop("wpe.weight")
-        for i in range(c.num_layers):
-            p, b = f"h.{i}.", ("blocks", i)
-            qkv = f32(w.pop(p + "attn.c_attn.weight"))  # [D, 3D] (in, out)
-            qkv_b = f32(w.pop(p + "attn.c_attn.bias"))
-            for j, name in enumerate(("q_proj", "k_proj", "v_proj")):
-                out[b + ("attn", name, "kernel")] = qkv[:, j * D:(j + 1) * D].reshape(D, H, h)
-                out[b + ("attn", name, "bias")] = qkv_b[j * D:(j + 1) * D].reshape(H, h)
-            out[b + ("attn", "o_proj", "kernel")] = f32(w.pop(p + "attn.c_proj.weight")).reshape(H, h, D)
-            out[b + ("attn", "o_proj", "bias")] = w.pop(p + "attn.c_proj.bias")
-            out[b + ("mlp", "up_proj", "kernel")] = w.pop(p + "mlp.c_fc.weight")
-            out[b + ("mlp", "up_proj", "bias")] = w.pop(p + "mlp.c_fc.bias")
-            out[b + ("mlp", "down_proj", "kernel")] = w.pop(p + "mlp.c_proj.weight")
-            out[b + ("mlp", "down_proj", "bias")] = w.pop(p + "mlp.c_proj.bias")
-            for ours, theirs in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2")):
-                out[b + (ours, "scale")] = w.pop(p + theirs + ".weight")
-                out[b + (ours, "bias")] = w.pop(p + theirs + ".bias")
-        out[("final_norm", "scale")] = w.pop("ln_f.weight")
-        out[("final_norm", "bias")] = w.pop("ln_f.bias")
-        _unembed(c, w, out, "lm_head.weight")
-    elif c.model_type in ("llama", "mistral", "qwen2"):
-        w = _strip(hf, ("model.",))
-        out[("embed", "embedding")] = w.pop("embed_tokens.weight")
-        for i in range(c.num_layers):
-            p, b = f"layers.{i}.", ("blocks", i)
-            for name, heads in (("q_proj", H), ("k_proj", K), ("v_proj", K)):
-                out[b + ("attn", name, "kernel")] = f32(w.pop(p + f"self_attn.{name}.weight")).T.reshape(D, heads, h)
-                if (p + f"self_attn.{name}.bias") in w:
-                    out[b + ("attn", name, "bias")] = f32(w.pop(p + f"self_attn.{name}.bias")).reshape(heads, h)
-            out[b + ("attn", "o_proj", "kernel")] = f32(w.pop(p + "self_attn.o_proj.weight")).T.reshape(H, h, D)
-            if (p + "self_attn.o_proj.bias") in w:
-                out[b + ("attn", "o_proj", "bias")] = w.pop(p + "self_attn.o_proj.bias")
-            for name in ("gate_proj", "up_proj", "down_proj"):
-                out[b + ("mlp", name, "kernel")] = f32(w.pop(p + f"mlp.{name}.weight")).T
-                if (p + f"mlp.{name}.bias") in w:
-                    out[b + ("mlp", name, "bias")] = w.pop(p + f"mlp.{name}.bias")
-            out[b + ("attn_norm", "scale")] = w.pop(p + "input_layernorm.weight")
-            out[b + ("mlp_norm", "scale")] = w.pop(p + "post_attention_layernorm.weight")
-        out[("final_norm", "scale")] = w.pop("norm.weight")
-        _unembed(c, w, out, "lm_head.weight")
-    else:  # gpt_neox
-        w = _strip(hf, ("gpt_neox.",))
-        out[("embed", "embedding")] = w.pop("embed_in.weight")
-        for i in range(c.num_layers):
-            p, b = f"layers.{i}.", ("blocks", i)
-            qkv = f32(w.pop(p + "attention.query_key_value.weight")).reshape(H, 3, h, D)
-            for j, name in enumerate(("q_proj", "k_proj", "v_proj")):
-                out[b + ("attn", name, "kernel")] = qkv[:, j].transpose(2, 0, 1)  # [D, H, h]
-            if (p + "attention.query_key_value.bias") in w:
-                qkv_b = f32(w.pop(p + "attention.query_key_value.bias")).reshape(H, 3, h)
-                for j, name in enumerate(("q_proj", "k_proj", "v_proj")):
-                    out[b + ("attn", name, "bias")] = qkv_b[:, j]
-            out[b + ("attn", "o_proj", "kernel")] = f32(w.pop(p + "attention.dense.weight")).T.reshape(H, h, D)
-            if (p + "attention.dense.bias") in w:
-                out[b + ("attn", "o_proj", "bias")] = w.pop(p + "attention.dense.bias")
-            out[b + ("mlp", "up_proj", "kernel")] = f32(w.pop(p + "mlp.dense_h_to_4h.weight")).T
-            out[b + ("mlp", "up_proj", "bias")] = w.pop(p + "mlp.dense_h_to_4h.bias")
-            out[b + ("mlp", "down_proj", "kernel")] = f32(w.pop(p + "mlp.dense_4h_to_h.weight")).T
-            out[b + ("mlp", "down_proj", "bias")] = w.pop(p + "mlp.dense_4h_to_h.bias")
-            for ours, theirs in (("attn_norm", "input_layernorm"), ("mlp_norm", "post_attention_layernorm")):
-                out[b + (ours, "scale")] = w.pop(p + theirs + ".weight")
-                out[b + (ours, "bias")] = w.pop(p + theirs + ".bias")
-        out[("final_norm", "scale")] = w.pop("final_layer_norm.weight")
-        out[("final_norm", "bias")] = w.pop("final_layer_norm.bias")
-        _unembed(c, w, out, "embed_out.weight")
-    if w:
-        raise ValueError(f"unexpected tensors in the {c.model_type} checkpoint: {sorted(w)[:10]}")
-    return out
+def config_to_hf(c: DecoderConfig, *, dtype: str = "float32") -> dict[str, Any]:
+    """The Hugging Face ``config.json`` dict of a :class:`DecoderConfig` whose tensors are stored in ``dtype``."""
+    return families.config_to_hf(get_family(c.model_type), c, dtype=dtype)
 
 
-def _unembed(c: DecoderConfig, w: dict, out: dict, key: str) -> None:
-    if c.tie_embeddings:
-        w.pop(key, None)  # a tied checkpoint may still store the (identical) output matrix
-    else:
-        if key not in w:
-            raise ValueError(f"untied {c.model_type} checkpoint has no {key!r}")
-        out[("lm_head", "kernel")] = np.asarray(w.pop(key), np.float32).T
+@functools.lru_cache(maxsize=32)
+def param_shapes(config: DecoderConfig) -> dict[tuple, tuple[int, ...]]:
+    """``{path: shape}`` of every parameter of ``Decoder(config)``, computed abstractly (nothing allocated)."""
+    abstract = nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0)))
+    flat = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(abstract)))
+    return {k: tuple(v.shape) for k, v in flat.items()}
 
 
-def _weights_to_hf(c: DecoderConfig, flat: dict[tuple, np.ndarray]) -> dict[str, np.ndarray]:
-    """Hugging Face tensors (full names, ``(out, in)`` Linear layout) from a mojax flat state."""
-    D, H, K, h = c.d_model, c.num_heads, c.kv_heads, c.head_size
-    g = lambda *path: np.asarray(flat[path], np.float32)  # noqa: E731
-    has = lambda *path: path in flat  # noqa: E731
-    out: dict[str, np.ndarray] = {}
-    L = c.num_layers
-    if c.model_type == "gpt2":
-        out["transformer.wte.weight"] = g("embed", "embedding")
-        out["transformer.wpe.weight"] = g("pos_embed", "embedding")
-        for i in range(L):
-            p, b = f"transformer.h.{i}.", ("blocks", i)
-            names = ("q_proj", "k_proj", "v_proj")
-            out[p + "attn.c_attn.weight"] = np.concatenate([g(*b, "attn", n, "kernel").reshape(D, D) for n in names],
-                                                           axis=1)
-            out[p + "attn.c_attn.bias"] = np.concatenate([g(*b, "attn", n, "bias").reshape(D) for n in names])
-            out[p + "attn.c_proj.weight"] = g(*b, "attn", "o_proj", "kernel").reshape(D, D)
-            out[p + "attn.c_proj.bias"] = g(*b, "attn", "o_proj", "bias")
-            out[p + "mlp.c_fc.weight"] = g(*b, "mlp", "up_proj", "kernel")
-            out[p + "mlp.c_fc.bias"] = g(*b, "mlp", "up_proj", "bias")
-            out[p + "mlp.c_proj.weight"] = g(*b, "mlp", "down_proj", "kernel")
-            out[p + "mlp.c_proj.bias"] = g(*b, "mlp", "down_proj", "bias")
-            for ours, theirs in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2")):
-                out[p + theirs + ".weight"] = g(*b, ours, "scale")
-                out[p + theirs + ".bias"] = g(*b, ours, "bias")
-        out["transformer.ln_f.weight"] = g("final_norm", "scale")
-        out["transformer.ln_f.bias"] = g("final_norm", "bias")
-        if not c.tie_embeddings:
-            out["lm_head.weight"] = g("lm_head", "kernel").T
-    elif c.model_type in ("llama", "mistral", "qwen2"):
-        out["model.embed_tokens.weight"] = g("embed", "embedding")
-        for i in range(L):
-            p, b = f"model.layers.{i}.", ("blocks", i)
-            for name, heads in (("q_proj", H), ("k_proj", K), ("v_proj", K)):
-                out[p + f"self_attn.{name}.weight"] = g(*b, "attn", name, "kernel").reshape(D, heads * h).T
-                if has(*b, "attn", name, "bias"):
-                    out[p + f"self_attn.{name}.bias"] = g(*b, "attn", name, "bias").reshape(heads * h)
-            out[p + "self_attn.o_proj.weight"] = g(*b, "attn", "o_proj", "kernel").reshape(H * h, D).T
-            if has(*b, "attn", "o_proj", "bias"):
-                out[p + "self_attn.o_proj.bias"] = g(*b, "attn", "o_proj", "bias")
-            for name in ("gate_proj", "up_proj", "down_proj"):
-                out[p + f"mlp.{name}.weight"] = g(*b, "mlp", name, "kernel").T
-                if has(*b, "mlp", name, "bias"):
-                    out[p + f"mlp.{name}.bias"] = g(*b, "mlp", name, "bias")
-            out[p + "input_layernorm.weight"] = g(*b, "attn_norm", "scale")
-            out[p + "post_attention_layernorm.weight"] = g(*b, "mlp_norm", "scale")
-        out["model.norm.weight"] = g("final_norm", "scale")
-        if not c.tie_embeddings:
-            out["lm_head.weight"] = g("lm_head", "kernel").T
-    else:
-        out["gpt_neox.embed_in.weight"] = g("embed", "embedding")
-        for i in range(L):
-            p, b = f"gpt_neox.layers.{i}.", ("blocks", i)
-            names = ("q_proj", "k_proj", "v_proj")
-            qkv = np.stack([g(*b, "attn", n, "kernel").transpose(1, 2, 0) for n in names], axis=1)  # [H, 3, h, D]
-            out[p + "attention.query_key_value.weight"] = qkv.reshape(3 * H * h, D)
-            if has(*b, "attn", "q_proj", "bias"):
-                out[p + "attention.query_key_value.bias"] = np.stack(
-                    [g(*b, "attn", n, "bias") for n in names], axis=1).reshape(3 * H * h)
-            out[p + "attention.dense.weight"] = g(*b, "attn", "o_proj", "kernel").reshape(H * h, D).T
-            if has(*b, "attn", "o_proj", "bias"):
-                out[p + "attention.dense.bias"] = g(*b, "attn", "o_proj", "bias")
-            out[p + "mlp.dense_h_to_4h.weight"] = g(*b, "mlp", "up_proj", "kernel").T
-            out[p + "mlp.dense_h_to_4h.bias"] = g(*b, "mlp", "up_proj", "bias")
-            out[p + "mlp.dense_4h_to_h.weight"] = g(*b, "mlp", "down_proj", "kernel").T
-            out[p + "mlp.dense_4h_to_h.bias"] = g(*b, "mlp", "down_proj", "bias")
-            for ours, theirs in (("attn_norm", "input_layernorm"), ("mlp_norm", "post_attention_layernorm")):
-                out[p + theirs + ".weight"] = g(*b, ours, "scale")
-                out[p + theirs + ".bias"] = g(*b, ours, "bias")
-        out["gpt_neox.final_layer_norm.weight"] = g("final_norm", "scale")
-        out["gpt_neox.final_layer_norm.bias"] = g("final_norm", "bias")
-        out["embed_out.weight"] = g("lm_head", "kernel").T
-    return {k: np.ascontiguousarray(v, np.float32) for k, v in out.items()}
+def _weights_from_hf(c: DecoderConfig, hf: Mapping[str, np.ndarray]) -> dict[tuple, np.ndarray]:
+    return families.weights_from_hf(get_family(c.model_type), c, hf, param_shapes(c))
+
+
+def _weights_to_hf(c: DecoderConfig, flat: Mapping[tuple, np.ndarray]) -> dict[str, np.ndarray]:
+    return families.weights_to_hf(get_family(c.model_type), c, flat)
+
+
+def _checkpoint_dtype(tensors: Mapping[str, np.ndarray]) -> str | None:
+    """The floating dtype most of a checkpoint's tensors are stored in (``None`` if it is not one mojax writes)."""
+    counts: dict[str, int] = {}
+    for a in tensors.values():
+        name = np.dtype(a.dtype).name
+        if name in ("float32", "bfloat16", "float16"):
+            counts[name] = counts.get(name, 0) + 1
+    return max(counts, key=counts.get) if counts else None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -496,8 +254,8 @@ def from_hf_state(hf_config: dict, tensors: Mapping[str, np.ndarray], *, dtype=j
     The common back end of :func:`load_hf` and of converters from other formats (GGUF): build the HF-style config
     and the HF-named tensors, then call this. ``dtype`` and ``mesh`` are as in :func:`load_hf`.
     """
-    config = config_from_hf(dict(hf_config), dtype=dtype)
-    return model_from_weights(config, _weights_from_hf(config, dict(tensors)), mesh=mesh)
+    config = config_from_hf(dict(hf_config), dtype=dtype).replace(checkpoint_dtype=_checkpoint_dtype(tensors))
+    return model_from_weights(config, _weights_from_hf(config, tensors), mesh=mesh)
 
 
 def flat_weights(model: Decoder, *, merge_lora: bool = True) -> dict[tuple, np.ndarray]:
@@ -512,18 +270,52 @@ def flat_weights(model: Decoder, *, merge_lora: bool = True) -> dict[tuple, np.n
     return flat
 
 
-def save_hf(model: Decoder, path: str | os.PathLike, *, merge_lora: bool = True) -> None:
-    """Write ``config.json`` and ``model.safetensors`` that ``transformers.AutoModelForCausalLM.from_pretrained``
-    loads with the same logits. LoRA adapters are folded into the exported weights (the model is not changed)."""
-    from safetensors.numpy import save_file
+def save_hf(model: Decoder, path: str | os.PathLike, *, merge_lora: bool = True, dtype: Any = None,
+            max_shard_size: int | str = "5GB") -> None:
+    """Write ``config.json`` and safetensors weights that ``transformers.AutoModelForCausalLM.from_pretrained``
+    loads with the same logits. LoRA adapters are folded into the exported weights (the model is not changed).
 
+    Args:
+      model: the :class:`Decoder` to export.
+      path: output directory (created; earlier ``model*.safetensors`` files and index there are replaced).
+      merge_lora: fold LoRA adapters into the kernels (``False``: export the base weights).
+      dtype: the stored dtype (``"bfloat16"``, ``"float16"``, ``"float32"`` or a dtype); default the dtype of the
+        checkpoint the model was loaded from (``config.checkpoint_dtype``), float32 for a fresh model.
+      max_shard_size: largest file (bytes, or ``"5GB"``, ``"500MB"``, ...); a model above it is split into
+        ``model-00001-of-0000n.safetensors`` files with a ``model.safetensors.index.json`` weight map.
+    Raises:
+      ValueError: a non-finite weight (nothing is written), or a config the family cannot express.
+    """
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     c = model.config
-    hf_config = config_to_hf(c)
-    tensors = _weights_to_hf(c, flat_weights(model, merge_lora=merge_lora))
+    name = np.dtype(ml_dtypes.bfloat16 if str(dtype) == "bfloat16" else dtype).name if dtype is not None else (
+        c.checkpoint_dtype or "float32")
+    if name not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"save_hf writes float32, bfloat16 or float16, not {name}")
+    hf_config = config_to_hf(c, dtype=name)
+    flat = flat_weights(model, merge_lora=merge_lora)
+    bad = [".".join(map(str, k)) for k, v in flat.items() if not np.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"refusing to export non-finite weights: {bad[:5]}")
+    target = ml_dtypes.bfloat16 if name == "bfloat16" else np.dtype(name)
+    tensors = {k: v.astype(target) for k, v in _weights_to_hf(c, flat).items()}
+    path.mkdir(parents=True, exist_ok=True)
+    for old in [*path.glob("model-*-of-*.safetensors"), path / "model.safetensors",
+                path / "model.safetensors.index.json"]:
+        old.unlink(missing_ok=True)  # a stale index or shard would shadow the new files on load
+    shards = _shard(tensors, parse_size(max_shard_size))
+    meta = {"format": "pt"}
+    if len(shards) == 1:
+        write_safetensors(path / "model.safetensors", shards[0], meta)
+    else:
+        weight_map = {}
+        for k, shard in enumerate(shards, 1):
+            fname = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
+            write_safetensors(path / fname, shard, meta)
+            weight_map.update(dict.fromkeys(shard, fname))
+        index = {"metadata": {"total_size": sum(a.nbytes for a in tensors.values())}, "weight_map": weight_map}
+        (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     (path / "config.json").write_text(json.dumps(hf_config, indent=2))
-    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
 
 
 def load_llama2c(path: str | os.PathLike, *, dtype=jnp.float32, mesh: Mesh | None = None) -> Decoder:

@@ -83,16 +83,18 @@ class Embed(nnx.Module):
 
 
 class Norm(nnx.Module):
-    """RMSNorm (Zhang & Sennrich 2019: ``x / sqrt(mean x² + ε) · g``) or LayerNorm (``(x-μ)/sqrt(σ²+ε) · g + b``).
+    """RMSNorm (Zhang & Sennrich 2019: ``x / sqrt(mean x² + ε) · g``), LayerNorm (``(x-μ)/sqrt(σ²+ε) · g + b``) or
+    Gemma's RMSNorm (``x / sqrt(mean x² + ε) · (1 + g)``, gains initialised at 0), over the last axis.
 
     Statistics in float32 whatever the compute dtype; as in Hugging Face Llama, the RMS-normalised input is cast
-    back to the compute dtype before the gain is applied.
+    back to the compute dtype before the gain is applied; Gemma's applies ``1 + g`` in float32 and casts after,
+    as Hugging Face's Gemma does.
     """
 
     def __init__(self, features: int, *, kind: str, eps: float, dtype=jnp.float32, rngs: nnx.Rngs):
         self.kind, self.eps, self.dtype = kind, eps, dtype
-        self.scale = nnx.Param(partitioned(nnx.initializers.ones_init(), "norm")(
-            rngs.params(), (features,), jnp.float32))
+        init = nnx.initializers.zeros_init() if kind == "gemma_rmsnorm" else nnx.initializers.ones_init()
+        self.scale = nnx.Param(partitioned(init, "norm")(rngs.params(), (features,), jnp.float32))
         self.bias = nnx.Param(partitioned(nnx.initializers.zeros_init(), "norm")(
             rngs.params(), (features,), jnp.float32)) if kind == "layernorm" else None
 
@@ -101,6 +103,9 @@ class Norm(nnx.Module):
         if self.kind == "rmsnorm":
             y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
             return self.scale[...].astype(self.dtype) * y.astype(self.dtype)
+        if self.kind == "gemma_rmsnorm":
+            y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+            return (y * (1.0 + self.scale[...])).astype(self.dtype)
         mean = jnp.mean(x32, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
         y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
@@ -136,19 +141,25 @@ class Attention(nnx.Module):
     """Multi-head attention with grouped-query heads (K key/value heads shared by G = H/K query heads), rotary
     positions and an optional KV cache.
 
-    Projections ``q_proj [D,H,h]``, ``k_proj``/``v_proj [D,K,h]``, ``o_proj [H,h,D]``; scores
-    ``softmax(q·kᵀ/√h + mask)`` in float32.
+    Projections ``q_proj [D,H,h]``, ``k_proj``/``v_proj [D,K,h]``, ``o_proj [H,h,D]``; optional per-head norms
+    ``q_norm``/``k_norm [h]`` before the rotary embedding (Qwen3, Gemma 3); scores ``softmax(q·kᵀ/√h + mask)`` in
+    float32, with ``query_pre_attn_scalar^-1/2`` instead of ``1/√h`` and ``cap · tanh(s / cap)`` soft-capping when
+    configured (Gemma 2). ``local``: a sliding-window layer (its rotary base may differ: Gemma 3).
     """
 
-    def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: DecoderConfig, *, local: bool = False, rngs: nnx.Rngs):
         c = config
         self.config = c
+        self.local = local
         H, K, h, D = c.num_heads, c.kv_heads, c.head_size, c.d_model
         kw = dict(std=c.initializer_range, dtype=c.dtype, rngs=rngs)
         self.q_proj = Dense((D,), (H, h), names=("embed", "heads", "head_dim"), use_bias=c.qkv_bias, **kw)
         self.k_proj = Dense((D,), (K, h), names=("embed", "kv_heads", "head_dim"), use_bias=c.qkv_bias, **kw)
         self.v_proj = Dense((D,), (K, h), names=("embed", "kv_heads", "head_dim"), use_bias=c.qkv_bias, **kw)
         self.o_proj = Dense((H, h), (D,), names=("heads", "head_dim", "embed"), use_bias=c.attn_out_bias, **kw)
+        norm = dict(kind=c.norm, eps=c.norm_eps, dtype=c.dtype, rngs=rngs)
+        self.q_norm = Norm(h, **norm) if c.qk_norm else None
+        self.k_norm = Norm(h, **norm) if c.qk_norm else None
 
     def __call__(self, x: jax.Array, *, positions: jax.Array, mask: jax.Array,
                  kv_cache: tuple[jax.Array, jax.Array] | None = None, cache_index: jax.Array | None = None,
@@ -168,8 +179,10 @@ class Attention(nnx.Module):
         q = constrain(q, "batch", "seq", "heads", "head_dim")
         k = constrain(k, "batch", "seq", "kv_heads", "head_dim")
         v = constrain(v, "batch", "seq", "kv_heads", "head_dim")
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if c.positional == "rope":
-            inv_freq, scaling = c.rope_inv_freq()
+            inv_freq, scaling = c.rope_inv_freq(local=self.local)
             q = apply_rope(q, positions, inv_freq, scaling)
             k = apply_rope(k, positions, inv_freq, scaling)
         new_cache = None
@@ -182,7 +195,13 @@ class Attention(nnx.Module):
         K, h = c.kv_heads, c.head_size
         G = c.num_heads // K
         qg = q.reshape(B, T, K, G, h)
-        scores = jnp.einsum("BTKGh,BSKh->BKGTS", qg, k, preferred_element_type=jnp.float32) / math.sqrt(h)
+        scores = jnp.einsum("BTKGh,BSKh->BKGTS", qg, k, preferred_element_type=jnp.float32)
+        if c.query_pre_attn_scalar is None:
+            scores = scores / math.sqrt(h)
+        else:
+            scores = scores * c.query_pre_attn_scalar ** -0.5
+        if c.attn_logit_softcap is not None:
+            scores = jnp.tanh(scores / c.attn_logit_softcap) * c.attn_logit_softcap
         scores = jnp.where(mask[:, None, None, :, :], scores, _NEG)
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
         out = jnp.einsum("BKGTS,BSKh->BTKGh", probs, v).reshape(B, T, c.num_heads, h)
@@ -212,24 +231,30 @@ class MLP(nnx.Module):
 
 class Block(nnx.Module):
     """A pre-norm transformer block: sequential ``x += attn(n1 x); x += mlp(n2 x)`` or, with
-    ``parallel_residual``, ``x += attn(n1 x) + mlp(n2 x)``."""
+    ``parallel_residual``, ``x += attn(n1 x) + mlp(n2 x)``; with ``sandwich_norms`` each branch's output is
+    normalised too before its add (``post_attn_norm``, ``post_mlp_norm``: Gemma 2/3)."""
 
-    def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: DecoderConfig, *, local: bool = False, rngs: nnx.Rngs):
         c = config
         self.parallel = c.parallel_residual
-        self.attn_norm = Norm(c.d_model, kind=c.norm, eps=c.norm_eps, dtype=c.dtype, rngs=rngs)
-        self.attn = Attention(c, rngs=rngs)
-        self.mlp_norm = Norm(c.d_model, kind=c.norm, eps=c.norm_eps, dtype=c.dtype, rngs=rngs)
+        norm = dict(kind=c.norm, eps=c.norm_eps, dtype=c.dtype, rngs=rngs)
+        self.attn_norm = Norm(c.d_model, **norm)
+        self.attn = Attention(c, local=local, rngs=rngs)
+        self.post_attn_norm = Norm(c.d_model, **norm) if c.sandwich_norms else None
+        self.mlp_norm = Norm(c.d_model, **norm)
         self.mlp = MLP(c, rngs=rngs)
+        self.post_mlp_norm = Norm(c.d_model, **norm) if c.sandwich_norms else None
 
     def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
                  kv_cache: tuple[jax.Array, jax.Array] | None = None, cache_index: jax.Array | None = None,
                  *, use_lora: bool = True):
         a, new_cache = self.attn(self.attn_norm(x), positions=positions, mask=mask, kv_cache=kv_cache,
                                  cache_index=cache_index, use_lora=use_lora)
-        if self.parallel:
-            x = x + a + self.mlp(self.mlp_norm(x), use_lora=use_lora)
-        else:
-            x = x + a
-            x = x + self.mlp(self.mlp_norm(x), use_lora=use_lora)
+        if self.post_attn_norm is not None:
+            a = self.post_attn_norm(a)
+        h = x if self.parallel else x + a  # the MLP reads the block input (parallel) or the attention's sum
+        m = self.mlp(self.mlp_norm(h), use_lora=use_lora)
+        if self.post_mlp_norm is not None:
+            m = self.post_mlp_norm(m)
+        x = x + a + m if self.parallel else h + m
         return constrain(x, "batch", "seq", "act_embed"), new_cache

@@ -47,6 +47,18 @@ def _hf_config(name: str):
         return tf.Qwen2Config(tie_word_embeddings=True, use_sliding_window=False, **llama_like)
     if name == "mistral":  # a sliding window short enough to matter on the test sequences
         return tf.MistralConfig(sliding_window=4, tie_word_embeddings=False, **llama_like)
+    if name == "qwen3":  # q/k RMSNorm per head, head_dim 16 != hidden / heads, untied, attention bias on
+        return tf.Qwen3Config(head_dim=16, tie_word_embeddings=False, attention_bias=True, use_sliding_window=False,
+                              **llama_like)
+    gemma = dict(llama_like, num_hidden_layers=3, head_dim=16, query_pre_attn_scalar=24, sliding_window=4,
+                 layer_types=["sliding_attention", "full_attention", "sliding_attention"])
+    if name == "gemma2":  # caps low enough to bite on the test's random weights
+        return tf.Gemma2Config(attn_logit_softcapping=3.0, final_logit_softcapping=8.0, tie_word_embeddings=True,
+                               **gemma)
+    if name == "gemma3":  # local rope base far from the global one; linear scaling on the global layers
+        return tf.Gemma3TextConfig(final_logit_softcapping=None, tie_word_embeddings=True, rope_parameters={
+            "full_attention": dict(rope_type="linear", rope_theta=10000.0, factor=2.0),
+            "sliding_attention": dict(rope_type="default", rope_theta=100.0)}, **gemma)
     if name == "gpt_neox":  # parallel residual, partial rotary
         return tf.GPTNeoXConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                                 max_position_embeddings=64, rotary_pct=0.5, use_parallel_residual=True,

@@ -21,7 +21,7 @@ def tiny():
     return random_model(DecoderConfig.tiny("llama", vocab_size=97), seed=1)
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2", "gpt_neox", "mistral"])
+@pytest.mark.parametrize("name", ["llama", "gpt2", "gpt_neox", "mistral", "qwen3", "gemma2", "gemma3"])
 def test_greedy_matches_transformers_generate(name):
     """Left-padded prompts, greedy, EOS 2 / pad 0: the same tokens as ``transformers`` ``generate`` (Mistral: a
     sliding window of 4 over 7 + 8 tokens, so the cache's window masking is exercised)."""

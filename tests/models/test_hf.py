@@ -7,6 +7,7 @@ import json
 import struct
 
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
 from decoder_testlib import SHARED, batch, forward, hf_checkpoint, hf_logits, random_model, torch_or_skip
@@ -16,7 +17,7 @@ from mojax.models import DecoderConfig, generate, load_hf, load_llama2c, load_to
 from mojax.models.hf import config_from_hf, read_safetensors
 
 FAMILIES = ["gpt2", "llama", "qwen2", "mistral", "gpt_neox", "gpt_neox_seq", "llama_rope_llama3",
-            "llama_rope_linear"]
+            "llama_rope_linear", "qwen3", "gemma2", "gemma3"]
 TOL = 1e-4
 STORIES = SHARED / "data" / "tinyllamas-stories260K" / "stories260K.bin"
 GPT2_BPE = SHARED / "data" / "gpt2-bpe"
@@ -79,7 +80,8 @@ def test_left_padding_equals_unpadded():
         np.testing.assert_allclose(padded[b, keep], alone, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2", "mistral", "gpt_neox", "llama_rope_llama3"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2", "mistral", "gpt_neox", "llama_rope_llama3", "qwen3",
+                                  "gemma2", "gemma3"])
 def test_save_hf_round_trip(name, tmp_path):
     """save_hf writes a checkpoint transformers loads with our logits (and load_hf reads back bit-exactly)."""
     torch = torch_or_skip()
@@ -99,6 +101,30 @@ def test_save_hf_round_trip(name, tmp_path):
     for a, b in zip(nnx.to_flat_state(nnx.state(model, nnx.Param)), nnx.to_flat_state(nnx.state(again, nnx.Param))):
         assert a[0] == b[0]
         np.testing.assert_array_equal(np.asarray(a[1][...]), np.asarray(b[1][...]))
+
+
+@pytest.mark.parametrize("name, switch, value", [
+    ("qwen3", "qk_norm_gain", None),
+    ("gemma2", "attn_logit_softcap", None), ("gemma2", "final_logit_softcap", None),
+    ("gemma2", "layer_types", None), ("gemma2", "query_pre_attn_scalar", None), ("gemma2", "norm", "rmsnorm"),
+    ("gemma2", "scale_embeddings", False), ("gemma3", "rope_local_theta", None),
+])
+def test_each_family_switch_moves_the_logits(name, switch, value):
+    """The parity tests above can tell: undoing any one Qwen3/Gemma feature on the loaded weights moves the logits
+    by far more than the tolerance (so none of them is a no-op in the test configurations)."""
+    torch_or_skip()
+    from mojax.models.hf import flat_weights, model_from_weights
+
+    model = load_hf(hf_checkpoint(name))
+    weights = flat_weights(model)
+    if switch == "qk_norm_gain":  # q/k norms have parameters: set their gains to 1 instead
+        config = model.config
+        weights = {k: np.ones_like(v) if k[-2] in ("q_norm", "k_norm") else v for k, v in weights.items()}
+    else:
+        config = model.config.replace(**{switch: value})
+    ids, mask = batch("right", T=12)
+    moved = np.abs(_ours(model_from_weights(config, weights), ids, mask) - _ours(model, ids, mask))[mask == 1]
+    assert moved.max() > 100 * TOL, (name, switch, moved.max())
 
 
 def test_save_hf_fresh_gpt_neox_and_gpt2(tmp_path):
@@ -135,6 +161,55 @@ def test_sharded_checkpoint_and_bf16(tmp_path):
         np.testing.assert_array_equal(ours[key].astype(np.float32), ref[key].float().numpy())
     model = load_hf(tmp_path / "bf16")
     assert np.isfinite(_ours(model, ids, mask)).all()
+
+
+def test_export_keeps_bf16_and_shards(tmp_path):
+    """A bf16 checkpoint is exported as bf16 (bit-exact, half the float32 bytes); with a small ``max_shard_size``
+    the export is split over several files plus an index that transformers loads with our logits."""
+    torch = torch_or_skip()
+    import transformers as tf
+
+    src = hf_checkpoint("gemma3")
+    hf = tf.AutoModelForCausalLM.from_pretrained(src, attn_implementation="eager").to(torch.bfloat16)
+    hf.save_pretrained(tmp_path / "bf16")
+    model = load_hf(tmp_path / "bf16")
+    assert model.config.checkpoint_dtype == "bfloat16"
+    save_hf(model, tmp_path / "out")
+    theirs, ours = read_safetensors(tmp_path / "bf16" / "model.safetensors"), read_safetensors(
+        tmp_path / "out" / "model.safetensors")
+    assert ours.keys() == theirs.keys()
+    for k in theirs:
+        assert ours[k].dtype == theirs[k].dtype == ml_dtypes.bfloat16, k
+        np.testing.assert_array_equal(ours[k], theirs[k])
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == "bfloat16"
+    save_hf(model, tmp_path / "f32", dtype="float32")
+    size = lambda d: sum(f.stat().st_size for f in d.glob("*.safetensors"))  # noqa: E731
+    assert 1.9 < size(tmp_path / "f32") / size(tmp_path / "out") < 2.05
+
+    save_hf(model, tmp_path / "sharded", dtype="float32", max_shard_size="20KB")
+    files = sorted((tmp_path / "sharded").glob("model-*-of-*.safetensors"))
+    index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
+    assert len(files) > 2 and not (tmp_path / "sharded" / "model.safetensors").exists()
+    assert set(index["weight_map"].values()) == {f.name for f in files}
+    assert all(f.stat().st_size < 20_000 + 4_096 for f in files)  # 20 KB of tensors + the header
+    again = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "sharded", attn_implementation="eager").eval()
+    ids, mask = batch("left", T=8)
+    with torch.no_grad():
+        pos = np.clip(np.cumsum(mask, 1) - 1, 0, None)
+        ref = again(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                    position_ids=torch.tensor(pos)).logits.float().numpy()
+    assert np.abs(_ours(model, ids, mask) - ref)[mask == 1].max() < TOL
+    np.testing.assert_array_equal(_ours(load_hf(tmp_path / "sharded"), ids, mask), _ours(model, ids, mask))
+    save_hf(model, tmp_path / "sharded")  # re-export unsharded into the same directory: old shards are removed
+    assert sorted(p.name for p in (tmp_path / "sharded").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_export_refuses_non_finite_weights(tmp_path):
+    model = random_model(DecoderConfig.tiny("llama", vocab_size=97), seed=3)
+    model.blocks[0].mlp.up_proj.kernel[...] = model.blocks[0].mlp.up_proj.kernel[...].at[0, 0].set(np.nan)
+    with pytest.raises(ValueError, match="non-finite"):
+        save_hf(model, tmp_path)
+    assert not any(tmp_path.iterdir())
 
 
 def test_read_safetensors_equals_safetensors_numpy():
