@@ -21,7 +21,7 @@ def spo_loss(
     alpha,
     where: Array | None = None,
     reduce_fn: ReduceFn = jnp.mean,
-    return_phi: bool = False,
+    return_metrics: bool = False,
 ):
     r"""Round-n SPO loss on dimension-n preference pairs, constrained by the n − 1 earlier dimensions.
 
@@ -44,7 +44,7 @@ def spo_loss(
       beta: :math:`\beta > 0`.
       alpha: :math:`\alpha \ge 0`, a scalar or ``[n - 1]`` (one multiplier per earlier dimension).
       where: bool ``[...]`` pair mask. reduce_fn: as in :func:`~mojax.losses.dpo_loss`.
-      return_phi: also return metrics: ``phi`` (per-pair ϕ ``[...]``, masked 0), ``phi_mean`` and the
+      return_metrics: also return metrics: ``phi`` (per-pair ϕ ``[...]``, masked 0), ``phi_mean`` and the
         :func:`~mojax.losses.preference_metrics` against :math:`\pi_{n-1}`.
 
     Returns:
@@ -83,7 +83,7 @@ def spo_loss(
             constraint = jnp.where(where, jnp.broadcast_to(constraint, where.shape), 0.0)
     z = beta * ((c - r) - m_last) - constraint
     loss = pair_loss(lambda x: -log_sigmoid(x), z, where=where, reduce_fn=reduce_fn)
-    if not return_phi:
+    if not return_metrics:
         return loss
     phi = reduce_masked(jax.nn.sigmoid(-jax.lax.stop_gradient(z)), where, None)
     prev_c_last = jnp.moveaxis(prev_c, 0, -1)[..., n - 1]

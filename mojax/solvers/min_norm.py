@@ -37,6 +37,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.custom_batching import custom_vmap
 from optax.projections import projection_simplex
 
@@ -101,7 +102,7 @@ def ema_update(ema: jax.Array, grads: jax.Array, *, decay: float = 0.99) -> jax.
     Returns:
       The updated average, same shape and dtype as ``ema``.
     """
-    if not 0.0 <= decay <= 1.0:
+    if not isinstance(decay, jax.core.Tracer) and not 0.0 <= float(np.asarray(decay)) <= 1.0:  # traced: passes
         raise ValueError(f"decay must lie in [0, 1], got {decay}")
     ema = jnp.asarray(ema)
     grads = jnp.asarray(grads)

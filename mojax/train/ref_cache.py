@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mojax.train.objectives import sequence_logps
+from mojax.train.objectives import policy_logps
 
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "loss_mask")
 
@@ -84,7 +84,7 @@ def _forward(graphdef: nnx.GraphDef, chunk_size: int | None, model_kwargs: tuple
 
     @jax.jit
     def forward(state, batch):
-        return sequence_logps(nnx.merge(graphdef, state), batch, chunk_size=chunk_size, **dict(model_kwargs))
+        return policy_logps(nnx.merge(graphdef, state), batch, chunk_size=chunk_size, **dict(model_kwargs))
 
     return forward
 

@@ -8,7 +8,9 @@ Layout of :class:`TrainState` (every leaf a ``jax.Array``; the whole tree is wha
 - ``opt_state`` — the optax state; moments take their parameter's sharding, counters are replicated;
 - ``rng`` uint32 ``[2]`` — the run's base key; step ``s`` uses ``fold_in(rng, s)`` so a resumed run draws the same keys;
 - ``skipped`` int32 ``[]`` — updates dropped because the loss or a gradient was not finite;
-- ``extras`` — method state carried across steps (MORE's EMA gradients and last λ), replicated.
+- ``extras`` — method state carried across steps (MORE's EMA gradients and last λ), replicated;
+- ``hparams`` — the objective's traced hyper-parameters (β, α, λ, w …) as float32 arrays, replicated: inputs of the
+  compiled step, so changing them (``state.replace(hparams=...)``) never recompiles; checkpointed with the rest.
 
 Shardings are derived before anything is materialised: ``nnx.eval_shape`` → logical axis names →
 :func:`mojax.sharding.state_shardings` → ``NamedSharding``; the optimizer state's through ``optax.tree_map_params``.
@@ -41,6 +43,7 @@ class TrainState:
     rng: jax.Array
     skipped: jax.Array
     extras: Any
+    hparams: Any = dataclasses.field(default_factory=dict)
 
     def replace(self, **changes: Any) -> "TrainState":
         """A copy with the given fields replaced."""
@@ -68,6 +71,7 @@ def create_train_state(
     rng: jax.Array | int = 0,
     wrt: Any = nnx.Param,
     extras: Any = None,
+    hparams: Any = None,
 ) -> tuple[nnx.GraphDef, TrainState, TrainState]:
     """Split a model into trainable / frozen state, build the optimizer state, and place it all on ``mesh``.
 
@@ -80,6 +84,8 @@ def create_train_state(
       wrt: ``nnx`` filter selecting the trainable variables (``nnx.Param``; ``nnx.LoRAParam`` for LoRA; an
         ``nnx.All(nnx.Param, nnx.PathContains("policy"))`` to freeze a reference copy held in the same module).
       extras: method state carried across steps (a pytree of arrays, replicated), e.g. MORE's EMA gradients.
+      hparams: the objective's hyper-parameters, name → float32 array (replicated); see
+        :meth:`mojax.train.Objective.initial_hparams`. ``None``: none (the step then uses the objective's defaults).
 
     Returns:
       ``(graphdef, state, shardings)``: the static graph for ``nnx.merge(graphdef, state.params, state.rest)``, the
@@ -112,6 +118,7 @@ def create_train_state(
     if key.shape != (2,):
         raise ValueError(f"rng must be an int seed or a raw uint32 key of shape (2,), got shape {key.shape}")
     extras = {} if extras is None else extras
+    hparams = {} if hparams is None else {k: jnp.asarray(v, jnp.float32) for k, v in dict(hparams).items()}
     state = TrainState(
         step=jax.device_put(jnp.zeros((), jnp.int32), rep),
         params=params,
@@ -120,9 +127,10 @@ def create_train_state(
         rng=jax.device_put(key, rep),
         skipped=jax.device_put(jnp.zeros((), jnp.int32), rep),
         extras=jax.device_put(extras, rep),
+        hparams=jax.device_put(hparams, rep),
     )
     shardings = TrainState(step=rep, params=param_sh, rest=rest_sh, opt_state=opt_sh, rng=rep, skipped=rep,
-                           extras=jax.tree.map(lambda _: rep, extras))
+                           extras=jax.tree.map(lambda _: rep, extras), hparams=jax.tree.map(lambda _: rep, hparams))
     return graphdef, state, shardings
 
 

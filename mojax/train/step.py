@@ -1,9 +1,12 @@
 """One pure train step for every method: ``train_step(state, batch, rng) -> (state, metrics)``.
 
-The method is the *objective* plugged in (see :mod:`mojax.train.objectives`): ``objective(model, batch, rng) ->
-(loss, metrics)``, or a :class:`StatefulObjective` that also reads and writes ``state.extras`` (MORE's EMA). The step
-merges the model from ``graphdef`` and the state, differentiates the objective with respect to the trainable
-variables only, accumulates over microbatches, applies the optax update, and drops non-finite updates.
+The method is the *objective* plugged in (see :mod:`mojax.train.objectives`): an :class:`Objective` whose
+``fn(model, batch, rng, hparams) -> (loss, metrics)`` reads its hyper-parameters from ``hparams`` — the traced
+``TrainState.hparams`` — so one compiled step serves every value of β, α, λ, w … (a sweep or a method's rounds);
+stateful objectives (MORE) also read and write ``state.extras``. A plain ``objective(model, batch, rng)`` or a
+legacy :class:`StatefulObjective` is wrapped with no hyper-parameters. The step merges the model from ``graphdef``
+and the state, differentiates the objective with respect to the trainable variables only, accumulates over
+microbatches, applies the optax update, and drops non-finite updates.
 
 Accumulation averages by sum/count: an objective reports how many examples its loss averages over as
 ``metrics["count"]`` (default 1); the step differentiates ``loss · count`` per microbatch, sums, and divides by the
@@ -14,11 +17,14 @@ per-example terms, whatever the masks (tunix's ``WeightedMetric``). Metrics are 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
@@ -28,17 +34,89 @@ from mojax.train.state import TrainState, batch_axis, batch_shardings, replicate
 
 COUNT = "count"
 
-Objective = Callable[[nnx.Module, Mapping[str, jax.Array], jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+PlainObjective = Callable[[nnx.Module, Mapping[str, jax.Array], jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+HParamValue = float | tuple[float, ...]
+
+
+def _hparam_array(name: str, value: Any) -> np.ndarray:
+    """A hyper-parameter value as a float32 scalar or vector, refusing non-finite values (one-line error)."""
+    arr = np.asarray(value, np.float32) if not isinstance(value, jax.Array) else np.asarray(jax.device_get(value),
+                                                                                           np.float32)
+    if arr.ndim > 1:
+        raise ValueError(f"hyper-parameter {name!r} must be a scalar or a vector, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)) or not np.all(np.isfinite(np.asarray(value, np.float64))):
+        raise ValueError(f"hyper-parameter {name!r} must be finite, got {value!r}")
+    return arr
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class Objective:
+    """A method as the train step sees it: a pure function plus the defaults of its traced hyper-parameters.
+
+    Attributes:
+      fn: ``fn(model, batch, rng, hparams) -> (loss, metrics)``; with ``init_extras``,
+        ``fn(model, batch, rng, hparams, extras) -> (loss, metrics, new_extras)``. ``hparams`` maps each name of
+        :attr:`hparams` to a float32 array (scalar or vector) — a traced input of the step, never a Python constant.
+      hparams: name → default value (a float, or a tuple of floats for a vector such as SPO's α or MO-DPO's w).
+        ``TrainState.hparams`` holds their current values; changing them never recompiles. Values must be finite.
+      init_extras: ``init_extras(model) -> extras`` for stateful objectives (the initial ``TrainState.extras``;
+        ``model`` is the module or its zero-argument builder), or None.
+
+    Equality is identity; the step cache of :func:`mojax.train.fit` keys on ``(fn, init_extras)``, so factories that
+    return the same ``fn`` for the same static options (the library's do) share one compiled step across a sweep.
+    """
+
+    fn: Callable[..., Any]
+    hparams: Mapping[str, HParamValue] = dataclasses.field(default_factory=dict)
+    init_extras: Callable[[Any], Any] | None = None
+
+    def __post_init__(self):
+        if not callable(self.fn):
+            raise TypeError(f"Objective.fn must be callable, got {type(self.fn)!r}")
+        for name, value in self.hparams.items():
+            if not isinstance(name, str):
+                raise TypeError(f"hyper-parameter names must be strings, got {name!r}")
+            _hparam_array(name, value)
+        object.__setattr__(self, "hparams", dict(self.hparams))
+
+    @property
+    def stateful(self) -> bool:
+        """Whether the objective carries ``TrainState.extras`` across steps."""
+        return self.init_extras is not None
+
+    def initial_hparams(self, overrides: Mapping[str, Any] | None = None) -> dict[str, jax.Array]:
+        """The defaults with ``overrides`` applied, as float32 arrays (checked: known names, same shapes, finite)."""
+        overrides = dict(overrides or {})
+        unknown = sorted(set(overrides) - set(self.hparams))
+        if unknown:
+            raise ValueError(f"unknown hyper-parameter(s) {unknown}; this objective has {sorted(self.hparams)}")
+        out = {}
+        for name, default in self.hparams.items():
+            base = _hparam_array(name, default)
+            value = _hparam_array(name, overrides.get(name, default))
+            if value.shape != base.shape:
+                if base.ndim == 1 and value.ndim == 0:
+                    value = np.full(base.shape, value, np.float32)
+                else:
+                    raise ValueError(f"hyper-parameter {name!r} has shape {base.shape}, got {value.shape}")
+            out[name] = jnp.asarray(value)
+        return out
+
+    def __call__(self, model, batch, rng, extras=None, *, hparams: Mapping[str, Any] | None = None):
+        """Evaluate eagerly (or inside a user's own trace) with the defaults, or ``hparams`` where given."""
+        values = {**self.initial_hparams(), **dict(hparams or {})}
+        if self.stateful:
+            return self.fn(model, batch, rng, values, extras)
+        return self.fn(model, batch, rng, values)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class StatefulObjective:
-    """An objective that carries method state across steps in ``TrainState.extras``.
+    """Legacy stateful objective without hyper-parameters (prefer :class:`Objective` with ``init_extras``).
 
     Attributes:
       fn: ``fn(model, batch, rng, extras) -> (loss, metrics, new_extras)``; pure.
-      init_extras: ``init_extras(model) -> extras`` — the initial method state (a pytree of arrays); ``model`` is
-        the module or its zero-argument builder (evaluate it abstractly, e.g. ``nnx.eval_shape``, to read sizes).
+      init_extras: ``init_extras(model) -> extras`` — the initial method state (a pytree of arrays).
     """
 
     fn: Callable[..., tuple[jax.Array, dict[str, jax.Array], Any]]
@@ -48,20 +126,38 @@ class StatefulObjective:
         return self.fn(model, batch, rng, extras)
 
 
-def _stateful(objective: Objective | StatefulObjective) -> StatefulObjective:
+@functools.lru_cache(maxsize=256)
+def _wrap(objective: Any) -> Objective:
+    # Cached so that wrapping the same plain function twice gives the same Objective (and one compiled step).
     if isinstance(objective, StatefulObjective):
+        return Objective(fn=lambda model, batch, rng, hparams, extras: objective.fn(model, batch, rng, extras),
+                         init_extras=objective.init_extras)
+    return Objective(fn=lambda model, batch, rng, hparams: objective(model, batch, rng))
+
+
+def as_objective(objective: Objective | StatefulObjective | PlainObjective) -> Objective:
+    """``objective`` as an :class:`Objective`: plain ``objective(model, batch, rng)`` callables and legacy
+    :class:`StatefulObjective` are wrapped with no hyper-parameters (the same wrapper for the same object)."""
+    if isinstance(objective, Objective):
         return objective
+    if not callable(objective):
+        raise TypeError(f"an objective must be an Objective or a callable(model, batch, rng), got {type(objective)!r}")
+    try:
+        return _wrap(objective)
+    except TypeError:  # unhashable callable: wrap without caching
+        return _wrap.__wrapped__(objective)
 
-    def fn(model, batch, rng, extras):
-        loss, metrics = objective(model, batch, rng)
-        return loss, metrics, extras
 
-    return StatefulObjective(fn=fn, init_extras=lambda model: {})
-
-
-def init_extras(objective: Objective | StatefulObjective, model: Any) -> Any:
+def init_extras(objective: Objective | StatefulObjective | PlainObjective, model: Any) -> Any:
     """The initial ``TrainState.extras`` an objective needs for ``model`` (``{}`` for stateless objectives)."""
-    return _stateful(objective).init_extras(model)
+    obj = as_objective(objective)
+    return obj.init_extras(model) if obj.stateful else {}
+
+
+def initial_hparams(objective: Objective | StatefulObjective | PlainObjective,
+                    overrides: Mapping[str, Any] | None = None) -> dict[str, jax.Array]:
+    """The initial ``TrainState.hparams`` of ``objective`` (its defaults, with ``overrides``)."""
+    return as_objective(objective).initial_hparams(overrides)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -134,7 +230,7 @@ def split_microbatches(batch: Mapping[str, jax.Array], accum_steps: int) -> dict
 
 def make_train_step(
     graphdef: nnx.GraphDef,
-    objective: Objective | StatefulObjective,
+    objective: Objective | StatefulObjective | PlainObjective,
     tx: optax.GradientTransformation,
     *,
     accum_steps: int = 1,
@@ -143,7 +239,9 @@ def make_train_step(
 
     Args:
       graphdef: from :func:`mojax.train.state.create_train_state`.
-      objective: ``objective(model, batch, rng) -> (loss, metrics)`` or a :class:`StatefulObjective`.
+      objective: an :class:`Objective` (its ``fn`` gets ``state.hparams``; a name missing there falls back to the
+        objective's default as a compile-time constant), a plain ``objective(model, batch, rng) -> (loss, metrics)``
+        or a :class:`StatefulObjective`.
       tx: the optax transformation the state was created with (clipping lives in it, see :func:`make_optimizer`).
       accum_steps: microbatches per step (``jax.lax.scan``); the global batch must divide by it.
 
@@ -154,11 +252,18 @@ def make_train_step(
     """
     if accum_steps < 1:
         raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
-    obj = _stateful(objective)
+    obj = as_objective(objective)
+    defaults = obj.initial_hparams()
 
-    def weighted_loss(params, rest, batch, rng, extras):
+    def call(model, batch, rng, hparams, extras):
+        if obj.stateful:
+            return obj.fn(model, batch, rng, hparams, extras)
+        loss, metrics = obj.fn(model, batch, rng, hparams)
+        return loss, metrics, extras
+
+    def weighted_loss(params, rest, batch, rng, extras, hparams):
         model = nnx.merge(graphdef, params, rest)
-        loss, metrics, extras = obj(model, batch, rng, extras)
+        loss, metrics, extras = call(model, batch, rng, hparams, extras)
         metrics = dict(metrics)
         count = jax.lax.stop_gradient(jnp.asarray(metrics.pop(COUNT, 1.0), jnp.float32))
         metrics["loss"] = loss
@@ -166,22 +271,22 @@ def make_train_step(
 
     grad_fn = jax.value_and_grad(weighted_loss, has_aux=True)
 
-    def accumulate(state, batch, rng):
+    def accumulate(state, batch, rng, hp):
         if accum_steps == 1:
-            (_, (metrics, extras, count)), grads = grad_fn(state.params, state.rest, batch, rng, state.extras)
+            (_, (metrics, extras, count)), grads = grad_fn(state.params, state.rest, batch, rng, state.extras, hp)
             metrics = jax.tree.map(lambda m: m * count, metrics)
             return grads, metrics, extras, count
         micro = split_microbatches(batch, accum_steps)
         rngs = jax.random.split(rng, accum_steps)
         first = jax.tree.map(lambda x: x[0], micro)
         _, (metric_shapes, _, _) = jax.eval_shape(weighted_loss, state.params, state.rest, first, rngs[0],
-                                                  state.extras)
+                                                  state.extras, hp)
         zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), tree)  # noqa: E731
 
         def body(carry, xs):
             grads, metrics, extras, count = carry
             mb, key = xs
-            (_, (m, extras, c)), g = grad_fn(state.params, state.rest, mb, key, extras)
+            (_, (m, extras, c)), g = grad_fn(state.params, state.rest, mb, key, extras, hp)
             grads = jax.tree.map(jnp.add, grads, g)
             metrics = jax.tree.map(lambda acc, v: acc + v * c, metrics, m)
             return (grads, metrics, extras, count + c), None
@@ -191,7 +296,8 @@ def make_train_step(
         return grads, metrics, extras, count
 
     def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array):
-        grads, metric_sums, extras, count = accumulate(state, batch, rng)
+        hp = {**defaults, **state.hparams}  # traced values win; defaults only for a state built without them
+        grads, metric_sums, extras, count = accumulate(state, batch, rng, hp)
         # An all-padding batch has count 0: its gradient sum is 0, keep it 0 rather than 0/0.
         safe = jnp.maximum(count, 1e-12)
         grads = jax.tree.map(lambda g: g / safe, grads)

@@ -29,7 +29,7 @@ def test_two_dimension_closed_form():
     # docs/methods/spo.md, n = 2: z = β Δ[logπ_θ - logπ_1] - α Δ[logπ_1 - logπ_0].
     # Δlogπ_θ = 1, Δlogπ_1 = 0.5, Δlogπ_0 = -0.5; β = 2, α = 0.5: z = 2·0.5 - 0.5·1 = 0.5.
     loss, m = spo_loss(0.0, -1.0, jnp.array([-1.0, -1.0]), jnp.array([-0.5, -1.5]), beta=2.0, alpha=0.5,
-                       return_phi=True)
+                       return_metrics=True)
     np.testing.assert_allclose(loss, math.log1p(math.exp(-0.5)), rtol=1e-6)
     np.testing.assert_allclose(m["phi"], 1 / (1 + math.exp(0.5)), rtol=1e-6)
 
@@ -37,7 +37,7 @@ def test_two_dimension_closed_form():
 @pytest.mark.parametrize("alpha", [0.7, np.array([0.2, 0.0, 1.5], np.float32)])
 def test_matches_float64_numpy(alpha):
     c, r, pc, pr = make(1)
-    loss, m = spo_loss(c, r, pc, pr, beta=0.3, alpha=alpha, reduce_fn=None, return_phi=True)
+    loss, m = spo_loss(c, r, pc, pr, beta=0.3, alpha=alpha, reduce_fn=None, return_metrics=True)
     ref_loss, ref_phi = np_spo(c, r, pc, pr, 0.3, alpha)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(m["phi"], ref_phi, rtol=1e-5, atol=1e-6)
@@ -64,12 +64,12 @@ def test_scalar_alpha_telescopes():
 def test_phi_is_the_gradient_weight():
     # dℓ/dlogπ_θ(y_w) = -β ϕ per pair.
     c, r, pc, pr = make(4)
-    _, m = spo_loss(c, r, pc, pr, beta=0.6, alpha=0.5, return_phi=True)
+    _, m = spo_loss(c, r, pc, pr, beta=0.6, alpha=0.5, return_metrics=True)
     g = jax.grad(lambda x: spo_loss(x, r, pc, pr, beta=0.6, alpha=0.5, reduce_fn=jnp.sum))(c)
     np.testing.assert_allclose(g, -0.6 * m["phi"], rtol=1e-5)
     np.testing.assert_allclose(m["phi_mean"], np.mean(m["phi"]), rtol=1e-6)
     # Pairs that agree with earlier dimensions (Δu > 0) get more weight than conflicting ones.
-    base = dict(beta=1.0, alpha=1.0, return_phi=True, reduce_fn=None)
+    base = dict(beta=1.0, alpha=1.0, return_metrics=True, reduce_fn=None)
     _, agree = spo_loss(0.0, 0.0, jnp.array([0.0, 1.0]), jnp.array([0.0, 0.0]), **base)
     _, conflict = spo_loss(0.0, 0.0, jnp.array([0.0, -1.0]), jnp.array([0.0, 0.0]), **base)
     assert float(agree["phi"]) > 0.5 > float(conflict["phi"])

@@ -51,52 +51,52 @@ def _batch(seed=0, **extra):
 
 
 @pytest.mark.parametrize("chunk_size,compact", [(4, False), (4, True), (1, True), (6, True), (None, True)])
-def test_sequence_logps_one_chunked_forward_matches_float64(chunk_size, compact, monkeypatch):
+def test_policy_logps_one_chunked_forward_matches_float64(chunk_size, compact, monkeypatch):
     # dense chunk 4: T = 6 gives two chunks, the last one padded; compact 4 / 1: B·N·4 and B·N rows per chunk, the
     # loss positions packed (several chunks, some skipped); compact 6: one chunk holds every position (no loop).
     # MIN_CHUNK_LOGITS = 0 so the tiny vocabulary is chunked as asked (the floor is tested below).
     monkeypatch.setattr(O._common, "MIN_CHUNK_LOGITS", 0)
     model = TinyLM(rngs=nnx.Rngs(0))
     batch = _batch()
-    got = O.sequence_logps(model, batch, chunk_size=chunk_size, compact=compact)
+    got = O.policy_logps(model, batch, chunk_size=chunk_size, compact=compact)
     np.testing.assert_allclose(got, np_logps(model, batch), rtol=1e-5, atol=1e-5)
     # and the gradient equals the full-logits one (the path every objective differentiates)
     cot = jnp.asarray(np.random.default_rng(0).standard_normal(got.shape), jnp.float32)
     graphdef, params = nnx.split(model)
 
     def grad(**kw):
-        return jax.grad(lambda p: jnp.sum(cot * O.sequence_logps(nnx.merge(graphdef, p), batch, **kw)))(params)
+        return jax.grad(lambda p: jnp.sum(cot * O.policy_logps(nnx.merge(graphdef, p), batch, **kw)))(params)
 
     for a, b in zip(jax.tree.leaves(grad(chunk_size=chunk_size, compact=compact)),
                     jax.tree.leaves(grad(chunk_size=None))):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match=r"\[B, N, T\]"):
-        O.sequence_logps(model, {**batch, "input_ids": batch["input_ids"][:, 0]})
+        O.policy_logps(model, {**batch, "input_ids": batch["input_ids"][:, 0]})
 
 
 def _scans(fn, *args) -> int:
     return str(jax.make_jaxpr(fn)(*args)).count("scan[")
 
 
-def test_sequence_logps_small_heads_are_not_chunked(monkeypatch):
+def test_policy_logps_small_heads_are_not_chunked(monkeypatch):
     # B·N·T·V = 16·6·16 logits are far below MIN_CHUNK_LOGITS: one piece, no loop; with the floor at 0, chunk 1 loops.
     model = TinyLM(rngs=nnx.Rngs(0))
     batch = _batch()
     for compact in (True, False):
-        assert _scans(lambda b: O.sequence_logps(model, b, chunk_size=1, compact=compact), batch) == 0
+        assert _scans(lambda b: O.policy_logps(model, b, chunk_size=1, compact=compact), batch) == 0
     monkeypatch.setattr(O._common, "MIN_CHUNK_LOGITS", 0)
     for compact in (True, False):
-        assert _scans(lambda b: O.sequence_logps(model, b, chunk_size=1, compact=compact), batch) == 1
+        assert _scans(lambda b: O.policy_logps(model, b, chunk_size=1, compact=compact), batch) == 1
     # The floor rounds rows up to whole positions per sequence: 16·6·16 = 1536 logits → exactly one chunk of T.
     monkeypatch.setattr(O._common, "MIN_CHUNK_LOGITS", 16 * 6 * 16)
-    assert _scans(lambda b: O.sequence_logps(model, b, chunk_size=1), batch) == 0
+    assert _scans(lambda b: O.policy_logps(model, b, chunk_size=1), batch) == 0
     monkeypatch.setattr(O._common, "MIN_CHUNK_LOGITS", 16 * 6 * 16 + 1)  # needs 7 positions per sequence > T: still one
-    assert _scans(lambda b: O.sequence_logps(model, b, chunk_size=1), batch) == 0
+    assert _scans(lambda b: O.policy_logps(model, b, chunk_size=1), batch) == 0
     monkeypatch.setattr(O._common, "MIN_CHUNK_LOGITS", 16 * 5 * 16)  # 5 positions per sequence: two chunks, a loop
-    assert _scans(lambda b: O.sequence_logps(model, b, chunk_size=1), batch) == 1
+    assert _scans(lambda b: O.policy_logps(model, b, chunk_size=1), batch) == 1
     for bad in (0, -2, 1.5, True):
         with pytest.raises(ValueError, match="chunk_size"):
-            O.sequence_logps(model, batch, chunk_size=bad)
+            O.policy_logps(model, batch, chunk_size=bad)
 
 
 def test_dpo_objective_matches_numpy_in_cached_and_model_modes():
@@ -399,3 +399,68 @@ def test_listwise_dpo_on_two_binary_items_is_dpo_and_ltr_listwise_at_init():
     loss, m = O.ltr_listwise_dpo_objective(beta=2.0)(ranker, ltr, None)
     np.testing.assert_allclose(loss, np.mean(np.log([4.0, 2.0])), rtol=1e-6)  # s = β(f − f_ref) = 0 at init
     assert float(m["count"]) == 2.0
+
+
+def _counting(objective):
+    """``objective`` with a trace counter on its ``fn`` (the step traces ``fn`` once per compilation)."""
+    calls = []
+
+    def fn(*args):
+        calls.append(1)
+        return objective.fn(*args)
+
+    return O.Objective(fn=fn, hparams=objective.hparams, init_extras=objective.init_extras), calls
+
+
+@pytest.mark.parametrize("factory,sweep", [
+    ("dpo", [{"beta": 0.05}, {"beta": 0.5}, {"beta": 2.0, "label_smoothing": 0.1}]),
+    ("spo", [{"beta": 0.2, "alpha": (0.0, 0.0)}, {"beta": 0.5, "alpha": (0.3, 0.7)}, {"beta": 1.0, "alpha": (2.0, 0.1)}]),
+    ("modpo", [{"weights": (0.2, 0.8)}, {"weights": (0.5, 0.5)}, {"beta": 0.7, "weights": (0.9, 0.1)}]),
+])
+def test_hparam_sweep_compiles_once_and_matches_fresh_constant_objectives(factory, sweep):
+    """A sweep of β / α / w through one jitted step: one trace, one executable, and each step's loss and updated
+    parameters equal those of a step built from a freshly made objective whose values are Python constants."""
+    from mojax.train.step import jit_train_step
+
+    make = {"dpo": O.dpo_objective, "spo": lambda **kw: O.spo_objective(**{"alpha": (0.0, 0.0), **kw}),
+            "modpo": lambda **kw: O.modpo_objective(**{"weights": (0.5, 0.5), **kw})}[factory]
+    rs = np.random.RandomState(3)
+    ref = rs.normal(-8, 1, size=(8, 2) if factory == "dpo" else (3 if factory == "spo" else 2, 8, 2))
+    batch = {**make_batch(0), "ref_logps": ref.astype(np.float32)}
+    tx = optax.sgd(0.1)
+    mesh = make_mesh(MeshConfig())
+    objective, traces = _counting(make())
+    graphdef, state0, shardings = create_train_state(lambda: TinyLM(rngs=nnx.Rngs(0)), tx, mesh=mesh,
+                                                     hparams=objective.initial_hparams())
+    step = jit_train_step(make_train_step(graphdef, objective, tx), shardings, batch, mesh)
+    for values in sweep:
+        state = jax.tree.map(jnp.copy, state0).replace(hparams=objective.initial_hparams(values))
+        new, metrics = step(state, batch, state0.rng)
+        fresh = make(**values)  # the values as the objective's defaults, baked into a plain callable's step
+        plain = lambda model, b, rng, fresh=fresh: fresh(model, b, rng)  # noqa: E731
+        want_state, want = jax.jit(make_train_step(graphdef, plain, tx))(jax.tree.map(jnp.copy, state0), batch,
+                                                                            state0.rng)
+        np.testing.assert_allclose(metrics["loss"], want["loss"], rtol=1e-6)
+        for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(want_state.params)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert len(traces) == 1 and step._cache_size() == 1
+    losses = {float(step(jax.tree.map(jnp.copy, state0).replace(hparams=objective.initial_hparams(v)), batch,
+                         state0.rng)[1]["loss"]) for v in sweep}
+    assert len(losses) == 3  # the values really reached the loss
+
+
+def test_objective_hparams_are_validated_and_factories_share_fn():
+    assert O.dpo_objective(beta=0.1).fn is O.dpo_objective(beta=3.0).fn  # one compiled step for a sweep
+    assert O.dpo_objective().fn is not O.dpo_objective(loss_type="ipo").fn  # a static choice is another fn
+    with pytest.raises(ValueError, match="finite"):
+        O.dpo_objective(beta=float("inf"))
+    with pytest.raises(ValueError, match="beta must be positive"):
+        O.dpo_objective(beta=-1.0)
+    obj = O.spo_objective(alpha=(0.1, 0.2))
+    with pytest.raises(ValueError, match="unknown hyper-parameter"):
+        obj.initial_hparams({"gamma": 1.0})
+    with pytest.raises(ValueError, match="shape"):
+        obj.initial_hparams({"alpha": (1.0, 2.0, 3.0)})
+    with pytest.raises(ValueError, match="finite"):
+        obj.initial_hparams({"beta": float("nan")})
+    np.testing.assert_array_equal(obj.initial_hparams({"alpha": 0.5})["alpha"], [0.5, 0.5])

@@ -42,7 +42,7 @@ def test_cache_reused_with_identical_losses_and_invalidated_by_weights_data_toke
     reference = TinyLM(rngs=nnx.Rngs(5))
     first, hits = cached_reference_logps(reference, examples, cache_dir=tmp_path, tokenizer="tok-a", batch_size=4)
     assert hits == [False] and len(list(tmp_path.glob("*.npy"))) == 1
-    direct = O.sequence_logps(reference, {k: jnp.asarray(v) for k, v in examples.items()})
+    direct = O.policy_logps(reference, {k: jnp.asarray(v) for k, v in examples.items()})
     np.testing.assert_allclose(first, direct, rtol=1e-6, atol=1e-6)
     assert first.shape == (10, 2)
 

@@ -1,14 +1,20 @@
-"""Methods as objectives plugged into the one train step: ``objective(model, batch, rng) -> (loss, metrics)``.
+"""Methods as objectives plugged into the one train step: :class:`~mojax.train.Objective` ``(fn, hparams)`` with
+``fn(model, batch, rng, hparams) -> (loss, metrics)``.
 
-Each factory returns a pure function (or a :class:`~mojax.train.step.StatefulObjective` for MORE) built from the
-losses of :mod:`mojax.losses`. Every objective reports ``metrics["count"]`` — the number of examples (tokens for
-SFT) its loss averages over — so gradient accumulation is a sum/count average (see :mod:`mojax.train.step`).
+Each factory returns an ``Objective`` built from the losses of :mod:`mojax.losses`; the hyper-parameters that vary
+across a sweep (β, α, λ, w, μ …) are its ``hparams``, traced inputs of the step (``TrainState.hparams``), so one
+compiled step serves every value; static choices (loss type, label norm, reference mode, chunking) stay arguments
+of the factory. Families: :mod:`.preference` (LM preference), :mod:`.ranking` (learning to rank), :mod:`.reward`
+(reward models); the shared LM opening (:class:`LMOpening`) lives in :mod:`._common`. Every objective reports
+``metrics["count"]`` — the number of examples (tokens for SFT) its loss averages over — so gradient accumulation is
+a sum/count average (see :mod:`mojax.train.step`).
 
 Sequence batches (docs/contracts.md) carry the responses on an explicit axis ``[B, N, T]``; all B·N
 responses go through the model in **one** forward (the leading axes flattened), and sequence log-probs come from the
-final hidden states and the unembedding matrix by :func:`mojax.losses.compact_sequence_logps_from_hidden` (chunked,
-no ``[B·N, T, V]`` logits, and the LM head runs at loss positions only; ``compact=False`` selects
-:func:`mojax.losses.sequence_logps_from_hidden`, which chunks every position). A language model here is any module
+final hidden states and the unembedding matrix by :func:`policy_logps`
+(:func:`mojax.losses.compact_sequence_logps_from_hidden`: chunked, no ``[B·N, T, V]`` logits, and the LM head runs
+at loss positions only; ``compact=False`` selects :func:`mojax.losses.sequence_logps_from_hidden`, which chunks every
+position). A language model here is any module
 with ``model(input_ids [M, T], *, attention_mask, return_hidden=True, use_lora=..., **conditioning) -> [M, T, D]``
 and ``model.unembedding() -> [D, V]``
 (``mojax.models.Decoder``, ``ConditionedLM``).
@@ -28,18 +34,20 @@ Ranking batches (``features [B, L, F]``, ``where [B, L]``, ``labels [B, K, L]``)
 
 
 from mojax.train.objectives._common import (CHUNK_SIZE, MIN_CHUNK_LOGITS, REF_MODES, AnchoredPolicy, Batch,
-                                            COSDPOSampling, example_mask, reference_logps, sample_conditioning,
-                                            sequence_logps)
-from mojax.train.objectives.preference import (bilevel_stable_po_objective, cos_dpo_objective, dpo_objective,
-                                               listwise_dpo_objective, modpo_objective, sft_objective, spo_objective,
-                                               stable_po_objective)
+                                            COSDPOSampling, LMInputs, LMOpening, cached_fn, example_mask,
+                                            policy_logps, reference_logps, sample_conditioning)
+from mojax.train.objectives.preference import (PAIR_LOSSES, bilevel_stable_po_objective, cos_dpo_objective, cpo_pairs,
+                                               dpo_objective, dpo_pairs, listwise_dpo_objective, modpo_objective,
+                                               sft_objective, simpo_pairs, spo_objective, stable_po_objective)
 from mojax.train.objectives.ranking import ltr_cos_dpo_objective, ltr_listnet_objective, ltr_listwise_dpo_objective
 from mojax.train.objectives.reward import bradley_terry_objective, more_objective
+from mojax.train.step import Objective
 
 __all__ = [
-    "AnchoredPolicy", "Batch", "CHUNK_SIZE", "COSDPOSampling", "MIN_CHUNK_LOGITS", "REF_MODES",
-    "bilevel_stable_po_objective", "bradley_terry_objective", "cos_dpo_objective", "dpo_objective", "example_mask",
-    "listwise_dpo_objective", "ltr_cos_dpo_objective", "ltr_listnet_objective", "ltr_listwise_dpo_objective",
-    "modpo_objective", "more_objective", "reference_logps", "sample_conditioning", "sequence_logps", "sft_objective",
+    "AnchoredPolicy", "Batch", "CHUNK_SIZE", "COSDPOSampling", "LMInputs", "LMOpening", "MIN_CHUNK_LOGITS",
+    "Objective", "PAIR_LOSSES", "REF_MODES", "bilevel_stable_po_objective", "bradley_terry_objective", "cached_fn",
+    "cos_dpo_objective", "cpo_pairs", "dpo_objective", "dpo_pairs", "example_mask", "listwise_dpo_objective",
+    "ltr_cos_dpo_objective", "ltr_listnet_objective", "ltr_listwise_dpo_objective", "modpo_objective",
+    "more_objective", "policy_logps", "reference_logps", "sample_conditioning", "sft_objective", "simpo_pairs",
     "spo_objective", "stable_po_objective",
 ]

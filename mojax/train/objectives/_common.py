@@ -6,8 +6,10 @@ See :mod:`mojax.train.objectives` for the objective contract, the batch layout a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -58,8 +60,8 @@ def _policy(model: nnx.Module) -> nnx.Module:
     return model.policy if isinstance(model, AnchoredPolicy) else model
 
 
-def sequence_logps(model: nnx.Module, batch: Batch, *, chunk_size: int | None = CHUNK_SIZE, compact: bool = True,
-                   use_lora: bool = True, conditioning: Mapping[str, jax.Array] | None = None) -> jax.Array:
+def policy_logps(model: nnx.Module, batch: Batch, *, chunk_size: int | None = CHUNK_SIZE, compact: bool = True,
+                 use_lora: bool = True, conditioning: Mapping[str, jax.Array] | None = None) -> jax.Array:
     """Summed response log-probs ``[B, N]`` of every response in one forward over the flattened ``[B·N, T]``.
 
     The LM head runs on chunks of ``B·N·chunk_size`` rows, or of :data:`MIN_CHUNK_LOGITS` ``/ V`` rows if that is
@@ -113,10 +115,10 @@ def reference_logps(model: nnx.Module, batch: Batch, *, ref_mode: str, chunk_siz
     if ref_mode == "model":
         if not isinstance(model, AnchoredPolicy):
             raise TypeError("ref_mode='model' needs the model to be an AnchoredPolicy(policy, reference)")
-        out = sequence_logps(model.reference, batch, chunk_size=chunk_size, compact=compact)
+        out = policy_logps(model.reference, batch, chunk_size=chunk_size, compact=compact)
     elif ref_mode == "lora":
         base = getattr(_policy(model), "backbone", _policy(model))  # a ConditionedLM's reference has no prefix
-        out = sequence_logps(base, batch, chunk_size=chunk_size, compact=compact, use_lora=False)
+        out = policy_logps(base, batch, chunk_size=chunk_size, compact=compact, use_lora=False)
     else:
         raise ValueError(f"unknown ref_mode {ref_mode!r}; expected one of {REF_MODES}")
     return jax.lax.stop_gradient(out)
@@ -131,6 +133,85 @@ def _pairs(batch: Batch) -> None:
     n = jnp.shape(batch["input_ids"])[1]
     if n != 2:
         raise ValueError(f"a pairwise objective needs N = 2 responses (chosen, rejected), got N = {n}")
+
+
+def _lengths(batch: Batch) -> jax.Array:
+    """Response token counts ``[B, N]`` (the SimPO / CPO ``|y|``)."""
+    return jnp.sum(jnp.asarray(batch["loss_mask"]), axis=-1).astype(jnp.float32)
+
+
+class LMInputs(NamedTuple):
+    """What every LM objective starts from (:class:`LMOpening`): log-probs, reference, mask, lengths, count."""
+
+    logps: jax.Array  # [B, N] policy log-probs (with gradient)
+    ref: jax.Array | None  # [B, N] reference log-probs under stop_gradient, None without a reference
+    where: jax.Array  # [B] bool, real examples
+    lengths: jax.Array  # [B, N] response token counts
+    count: jax.Array  # float32 [], number of real examples
+
+    def mean(self, x: jax.Array) -> jax.Array:
+        """Masked mean over the real examples of ``stop_gradient(x)`` ``[B]`` (for metrics)."""
+        x = jax.lax.stop_gradient(x)
+        return jnp.sum(jnp.where(self.where, x, 0.0)) / jnp.maximum(self.count, 1.0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LMOpening:
+    """The shared opening of the LM objectives, configured once per objective (a hashable static choice).
+
+    Attributes:
+      ref_mode: one of :data:`REF_MODES`, or None for objectives without (or with their own table of) references.
+      chunk_size, compact: the log-prob path (see :func:`policy_logps`).
+      pairs: require N = 2 responses (chosen, rejected).
+    """
+
+    ref_mode: str | None = "cached"
+    chunk_size: int | None = CHUNK_SIZE
+    compact: bool = True
+    pairs: bool = False
+
+    def __post_init__(self):
+        if self.ref_mode is not None:
+            _check_ref_mode(self.ref_mode)
+        c = self.chunk_size
+        if c is not None and (not isinstance(c, int) or isinstance(c, bool) or c < 1):
+            raise ValueError(f"chunk_size must be a positive int or None, got {c!r}")
+
+    def policy(self, model: nnx.Module, batch: Batch, *,
+               conditioning: Mapping[str, jax.Array] | None = None) -> jax.Array:
+        """Policy log-probs ``[B, N]`` (the policy of an :class:`AnchoredPolicy`)."""
+        return policy_logps(_policy(model), batch, chunk_size=self.chunk_size, compact=self.compact,
+                            conditioning=conditioning)
+
+    def __call__(self, model: nnx.Module, batch: Batch, *,
+                 conditioning: Mapping[str, jax.Array] | None = None) -> LMInputs:
+        """Policy and reference log-probs, example mask, lengths and count of one batch."""
+        if self.pairs:
+            _pairs(batch)
+        logps = self.policy(model, batch, conditioning=conditioning)
+        ref = None if self.ref_mode is None else reference_logps(model, batch, ref_mode=self.ref_mode,
+                                                                 chunk_size=self.chunk_size, compact=self.compact)
+        where = example_mask(batch, logps.shape[0])
+        return LMInputs(logps=logps, ref=ref, where=where, lengths=_lengths(batch), count=_count(where))
+
+
+def cached_fn(builder: Callable[..., Callable]) -> Callable[..., Callable]:
+    """Memoise an objective's ``fn`` builder on its static arguments, so that factories called again with the same
+    static options (and any hyper-parameter values) return the *same* ``fn`` — one compiled step for a sweep.
+
+    Unhashable arguments build a fresh ``fn`` (correct, only not shared).
+    """
+    cached = functools.lru_cache(maxsize=256)(builder)
+
+    @functools.wraps(builder)
+    def get(*args):
+        try:
+            hash(args)
+        except TypeError:
+            return builder(*args)
+        return cached(*args)
+
+    return get
 
 
 
@@ -198,9 +279,4 @@ def _cos_dpo_core(scores, ref_scores, labels, w, direction, items, *, beta, pena
     count = _count(where)
     obj_means = jnp.sum(jnp.where(where[:, None], per_objective, 0.0), axis=0) / jnp.maximum(count, 1.0)
     return loss, {**metrics, "objective_losses": jax.lax.stop_gradient(obj_means), "count": count}
-
-
-def _lengths(batch: Batch) -> jax.Array:
-    """Response token counts ``[B, N]`` (the SimPO / CPO ``|y|``)."""
-    return jnp.sum(jnp.asarray(batch["loss_mask"]), axis=-1).astype(jnp.float32)
 

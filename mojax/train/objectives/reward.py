@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -13,8 +12,8 @@ from jax.flatten_util import ravel_pytree
 
 from mojax import losses as L
 from mojax.solvers import ema_update, min_norm_weights
-from mojax.train.objectives._common import _count, _pairs, example_mask
-from mojax.train.step import StatefulObjective
+from mojax.train.objectives._common import _count, _pairs, cached_fn, example_mask
+from mojax.train.step import Objective
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -25,11 +24,9 @@ def _rewards(features_or_rewards: jax.Array, head_index: int) -> jax.Array:
     return features_or_rewards[..., head_index]
 
 
-def bradley_terry_objective(*, head_index: int = 0) -> Callable:
-    """Reward-model loss ``−log σ(r(x, y_w) − r(x, y_l))`` for a :class:`mojax.models.RewardModel` on pairs."""
-
-    def objective(model, batch, rng):
-        del rng
+@cached_fn
+def _bt_fn(head_index: int):
+    def fn(model, batch, rng, hp):
         _pairs(batch)
         r = _rewards(model(batch["input_ids"], attention_mask=batch["attention_mask"]), head_index)  # [B, 2]
         where = example_mask(batch, r.shape[0])
@@ -37,11 +34,16 @@ def bradley_terry_objective(*, head_index: int = 0) -> Callable:
         metrics.pop("confidence")  # per-pair [B]; ECE is computed in evaluation
         return loss, {**metrics, "count": _count(where)}
 
-    return objective
+    return fn
+
+
+def bradley_terry_objective(*, head_index: int = 0) -> Objective:
+    """Reward-model loss ``−log σ(r(x, y_w) − r(x, y_l))`` for a :class:`mojax.models.RewardModel` on pairs."""
+    return Objective(fn=_bt_fn(head_index))
 
 
 def more_objective(*, num_datasets: int, ema_decay: float | None = 0.99, normalize: bool = True,
-                   head_index: int = 0, head_filter: Any = nnx.PathContains("score")) -> StatefulObjective:
+                   head_index: int = 0, head_filter: Any = nnx.PathContains("score")) -> Objective:
     """MORE (docs/methods/more.md): min-norm reweighting of per-dataset Bradley–Terry losses of a reward model.
 
     Per step: features ``h`` of every response (one backbone forward), per-dataset losses ``L_k`` over the pairs with
@@ -54,7 +56,8 @@ def more_objective(*, num_datasets: int, ema_decay: float | None = 0.99, normali
 
     Args:
       num_datasets: K.
-      ema_decay: EMA weight of the old average, or None for the raw gradients.
+      ema_decay: EMA weight of the old average (the hyper-parameter ``ema_decay``: traced, so a sweep over it
+        compiles once), or None for the raw gradients (no hyper-parameter, no EMA state).
       normalize: L2-normalise the K gradient rows before the QP.
       head_index: which reward head is trained.
       head_filter: ``nnx`` filter selecting the head's parameters inside the model (``RewardModel.score``).
@@ -65,6 +68,12 @@ def more_objective(*, num_datasets: int, ema_decay: float | None = 0.99, normali
         raise ValueError(f"num_datasets must be >= 1, got {num_datasets}")
     if ema_decay is not None and not 0.0 <= ema_decay <= 1.0:
         raise ValueError(f"ema_decay must be in [0, 1] or None, got {ema_decay}")
+    fn, init_extras = _more_fns(num_datasets, ema_decay is not None, normalize, head_index, head_filter)
+    return Objective(fn=fn, hparams={} if ema_decay is None else {"ema_decay": ema_decay}, init_extras=init_extras)
+
+
+@cached_fn
+def _more_fns(num_datasets: int, use_ema: bool, normalize: bool, head_index: int, head_filter: Any):
     k_range = jnp.arange(num_datasets)
 
     def dataset_losses(rewards, ids, where):
@@ -85,8 +94,7 @@ def more_objective(*, num_datasets: int, ema_decay: float | None = 0.99, normali
         jac = jax.jacrev(losses_of)(head)  # pytree with leading K on every leaf
         return jax.vmap(lambda tree: ravel_pytree(tree)[0])(jac)
 
-    def fn(model, batch, rng, extras):
-        del rng
+    def fn(model, batch, rng, hp, extras):
         _pairs(batch)
         feats = model.features(batch["input_ids"], attention_mask=batch["attention_mask"])  # [B, 2, D]
         rewards = _rewards(model.head(feats), head_index)
@@ -95,10 +103,10 @@ def more_objective(*, num_datasets: int, ema_decay: float | None = 0.99, normali
         losses, counts = dataset_losses(rewards, ids, where)
         grads = head_gradients(model, jax.lax.stop_gradient(feats), ids, where)
         present = counts > 0
-        if ema_decay is None:
+        if not use_ema:
             avg, seen = grads, present
         else:
-            updated = ema_update(extras["ema"], grads, decay=ema_decay)
+            updated = ema_update(extras["ema"], grads, decay=hp["ema_decay"])
             fresh = present & ~extras["seen"]  # first gradient of a dataset initialises its average
             avg = jnp.where(fresh[:, None], grads, jnp.where(present[:, None], updated, extras["ema"]))
             seen = extras["seen"] | present
@@ -111,12 +119,12 @@ def more_objective(*, num_datasets: int, ema_decay: float | None = 0.99, normali
         accuracy = jnp.sum(jnp.where(where, margin > 0, False)) / jnp.maximum(valid, 1.0)
         metrics = {"lambda": lam, "dataset_losses": jax.lax.stop_gradient(losses),
                    "accuracy": jax.lax.stop_gradient(accuracy), "count": valid}
-        new_extras = extras if ema_decay is None else {"ema": avg, "seen": seen}
+        new_extras = {"ema": avg, "seen": seen} if use_ema else extras
         return loss, metrics, new_extras
 
     def init_extras(model):
         """Zero EMA ``[K, P_head]`` and ``seen`` flags ``[K]`` (the head's size from an abstract evaluation)."""
-        if ema_decay is None:
+        if not use_ema:
             return {}
         abstract = model if isinstance(model, nnx.Module) else nnx.eval_shape(model)
         _, head, _ = nnx.split(abstract, head_filter, ...)
@@ -125,4 +133,4 @@ def more_objective(*, num_datasets: int, ema_decay: float | None = 0.99, normali
             raise ValueError(f"head_filter {head_filter!r} selects no parameter of the model")
         return {"ema": jnp.zeros((num_datasets, size), jnp.float32), "seen": jnp.zeros((num_datasets,), bool)}
 
-    return StatefulObjective(fn=fn, init_extras=init_extras)
+    return fn, init_extras
