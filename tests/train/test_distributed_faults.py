@@ -1,4 +1,4 @@
-"""Multi-process runs fail fast: unreachable coordinator, peers that never join, a peer killed mid-run (gloo, 127.0.0.1).
+"""Multi-process runs fail fast: unreachable coordinator, peers that never join, a peer killed or crashed mid-run.
 
 Run as a script, this file is the worker: ``python test_distributed_faults.py <process_id> <port> <steps> <kill_at>``
 joins a 2-process run (2 CPU devices each), runs a cross-process reduction per step, and process 1 SIGKILLs itself
