@@ -9,7 +9,8 @@ from mojax.data.letor import LetorConfig, RankingData, normalize_features, read_
 from mojax.data.pipeline import PipelineConfig, make_dataset, make_iterator, num_batches, stack_records
 from mojax.data.readers import (PreferenceExample, ReaderConfig, TokenizedExample, read_preferences,
                                 select_objective)
-from mojax.data.report import DataError, DataReport
+from mojax.data.formats import FORMATS, detect_format
+from mojax.data.report import DataError, DataReport, NoUsableDataError
 from mojax.data.synthetic_lm import (SyntheticLMConfig, SyntheticPairs, make_dimension_pairs, make_lists,
                                      make_mixture, make_pairs, make_sft_corpus, true_rewards)
 from mojax.data.synthetic_ltr import SyntheticLTRConfig, make_ranking_data
@@ -17,7 +18,7 @@ from mojax.data.tokenize import (TokenizeConfig, bucket_length, collate, load_to
                                  truncate_examples)
 
 __all__ = [
-    "DataError", "DataReport",
+    "DataError", "NoUsableDataError", "DataReport", "FORMATS", "detect_format",
     "PreferenceExample", "TokenizedExample", "ReaderConfig", "read_preferences", "select_objective",
     "LetorConfig", "RankingData", "read_letor", "normalize_features",
     "TokenizeConfig", "tokenize_examples", "truncate_examples", "collate", "bucket_length",

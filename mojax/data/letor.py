@@ -40,6 +40,8 @@ __all__ = ["LetorConfig", "RankingData", "read_letor", "parse_letor_lines", "nor
            "NORMALIZATIONS"]
 
 NORMALIZATIONS = ("none", "query_minmax", "zscore", "log1p_zscore")
+#: Largest feature id accepted when ``num_features`` is not given (MSLR has 136, Istella 220, Yahoo 700).
+MAX_FEATURE_ID = 1 << 16
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -183,16 +185,21 @@ def _open_text_lines(path: Path) -> Iterable[bytes]:
     return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
 
 
-def parse_letor_lines(lines: Iterable[bytes | str], report: DataReport, *, num_features: int | None = None
-                      ) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray]], list[str]]:
-    """Parse SVMlight lines into ``(labels [n], qids [n] (str), features, comments)``.
+def parse_letor_lines(lines: Iterable[bytes | str], report: DataReport, *, num_features: int | None = None,
+                      max_feature_id: int = MAX_FEATURE_ID
+                      ) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray]], list[str], list[int]]:
+    """Parse SVMlight lines into ``(labels [n], qids [n] (str), features, comments, line_numbers)``.
 
     ``features`` holds one sparse row per line: ``(ids int64 [m], values float64 [m])`` with 1-based ids; a repeated
-    id keeps its last value.
+    id keeps its last value. ``line_numbers`` are the 1-based file lines of the kept rows.
 
-    Malformed lines are counted in ``report`` (``malformed_line``, with the 1-based line number) and skipped.
+    Malformed lines are counted in ``report`` (``malformed_line``, with the 1-based line number) and skipped: among
+    them feature ids above ``num_features`` (or, when that is None, above ``max_feature_id``: a typo such as
+    ``99999999999:1`` would otherwise allocate a dense column per id). A UTF-8 byte-order mark before the first
+    line is ignored.
     """
-    labels, qids, feats, comments = [], [], [], []  # feats: (ids, values) per line
+    labels, qids, feats, comments, linenos = [], [], [], [], []  # feats: (ids, values) per line
+    limit = num_features if num_features is not None else max_feature_id
     for lineno, raw in enumerate(lines, start=1):
         if isinstance(raw, bytes):
             try:
@@ -200,6 +207,8 @@ def parse_letor_lines(lines: Iterable[bytes | str], report: DataReport, *, num_f
             except UnicodeDecodeError as e:
                 report.skip("non_utf8", lineno, str(e))
                 continue
+        if lineno == 1:
+            raw = raw.removeprefix("\ufeff")
         body, _, comment = raw.partition("#")
         tokens = body.split()
         if not tokens:
@@ -214,9 +223,9 @@ def parse_letor_lines(lines: Iterable[bytes | str], report: DataReport, *, num_f
                 raise ValueError("features must be id:value")
             flat = np.array(" ".join(pairs).replace(":", " ").split(), dtype=np.float64).reshape(-1, 2)
             idx, val = flat[:, 0], flat[:, 1]
-            if np.any(idx != np.round(idx)) or np.any(idx < 1) or (num_features is not None and
-                                                                   np.any(idx > num_features)):
-                raise ValueError(f"feature ids must be integers in 1..{num_features or 'inf'}")
+            if not np.all(np.isfinite(idx)) or np.any(idx != np.round(idx)) or np.any(idx < 1) or np.any(idx > limit):
+                raise ValueError(f"feature ids must be integers in 1..{limit}"
+                                 + ("" if num_features is not None else " (set num_features for more)"))
             if not np.all(np.isfinite(val)) or not np.isfinite(label):
                 raise ValueError("non-finite label or feature value")
             row = (idx.astype(np.int64), val)
@@ -227,8 +236,9 @@ def parse_letor_lines(lines: Iterable[bytes | str], report: DataReport, *, num_f
         qids.append(tokens[1][4:])
         feats.append(row)
         comments.append(comment.strip())
+        linenos.append(lineno)
         report.keep()
-    return np.asarray(labels, dtype=np.float64), np.asarray(qids), feats, comments
+    return np.asarray(labels, dtype=np.float64), np.asarray(qids), feats, comments, linenos
 
 
 def _qid_value(q: str):
@@ -247,7 +257,8 @@ def read_letor(source: str | Path | Iterable[str], config: LetorConfig = LetorCo
       F' = F minus the objective columns when ``drop_objective_features``.
 
     Raises:
-      DataError: unreadable file, no valid line, or an objective feature id beyond F.
+      DataError: unreadable file or an objective feature id beyond F; :class:`~mojax.data.report.NoUsableDataError`
+        (a DataError) when no line is valid.
     """
     if isinstance(source, (str, Path)):
         path = Path(source)
@@ -256,15 +267,14 @@ def read_letor(source: str | Path | Iterable[str], config: LetorConfig = LetorCo
         report = report if report is not None else DataReport(source=str(path))
         try:
             with _open_text_lines(path) as f:
-                labels, qids, feats, comments = parse_letor_lines(f, report, num_features=config.num_features)
+                labels, qids, feats, comments, linenos = parse_letor_lines(f, report,
+                                                                           num_features=config.num_features)
         except (OSError, EOFError) as e:
             raise DataError(f"{path}: cannot read: {type(e).__name__}: {e}") from e
     else:
         report = report if report is not None else DataReport(source="<lines>")
-        labels, qids, feats, comments = parse_letor_lines(source, report, num_features=config.num_features)
-    report.raise_if_unusable()
-    if report.kept == 0:
-        raise DataError(f"{report.source}: no data lines")
+        labels, qids, feats, comments, linenos = parse_letor_lines(source, report, num_features=config.num_features)
+    report.raise_if_unusable()  # NoUsableDataError: an empty file, blank or comment lines only, or all malformed
 
     num_f = config.num_features or int(max((r[0].max() for r in feats if len(r[0])), default=0))
     for o in config.objectives:
@@ -283,17 +293,17 @@ def read_letor(source: str | Path | Iterable[str], config: LetorConfig = LetorCo
         cap = config.max_list_size
         if cap is not None and len(rows) > cap:
             if config.long_lists == "truncate":
-                report.alter("list_truncated", rows[0] + 1, f"qid {q}: {len(rows)} documents, kept {cap}")
+                report.alter("list_truncated", linenos[rows[0]], f"qid {q}: {len(rows)} documents, kept {cap}")
                 groups.append((q, rows[:cap]))
             else:
-                report.alter("list_split", rows[0] + 1, f"qid {q}: {len(rows)} documents in lists of {cap}")
+                report.alter("list_split", linenos[rows[0]], f"qid {q}: {len(rows)} documents in lists of {cap}")
                 groups.extend((q, rows[i:i + cap]) for i in range(0, len(rows), cap))
         else:
             groups.append((q, rows))
     kept_groups = []
     for q, rows in groups:
         if len(rows) < config.min_list_size:
-            report.skip("list_too_short", rows[0] + 1, f"qid {q}: {len(rows)} < {config.min_list_size} documents")
+            report.skip("list_too_short", linenos[rows[0]], f"qid {q}: {len(rows)} < {config.min_list_size} documents")
         else:
             kept_groups.append((q, rows))
     if not kept_groups:

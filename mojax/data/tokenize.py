@@ -29,7 +29,7 @@ import numpy as np
 from pathlib import Path
 
 from mojax.data.readers import PreferenceExample, ReaderConfig, TokenizedExample, read_preferences
-from mojax.data.report import DataReport
+from mojax.data.report import DataError, DataReport
 
 __all__ = ["TokenizeConfig", "bucket_length", "tokenize_examples", "truncate_examples", "collate", "load_tokenized"]
 
@@ -106,7 +106,7 @@ def _truncate_one(ex: TokenizedExample, config: TokenizeConfig, bos_id: int | No
     if not cut:
         return ex, False
     return TokenizedExample(prompt_ids=prompt, response_ids=responses, labels=ex.labels,
-                            dataset_id=ex.dataset_id), True
+                            dataset_id=ex.dataset_id, location=ex.location), True
 
 
 def truncate_examples(examples: Sequence[TokenizedExample], config: TokenizeConfig,
@@ -114,11 +114,13 @@ def truncate_examples(examples: Sequence[TokenizedExample], config: TokenizeConf
     """Apply the length policy of ``config`` to tokenised examples (see the module docstring).
 
     ``bos_id``: a prompt starting with it keeps it when cut from the left. Examples over the limits are counted in
-    ``report`` as ``too_long_truncated`` (kept) or ``too_long_skipped`` (dropped, and taken back from ``kept``).
+    ``report`` as ``too_long_truncated`` (kept) or ``too_long_skipped`` (dropped, and taken back from ``kept``), at
+    the example's source location (its file line; the 1-based index in ``examples`` when it has none).
     """
     report = report if report is not None else DataReport()
     out = []
     for i, ex in enumerate(examples, start=1):
+        i = ex.location or i
         new, cut = _truncate_one(ex, config, bos_id)
         if not cut:
             out.append(ex)
@@ -130,6 +132,21 @@ def truncate_examples(examples: Sequence[TokenizedExample], config: TokenizeConf
         else:
             report.alter("too_long_truncated", i, f"needed {ex.length} tokens")
             out.append(new)
+    return out
+
+
+def _encode_each(examples: Sequence[PreferenceExample], tokenizer: Any, report: DataReport) -> list:
+    """The slow path after the batched call failed: encode example by example, skipping the ones that fail."""
+    out: list = []
+    for i, ex in enumerate(examples, start=1):
+        try:
+            enc = tokenizer([ex.prompt, *ex.responses], add_special_tokens=False)["input_ids"]
+            out.append((enc[0], enc[1:]))
+        except Exception as e:  # noqa: BLE001 - tokenizers raise TypeError, ValueError, pyo3 panics, ...
+            if report.kept > 0:
+                report.unkeep()
+            report.skip("tokenizer_error", ex.location or i, f"{type(e).__name__}: {e}")
+            out.append(None)
     return out
 
 
@@ -158,19 +175,29 @@ def tokenize_examples(examples: Sequence[PreferenceExample], tokenizer: Any, con
     for ex in examples:
         texts.extend(ex.responses)
     # One batched call: fast tokenizers encode in Rust over the whole list.
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-    prompts, rest = ids[:len(examples)], ids[len(examples):]
+    try:
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    except Exception:  # noqa: BLE001 - one text the tokenizer refuses must cost one example, not the run
+        ids = None
+    if ids is None:
+        per_example = _encode_each(examples, tokenizer, report)
+    else:
+        prompts, rest, pos = ids[:len(examples)], ids[len(examples):], 0
+        per_example = []
+        for p, n in zip(prompts, n_resp):
+            per_example.append((p, rest[pos:pos + n]))
+            pos += n
     tokenized = []
-    pos = 0
-    for ex, p, n in zip(examples, prompts, n_resp):
-        rs = rest[pos:pos + n]
-        pos += n
+    for ex, enc in zip(examples, per_example):
+        if enc is None:
+            continue
+        p, rs = enc
         if add_bos and (not p or p[0] != bos):
             p = [bos] + list(p)
         if config.append_eos:
             rs = [list(r) + [eos] for r in rs]
         tokenized.append(TokenizedExample(prompt_ids=p, response_ids=rs, labels=ex.labels,
-                                          dataset_id=ex.dataset_id))
+                                          dataset_id=ex.dataset_id, location=ex.location))
     return truncate_examples(tokenized, config, report, bos_id=bos if add_bos else None), report
 
 
@@ -238,7 +265,7 @@ def load_tokenized(path: str | Path, tokenizer: Any, config: TokenizeConfig = To
         out = truncate_examples(examples, config, report, bos_id=bos)
     else:
         if tokenizer is None:
-            raise ValueError(f"{path}: text data needs a tokenizer")
+            raise DataError(f"{path}: text data needs a tokenizer")
         out, report = tokenize_examples(examples, tokenizer, config, report)
     report.raise_if_unusable()
     return out, report

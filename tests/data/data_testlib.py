@@ -56,3 +56,40 @@ def gpt2_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+
+
+def _m(role: str, content: str) -> dict:
+    return {"role": role, "content": content}
+
+
+#: One small valid record per format of ``mojax.data.formats`` (also the fuzzers' seeds), with the prompt and
+#: responses the plain (no chat template) rendering gives.
+FORMAT_RECORDS = {
+    "pairs": ({"prompt": "how are you", "chosen": "fine thanks", "rejected": "bad"},
+              "how are you", ("fine thanks", "bad")),
+    "chat": ({"prompt": [_m("user", "how are you")], "chosen": [_m("assistant", "fine thanks")],
+              "rejected": [_m("assistant", "bad")]},
+             "user: how are you\n\nassistant: ", ("fine thanks", "bad")),
+    "hh": ({"chosen": "\n\nHuman: how are you\n\nAssistant: fine thanks",
+            "rejected": "\n\nHuman: how are you\n\nAssistant: bad"},
+           "\n\nHuman: how are you\n\nAssistant:", (" fine thanks", " bad")),
+    "pku": ({"prompt": "how are you", "response_0": "bad", "response_1": "fine thanks", "better_response_id": 1,
+             "safer_response_id": 1}, "how are you", ("fine thanks", "bad")),
+    "listwise": ({"prompt": "how are you", "responses": ["fine thanks", "bad", "no"], "labels": [2, 0, 1]},
+                 "how are you", ("fine thanks", "bad", "no")),
+    "sharegpt": ({"conversations": [{"from": "human", "value": "how are you"}],
+                  "chosen": {"from": "gpt", "value": "fine thanks"}, "rejected": {"from": "gpt", "value": "bad"}},
+                 "user: how are you\n\nassistant: ", ("fine thanks", "bad")),
+    "alpaca": ({"instruction": "how are you", "input": "the cat", "chosen": "fine thanks", "rejected": "bad"},
+               "user: how are you\nthe cat\n\nassistant: ", ("fine thanks", "bad")),
+    "ultrafeedback": ({"instruction": "how are you",
+                       "completions": [{"response": "bad", "fine-grained_score": 2.5},
+                                       {"response": "fine thanks", "fine-grained_score": 4.75},
+                                       {"response": "no", "fine-grained_score": 1.0}]},
+                      "user: how are you\n\nassistant: ", None),  # rejected: "bad" or "no", seeded
+    "openai": ({"input": {"messages": [_m("user", "how are you")]},
+                "preferred_output": [_m("assistant", "fine thanks")],
+                "non_preferred_output": [_m("assistant", "bad")]},
+               "user: how are you\n\nassistant: ", ("fine thanks", "bad")),
+    "tokenized": ({"prompt_ids": [3, 10], "response_ids": [[11, 2], [12, 2]]}, None, None),
+}

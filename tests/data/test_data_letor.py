@@ -169,3 +169,44 @@ def test_real_mslr_sample_with_cos_dpo_objectives():
     assert q2.min() >= 0 and q2.max() <= 254
     scaled = normalize_features(np.moveaxis(data.labels[:, 1:], 1, -1), data.where, "query_minmax")
     assert scaled.min() >= 0 and scaled.max() <= 1
+
+
+def test_bad_letor_lines_are_counted_at_their_file_lines(tmp_path):
+    from mojax.data.report import NoUsableDataError
+
+    lines = ["# header", "", "2 qid:1 1:0.5", "1 qid:1 99999999999:1", "1 qid:1 inf:1", "0 qid:1 1:1e400",
+             "1 qid:2 2:1", "0 qid:1 1:0.1", "1 qid:1 1:0.2", "1 qid:3 1:3"]
+    data, rep = read_letor(lines, LetorConfig(max_list_size=2, min_list_size=2))
+    # a huge feature id is one malformed line, not a dense column per id (MemoryError before)
+    assert [loc for loc, _ in rep.samples["malformed_line"]] == [4, 5, 6]
+    assert "set num_features" in rep.samples["malformed_line"][0][1]
+    # list-stage locations are file lines: qid 1 starts at line 3, qid 2 (too short) at line 7, qid 3 at line 10
+    assert rep.samples["list_truncated"] == [(3, "qid 1: 3 documents, kept 2")]
+    assert [loc for loc, _ in rep.samples["list_too_short"]] == [7, 10]
+    assert data.qids.tolist() == [1]
+    # a BOM before the first line costs nothing; a file of blanks and comments raises one clear error
+    (tmp_path / "b.txt").write_bytes(b"\xef\xbb\xbf2 qid:1 1:1\n0 qid:1 1:2\n")
+    assert read_letor(tmp_path / "b.txt")[1].kept == 2
+    for content in (b"", b"\n# only a comment\n  \n"):
+        (tmp_path / "e.txt").write_bytes(content)
+        with pytest.raises(NoUsableDataError, match=r"e\.txt: no records"):
+            read_letor(tmp_path / "e.txt")
+
+
+_LETOR_TOKENS = st.sampled_from(["qid:1", "qid:2", "qid:", "1:0.5", "2:-3", "3:1e9", "0:1", "1:x", "1:", ":",
+                                 "7:nan", "65537:1", "1e300:1", "2", "0", "-1", "#", "# c", "inf", "\t"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(lines=st.lists(st.one_of(st.lists(_LETOR_TOKENS, max_size=6).map(" ".join), st.text(max_size=20),
+                                st.binary(max_size=20)), max_size=8),
+       max_list_size=st.none() | st.integers(1, 3), long_lists=st.sampled_from(["truncate", "split"]))
+def test_fuzz_letor_lines_never_crash_the_reader(lines, max_list_size, long_lists):
+    try:
+        data, rep = read_letor(lines, LetorConfig(max_list_size=max_list_size, long_lists=long_lists,
+                                                  normalization="zscore"))
+    except DataError as e:
+        assert "\n" not in str(e)
+        return
+    assert data.where.sum() >= 1 and np.all(np.isfinite(data.features)) and np.all(np.isfinite(data.labels))
+    assert rep.kept + rep.skipped.get("malformed_line", 0) + rep.skipped.get("non_utf8", 0) <= len(lines)

@@ -1,15 +1,18 @@
 """Tests of mojax.data.readers: every schema and container, bad input counted by reason, real files."""
 
+import copy
 import gzip
 import json
 import random
 
+import numpy as np
+
 import pytest
 
-from data_testlib import CHAT_TEMPLATE, shared_file, word_tokenizer
+from data_testlib import CHAT_TEMPLATE, FORMAT_RECORDS, shared_file, word_tokenizer
 from mojax.data.readers import (HH_ASSISTANT, ReaderConfig, TokenizedExample, detect_format,
                                 read_preferences, select_objective)
-from mojax.data.report import DataError
+from mojax.data.report import DataError, NoUsableDataError
 
 PAIRS = [{"prompt": f"question {i}", "chosen": f"good answer {i}", "rejected": f"bad answer {i}"}
          for i in range(6)]
@@ -119,7 +122,7 @@ def test_listwise_and_tokenized(tmp_path):
     ex, rep = read_preferences(write_jsonl(tmp_path / "t.jsonl", toks))
     assert isinstance(ex[0], TokenizedExample) and ex[0].labels.tolist() == [[1, 0]]
     assert ex[0].response_ids[1].tolist() == [8, 9, 2] and ex[0].length == 5
-    assert rep.skipped == {"identical_responses": 1, "empty_response": 1, "bad_type": 1}
+    assert rep.skipped == {"identical_responses": 1, "empty_response": 1, "bad_token_id": 1}
 
 
 def test_detect_format():
@@ -145,12 +148,13 @@ def test_unreadable_files_fail_fast(tmp_path):
     with pytest.raises(DataError, match=r"x.json: cannot read as JSON"):
         read_preferences(tmp_path / "x.json")
     write_jsonl(tmp_path / "odd.jsonl", [{"text": "a"}, {"text": "b"}])
-    with pytest.raises(DataError, match=r"cannot tell the data format.*\['text'\]"):
+    with pytest.raises(NoUsableDataError, match=r"no record is in a supported data format: the first record "
+                                                r"\{'text': str\} is none of pairs, chat, .*openai"):
         read_preferences(tmp_path / "odd.jsonl")
     (tmp_path / "trunc.jsonl.gz").write_bytes(gzip.compress(b'{"a": 1}\n' * 50)[:30])
     with pytest.raises(DataError, match=r"trunc.jsonl.gz: cannot read"):
         read_preferences(tmp_path / "trunc.jsonl.gz")
-    with pytest.raises(DataError, match="unknown format"):
+    with pytest.raises(DataError, match="unknown data format .csv.; expected .auto. or one of pairs, .*openai"):
         ReaderConfig(format="csv")
 
 
@@ -269,3 +273,209 @@ def test_any_unicode_text_survives_the_jsonl_roundtrip(rows, gz, ascii):
         ex, rep = read_preferences(path)
     assert [(e.prompt, e.responses) for e in ex] == [(r["prompt"], (r["chosen"], r["rejected"])) for r in valid]
     assert rep.skipped.get("identical_responses", 0) == len(records) - len(valid)
+
+
+# ----- one bad record is one skipped record (issue 14 §4) -----
+
+def _good(i):
+    return json.dumps({"prompt": f"question {i}", "chosen": f"good answer {i}", "rejected": f"bad answer {i}"})
+
+
+BAD_LINES = {
+    "nested_brackets": ("[" * 200_000, "malformed_json"),  # RecursionError in json.loads before
+    "lone_surrogate": (json.dumps({"prompt": "q", "chosen": "a\ud800b", "rejected": "c"}), "non_utf8"),
+    "huge_integer": ('{"prompt": "q", "chosen": "a", "rejected": "b", "n": ' + "9" * 5000 + "}", "malformed_json"),
+    "not_an_object": ("[1, 2]", "malformed_json"),
+    "chosen_is_dict": (json.dumps({"prompt": "q", "chosen": {"a": 1}, "rejected": "b"}), "bad_type"),
+    "extra_key": (json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}).replace("}", ', "x": 1}'),
+                        None),  # an extra key is fine: kept
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_LINES))
+def test_one_bad_line_is_one_skipped_record_at_its_file_line(tmp_path, case):
+    from mojax.data.tokenize import TokenizeConfig, load_tokenized
+
+    bad, reason = BAD_LINES[case]
+    lines = [_good(1), "", bad, _good(2)]  # the blank line makes the bad record line 3 of the file
+    (tmp_path / "f.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    examples, report = load_tokenized(tmp_path / "f.jsonl", word_tokenizer(),
+                                      TokenizeConfig(max_length=32, max_prompt_length=16))
+    if reason is None:
+        assert report.kept == 3 and report.num_skipped == 0
+        return
+    assert len(examples) == report.kept == 2
+    assert dict(report.skipped) == {reason: 1}
+    assert report.samples[reason][0][0] == 3 and report.location == "line"
+    assert "line 3" in report.summary()
+    json.dumps(report.to_dict(), ensure_ascii=False).encode("utf-8")  # details stay printable UTF-8
+
+
+def test_token_id_beyond_int32_is_one_skipped_record(tmp_path):
+    rows = [{"prompt_ids": [1, 5], "response_ids": [[7, 2], [8, 2]]},
+            {"prompt_ids": [1, 2**31], "response_ids": [[7, 2], [8, 2]]},  # OverflowError in int32 before
+            {"prompt_ids": [1], "response_ids": [[7, 2.5], [8, 2]]},
+            {"prompt_ids": [1, 2**31 - 1], "response_ids": [[7, 2], [8, 2]]}]  # the largest int32 is a valid id
+    ex, rep = read_preferences(write_jsonl(tmp_path / "t.jsonl", rows))
+    assert len(ex) == 2 and ex[1].prompt_ids.tolist() == [1, 2**31 - 1]
+    assert rep.skipped == {"bad_token_id": 2} and [loc for loc, _ in rep.samples["bad_token_id"]] == [2, 3]
+    assert "2147483648" in rep.samples["bad_token_id"][0][1]
+
+
+@pytest.mark.parametrize("content", [b"", b"\n", b"  \n\t\n\n", b"\xef\xbb\xbf", b"\xef\xbb\xbf\n  \n"])
+def test_empty_or_blank_file_raises_one_clear_error(tmp_path, content):
+    from mojax.data.tokenize import load_tokenized
+
+    (tmp_path / "e.jsonl").write_bytes(content)
+    for read in (lambda p: read_preferences(p), lambda p: load_tokenized(p, word_tokenizer())):
+        with pytest.raises(NoUsableDataError, match=r"e\.jsonl: no records \(the file is empty or holds only blank"):
+            read(tmp_path / "e.jsonl")
+    (tmp_path / "e.json").write_bytes(content.rstrip(b"\n \t") + b"[]")
+    with pytest.raises(NoUsableDataError, match=r"e\.json: no records"):
+        read_preferences(tmp_path / "e.json")
+
+
+def test_utf8_bom_costs_no_record(tmp_path):
+    data = "\n".join(_good(i) for i in range(3)).encode("utf-8")
+    (tmp_path / "b.jsonl").write_bytes(b"\xef\xbb\xbf" + data)
+    ex, rep = read_preferences(tmp_path / "b.jsonl")
+    assert rep.kept == 3 and rep.num_skipped == 0 and ex[0].prompt == "question 0"
+    (tmp_path / "b.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(PAIRS).encode())
+    assert read_preferences(tmp_path / "b.json")[1].kept == len(PAIRS)
+    # a BOM anywhere but the start of the file is a malformed line, counted as one
+    (tmp_path / "m.jsonl").write_bytes(data + b"\n\xef\xbb\xbf" + _good(9).encode())
+    assert read_preferences(tmp_path / "m.jsonl")[1].skipped == {"malformed_json": 1}
+
+
+def test_json_array_locations_are_record_indices_labelled_as_such(tmp_path):
+    recs = [PAIRS[0], dict(PAIRS[1], chosen=7), "not an object", PAIRS[2]]
+    (tmp_path / "a.json").write_text(json.dumps(recs, indent=2))  # many lines per record: lines would mislead
+    ex, rep = read_preferences(tmp_path / "a.json")
+    assert len(ex) == 2 and rep.location == "record"
+    assert rep.samples == {"bad_type": [(2, "'chosen' is a int, expected a string")],
+                           "malformed_json": [(3, "record is a str, not an object")]}
+    assert "record 2" in rep.summary() and "line" not in rep.summary()
+    d = rep.to_dict()
+    assert d["location"] == "record" and d["samples"]["bad_type"][0]["record"] == 2
+    rep.save(tmp_path / "r.json")
+    from mojax.data.report import DataReport
+
+    assert DataReport.load(tmp_path / "r.json").to_dict() == d
+
+
+# ----- fuzzing: no input crashes the readers -----
+
+_KEYS = ["prompt", "chosen", "rejected", "responses", "labels", "prompt_ids", "response_ids", "response_0",
+         "response_1", "better_response_id", "safer_response_id", "conversations", "from", "value", "role",
+         "content", "messages", "instruction", "input", "output", "system", "history", "completions", "response",
+         "score", "fine-grained_score", "score_chosen", "score_rejected", "preferred_output",
+         "non_preferred_output", "type", "text"]
+_ROLE_VALUES = st.sampled_from(["user", "assistant", "system", "human", "gpt", "tool", "observation", "x"])
+_scalars = (st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=True)
+            | st.text(max_size=12) | _ROLE_VALUES | st.sampled_from(["a b", "\ud800", "\n\nAssistant: ok", "good"]))
+
+
+def _jsonish():
+    msg = st.fixed_dictionaries({"role": _ROLE_VALUES, "content": _scalars})
+    sg = st.fixed_dictionaries({"from": _ROLE_VALUES, "value": _scalars})
+    leaf = _scalars | msg | sg
+    return st.recursive(leaf, lambda kids: st.lists(kids, max_size=4)
+                        | st.dictionaries(st.sampled_from(_KEYS), kids, max_size=4), max_leaves=12)
+
+
+def _paths(value, prefix=()):
+    """Every path (tuple of keys / indices) into a JSON value, the root included."""
+    out = [prefix]
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out += _paths(v, prefix + (k,))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out += _paths(v, prefix + (i,))
+    return out
+
+
+def _replace(value, path, new):
+    if not path:
+        return new
+    head, rest = path[0], path[1:]
+    if isinstance(value, dict):
+        return {k: (_replace(v, rest, new) if k == head else v) for k, v in value.items()}
+    return [(_replace(v, rest, new) if i == head else v) for i, v in enumerate(value)]
+
+
+def _drop(value, path):
+    if len(path) == 1:
+        return ({k: v for k, v in value.items() if k != path[0]} if isinstance(value, dict)
+                else [v for i, v in enumerate(value) if i != path[0]])
+    return _replace(value, path[:1], _drop(value[path[0]], path[1:]))
+
+
+@st.composite
+def _mutated_record(draw):
+    """A valid record of some format with up to two random edits deep inside (a leaf replaced, a key dropped)."""
+    rec = copy.deepcopy(draw(st.sampled_from(sorted(FORMAT_RECORDS)).map(lambda f: FORMAT_RECORDS[f][0])))
+    for _ in range(draw(st.integers(0, 2))):
+        path = draw(st.sampled_from(_paths(rec)[1:]))
+        rec = _drop(rec, path) if draw(st.booleans()) else _replace(rec, path, draw(_jsonish()))
+    return rec
+
+
+_records = st.dictionaries(st.sampled_from(_KEYS), _jsonish(), max_size=6) | _mutated_record()
+
+
+def _tokenizer(template: bool):
+    key = "tok_t" if template else "tok"
+    if key not in _CACHE:
+        _CACHE[key] = word_tokenizer(chat_template=CHAT_TEMPLATE if template else None)
+    return _CACHE[key]
+
+
+_CACHE: dict = {}
+
+
+def _read_or_clean_error(path, **kw):
+    from mojax.data.tokenize import TokenizeConfig, load_tokenized
+
+    try:
+        return load_tokenized(path, kw.pop("tokenizer"), TokenizeConfig(max_length=24, max_prompt_length=12), **kw)
+    except DataError as e:
+        assert "\n" not in str(e)
+        return None
+
+
+@settings(max_examples=40, deadline=None)
+@given(lines=st.lists(st.binary(max_size=40), max_size=6))
+def test_fuzz_random_bytes_never_crash_the_reader(lines):
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "x.jsonl"
+        path.write_bytes(b"\n".join(lines))
+        got = _read_or_clean_error(path, tokenizer=_tokenizer(False))
+    if got is not None:
+        examples, report = got
+        assert len(examples) == report.kept > 0 and report.total <= max(len(lines), 1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(records=st.lists(_records | _mutated_record() | _jsonish(), min_size=1, max_size=6), template=st.booleans(),
+       container=st.sampled_from(["jsonl", "json"]), fmt=st.sampled_from(["auto", "auto", "sharegpt", "chat"]))
+def test_fuzz_jsonish_records_never_crash_the_reader(records, template, container, fmt):
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / f"x.{container}"
+        if container == "json":
+            path.write_text(json.dumps(records))
+        else:
+            path.write_text("\n".join(json.dumps(r) for r in records))
+        got = _read_or_clean_error(path, tokenizer=_tokenizer(template), reader=ReaderConfig(format=fmt))
+    if got is not None:
+        examples, report = got
+        assert len(examples) == report.kept > 0 and report.total == len(records)
+        for ex in examples:
+            assert ex.labels.ndim == 2 and np.all(np.isfinite(ex.labels))
+            assert all(len(r) > 0 for r in ex.response_ids)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mojax.data.report import DataError, DataReport
+from mojax.data.report import DataError, DataReport, NoUsableDataError
 
 
 def test_counts_samples_and_summary():
@@ -42,7 +42,9 @@ def test_unusable_source_fails_fast_with_path_and_first_error():
         rep.raise_if_unusable()
     rep.keep()
     rep.raise_if_unusable()  # one usable record is enough
-    DataReport().raise_if_unusable()  # an empty source is not an error here (readers decide)
+    with pytest.raises(NoUsableDataError, match=r"empty\.jsonl: no records \(the file is empty or holds only blank"):
+        DataReport(source="empty.jsonl").raise_if_unusable()  # an empty source is unusable too
+    assert issubclass(NoUsableDataError, DataError)  # one type for a command line to turn into exit code 2
 
 
 def test_merge_and_unkeep():

@@ -181,3 +181,45 @@ def test_truncation_invariants(prompt_len, resp_lens, max_length, prompt_frac, b
         assert prompt[len(prompt) - len(p):] == p  # a suffix of the prompt
     for r, o in zip(responses, out.response_ids):
         assert o.tolist() == r[:len(o)] and len(o) == min(len(r), max_length - len(p))  # a prefix, as long as fits
+
+
+@pytest.mark.parametrize("overflow,reason", [("truncate", "too_long_truncated"), ("skip", "too_long_skipped")])
+def test_truncation_is_reported_at_the_file_line_not_the_kept_index(tmp_path, overflow, reason):
+    import json
+
+    from mojax.data.tokenize import load_tokenized
+
+    short = json.dumps({"prompt": "hello", "chosen": "good", "rejected": "bad"})
+    long = json.dumps({"prompt": "hello", "chosen": "a b c d e f g h i j k l", "rejected": "bad"})
+    # line 7 is the 4th kept example: the report must say line 7 (it said "line 4" before)
+    lines = [short, "{broken", short, "", "[1]", short, long]
+    (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
+    out, rep = load_tokenized(tmp_path / "p.jsonl", word_tokenizer(),
+                              TokenizeConfig(max_length=8, max_prompt_length=4, overflow=overflow))
+    loc = rep.samples[reason][0][0]
+    assert loc == 7 and "line 7" in rep.summary()
+    assert [e.location for e in out] == ([1, 3, 6, 7] if overflow == "truncate" else [1, 3, 6])
+
+
+class _PickyTokenizer:
+    """A tokenizer stand-in that refuses any batch holding the word 'boom' (as fast tokenizers refuse a lone
+    surrogate with a TypeError) and encodes each word as its length."""
+
+    eos_token_id = 2
+    bos_token_id = None
+
+    def __call__(self, texts, add_special_tokens=False):
+        if any("boom" in t for t in texts):
+            raise TypeError("TextEncodeInput must be Union[TextInputSequence, Tuple[InputSequence, InputSequence]]")
+        return {"input_ids": [[3 + len(w) for w in t.split()] for t in texts]}
+
+
+def test_a_text_the_tokenizer_refuses_costs_one_example():
+    examples = [PreferenceExample(prompt=f"q {i}", responses=("good one", "boom" if i == 1 else "bad"),
+                                  labels=[[1, 0]], location=10 + i) for i in range(3)]
+    report = DataReport(kept=3)
+    out, report = tokenize_examples(examples, _PickyTokenizer(), TokenizeConfig(max_length=16, max_prompt_length=8),
+                                    report)
+    assert [e.location for e in out] == [10, 12] and report.kept == 2
+    assert report.skipped == {"tokenizer_error": 1} and report.samples["tokenizer_error"][0][0] == 11
+    assert out[0].response_ids[0].tolist() == [7, 6, 2]  # the slow path encodes like the batched one
