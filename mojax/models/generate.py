@@ -2,7 +2,8 @@
 
 One jitted function per (model graph, shapes, greedy/sampled): the prompt (left padded, optionally
 after prefix embeddings) fills the cache in one pass, then a ``lax.while_loop`` appends one token per step and stops
-early once every row has produced EOS.
+early once every row has produced EOS. A sharded model is traced under its mesh (``jax.set_mesh``), so the
+models' activation constraints (:func:`mojax.sharding.constrain`) are part of the program rather than dropped.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from jax.sharding import Mesh, NamedSharding
 
 from mojax.models.decoder import Decoder
 
@@ -83,10 +86,20 @@ def _generate(graphdef, state, prompt_ids, prompt_mask, prefix_embeds, rng, temp
     return tokens, mask
 
 
+def model_mesh(state) -> Mesh | None:
+    """The mesh a model's parameters are sharded over (the first multi-device ``NamedSharding`` among the leaves
+    of its state), or ``None`` for a single-device model."""
+    for leaf in jax.tree.leaves(state):
+        sharding = getattr(leaf, "sharding", None)
+        if isinstance(sharding, NamedSharding) and sharding.mesh.size > 1:
+            return sharding.mesh
+    return None
+
+
 def generate(model: Decoder, prompt_ids: jax.Array, *, attention_mask: jax.Array | None = None,
              max_new_tokens: int, rng: jax.Array | None = None, temperature: float = 0.0, top_p: float = 1.0,
              eos_id: int | None = None, pad_id: int = 0, prefix_embeds: jax.Array | None = None,
-             use_lora: bool = True) -> GenerateOutput:
+             use_lora: bool = True, mesh: Mesh | None = None) -> GenerateOutput:
     """Decode ``max_new_tokens`` tokens after left-padded prompts.
 
     Args:
@@ -101,6 +114,8 @@ def generate(model: Decoder, prompt_ids: jax.Array, *, attention_mask: jax.Array
       pad_id: filler after EOS.
       prefix_embeds: optional ``[B, P, D]`` embeddings before the prompt (see :class:`~mojax.models.Decoder`).
       use_lora: decode with LoRA adapters (False: the base model).
+      mesh: trace and run under this mesh (``jax.set_mesh``); default the mesh of the model's parameter shardings
+        (:func:`model_mesh`), none for a single-device model.
     Returns:
       :class:`GenerateOutput` ``(tokens [B, N], mask [B, N])``.
     """
@@ -124,8 +139,13 @@ def generate(model: Decoder, prompt_ids: jax.Array, *, attention_mask: jax.Array
     if rng is None:
         rng = jax.random.key(0)
     graphdef, state = nnx.split(model)
-    tokens, mask = _generate(graphdef, state, prompt_ids, attention_mask, prefix_embeds, rng,
-                             jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p),
-                             jnp.int32(-1 if eos_id is None else eos_id), jnp.int32(pad_id),
-                             max_new_tokens=max_new_tokens, greedy=greedy, use_lora=use_lora)
+    mesh = model_mesh(state) if mesh is None else mesh
+    args = (graphdef, state, prompt_ids, attention_mask, prefix_embeds, rng, jnp.float32(max(temperature, 1e-6)),
+            jnp.float32(top_p), jnp.int32(-1 if eos_id is None else eos_id), jnp.int32(pad_id))
+    kwargs = dict(max_new_tokens=max_new_tokens, greedy=greedy, use_lora=use_lora)
+    if mesh is None:
+        tokens, mask = _generate(*args, **kwargs)
+    else:
+        with jax.set_mesh(mesh):  # constrain() reads the mesh while tracing; without it every constraint is dropped
+            tokens, mask = _generate(*args, **kwargs)
     return GenerateOutput(tokens=tokens, mask=mask)

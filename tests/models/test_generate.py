@@ -3,6 +3,12 @@ handling, top-p against a NumPy reference, sampling statistics."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,8 +29,9 @@ def tiny():
 
 @pytest.mark.parametrize("name", ["llama", "gpt2", "gpt_neox", "mistral", "qwen3", "gemma2", "gemma3"])
 def test_greedy_matches_transformers_generate(name):
-    """Left-padded prompts, greedy, EOS 2 / pad 0: the same tokens as ``transformers`` ``generate`` (Mistral: a
-    sliding window of 4 over 7 + 8 tokens, so the cache's window masking is exercised)."""
+    """Left-padded prompts, greedy, EOS 2 / pad 0: the same tokens as ``transformers`` ``generate`` (Mistral and
+    Gemma: a sliding window of 4 over 7 + 8 tokens, so the cache's window masking is exercised; Gemma 2/3 on
+    alternating sliding and global layers)."""
     torch = torch_or_skip()
     path = hf_checkpoint(name)
     ids, mask = batch("left", B=3, T=7, seed=5)
@@ -157,3 +164,46 @@ def test_generate_rejects_bad_input(tiny):
         generate(tiny, ids, max_new_tokens=0)
     with pytest.raises(ValueError, match=r"\[B, T\]"):
         generate(tiny, ids[0], max_new_tokens=2)
+
+
+_MESH_SCRIPT = textwrap.dedent("""
+    import importlib, sys, tempfile
+    sys.path.insert(0, {testdir!r})
+    import jax, numpy as np
+    from jax.sharding import AxisType
+    from decoder_testlib import random_model
+    from mojax.models import DecoderConfig, generate, load_hf, save_hf
+    G = importlib.import_module("mojax.models.generate")
+    mesh = jax.make_mesh((2, 1, 2), ("data", "fsdp", "tensor"), axis_types=(AxisType.Auto,) * 3)
+    model = random_model(DecoderConfig.tiny("gemma2", vocab_size=96), seed=0, scale=0.3)
+    tmp = tempfile.mkdtemp()
+    save_hf(model, tmp)
+    sharded = load_hf(tmp, mesh=mesh)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(3, 96, (4, 7))
+    mask = np.ones((4, 7), np.int32)
+    mask[:2, :3] = 0
+    counts = []
+    jitted = G._generate
+    def spy(*args, **kwargs):  # the program generate() traces, lowered in the same context
+        counts.append(jitted.lower(*args, **kwargs).as_text().count("sharding_constraint"))
+        return jitted(*args, **kwargs)
+    G._generate = spy
+    ref = generate(model, ids, attention_mask=mask, max_new_tokens=6)
+    out = generate(sharded, ids, attention_mask=mask, max_new_tokens=6)  # mesh derived from the parameters
+    print("COUNTS", counts)
+    assert counts[1] >= 10 and counts[1] > counts[0], counts
+    np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(ref.tokens))
+    print("MESH_OK")
+""")
+
+
+def test_generate_traces_under_the_model_mesh(tmp_path):
+    """A model loaded onto a (data=2, tensor=2) CPU mesh decodes under that mesh: the traced program holds the
+    models' activation sharding constraints (dropped without a mesh) and the tokens equal one device's."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    script = tmp_path / "mesh.py"
+    script.write_text(_MESH_SCRIPT.format(testdir=str(Path(__file__).parent)))
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600,
+                          cwd=str(Path(__file__).parents[2]))
+    assert "MESH_OK" in proc.stdout, proc.stdout + proc.stderr[-3000:]
