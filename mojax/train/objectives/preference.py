@@ -166,6 +166,39 @@ def cos_dpo_objective(*, sampling: COSDPOSampling = COSDPOSampling(), beta: floa
 
 
 @cached_fn
+def _scalarized_dpo_fn(label_norm: str, opening: LMOpening):
+    def fn(model, batch, rng, hp):
+        x = opening(model, batch)
+        labels = jnp.asarray(batch["labels"], jnp.float32)  # [B, K, N]
+        if labels.shape[1] != hp["weights"].shape[0]:
+            raise ValueError(f"labels have {labels.shape[1]} objectives, weights {hp['weights'].shape[0]}")
+        w = jnp.broadcast_to(hp["weights"], labels.shape[:2])
+        items = jnp.broadcast_to(x.where[:, None], x.logps.shape)
+        return _cos_dpo_core(x.logps, x.ref, labels, w, None, items, beta=hp["beta"], penalty=0.0,
+                             label_norm=label_norm, per_example=True)
+
+    return fn
+
+
+def scalarized_dpo_objective(*, weights: tuple[float, ...], beta: float = 0.1, label_norm: str = "l1",
+                             ref_mode: str = "cached", chunk_size: int | None = CHUNK_SIZE,
+                             compact: bool = True) -> Objective:
+    """DPO-LS (linear scalarisation): ``mean_b Σ_k w_k ℓ_k`` for a plain policy at one fixed weight vector w.
+
+    ``ℓ_k`` is the listwise-DPO loss of objective k's labels ``batch["labels"]`` ``[B, K, N]`` (binary labels on
+    pairs with ``label_norm="l1"``: exactly DPO) — the loss :func:`cos_dpo_objective` scalarises, so the two differ
+    only in how w is chosen. Hyper-parameters: ``beta``, ``weights`` (w: one compiled step serves a whole weight
+    sweep). Metrics: ``objective_losses`` ``[K]``, ``weighted_loss``.
+    """
+    w = tuple(float(v) for v in np.ravel(np.asarray(weights, np.float64)))
+    if np.ndim(weights) != 1 or len(w) < 1:
+        raise ValueError(f"weights must be a [K] vector, got {weights}")
+    _check(beta=beta)
+    return Objective(fn=_scalarized_dpo_fn(label_norm, _opening(ref_mode, chunk_size, compact, False)),
+                     hparams={"beta": beta, "weights": w})
+
+
+@cached_fn
 def _modpo_fn(objective_index: int, opening: LMOpening):
     def fn(model, batch, rng, hp):
         x = opening(model, batch)
@@ -329,5 +362,5 @@ def sft_objective(*, response_index: int = 0, chunk_size: int | None = CHUNK_SIZ
 
 
 __all__ = ["PAIR_LOSSES", "bilevel_stable_po_objective", "cos_dpo_objective", "cpo_pairs", "dpo_objective",
-           "dpo_pairs", "listwise_dpo_objective", "modpo_objective", "sft_objective", "simpo_pairs",
-           "spo_objective", "stable_po_objective"]
+           "dpo_pairs", "listwise_dpo_objective", "modpo_objective", "scalarized_dpo_objective", "sft_objective",
+           "simpo_pairs", "spo_objective", "stable_po_objective"]
