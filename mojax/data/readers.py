@@ -292,7 +292,7 @@ def parse_records(records: Iterator[tuple[int, Any]] | Sequence[dict], config: R
                 other = detect_format(rec)
                 # e.g. a ShareGPT record read as 'pairs': say what it looks like, not only which field is off
                 detail += (f" (the record looks like format {other!r}, not {fmt!r})" if other not in (None, fmt) else
-                           " (its keys fit none of the supported formats)" if other is None else "")
+                           " (the record fits none of the supported formats)" if other is None else "")
             report.skip(s.reason, loc, detail)
             return
         if fmt in CHAT_FORMATS and not warned and not has_chat_template(tokenizer):

@@ -352,7 +352,8 @@ def test_json_array_locations_are_record_indices_labelled_as_such(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps(recs, indent=2))  # many lines per record: lines would mislead
     ex, rep = read_preferences(tmp_path / "a.json")
     assert len(ex) == 2 and rep.location == "record"
-    assert rep.samples == {"bad_type": [(2, "'chosen' is a int, expected a string")],
+    assert rep.samples == {"bad_type": [(2, "'chosen' is a int, expected a string (the record fits none of the "
+                                            "supported formats)")],
                            "malformed_json": [(3, "record is a str, not an object")]}
     assert "record 2" in rep.summary() and "line" not in rep.summary()
     d = rep.to_dict()
