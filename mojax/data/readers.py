@@ -35,7 +35,7 @@ from mojax.data.report import DataError, DataReport, NoUsableDataError
 
 __all__ = ["PreferenceExample", "TokenizedExample", "ReaderConfig", "read_preferences", "parse_records",
            "iter_records", "detect_format", "render_chat", "split_hh_transcript", "select_objective", "FORMATS",
-           "HH_ASSISTANT"]
+           "HH_ASSISTANT", "holdout_split"]
 
 _log = logging.getLogger("mojax.data")
 
@@ -370,3 +370,29 @@ def select_objective(examples: Sequence[PreferenceExample | TokenizedExample], k
             out.append(PreferenceExample(prompt=ex.prompt, responses=tuple(ex.responses[i] for i in order),
                                          labels=row, dataset_id=did, location=ex.location))
     return out
+
+
+def holdout_split(examples: Sequence[Any], fraction: float, *, seed: int = 0) -> tuple[list[Any], list[Any]]:
+    """Split examples into ``(train, held_out)`` with about ``fraction`` of the distinct prompts held out.
+
+    Grouped by prompt (text, or token ids), so no held-out prompt is ever trained on; which prompts are held out
+    depends only on ``seed`` and the set of prompts (every host and every rerun gets the same split). Both parts keep
+    the input order. ``fraction`` must lie in (0, 1); at least one prompt is held out and at least one kept.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"the held-out fraction must lie in (0, 1), got {fraction!r}")
+
+    def key(ex: Any) -> Any:
+        return ex.prompt if isinstance(ex, PreferenceExample) else tuple(np.asarray(ex.prompt_ids).tolist())
+
+    prompts = list(dict.fromkeys(key(ex) for ex in examples))
+    n_out = max(1, int(round(fraction * len(prompts))))
+    if n_out >= len(prompts):
+        raise DataError(f"cannot hold out {fraction:.0%} of {len(prompts)} distinct prompts and keep both parts "
+                        "non-empty")
+    # Sort before shuffling so the split does not depend on file order, only on which prompts exist.
+    order = sorted(range(len(prompts)), key=lambda i: repr(prompts[i]))
+    chosen = np.random.default_rng(seed).permutation(len(prompts))[:n_out]
+    held = {prompts[order[i]] for i in chosen}
+    train = [ex for ex in examples if key(ex) not in held]
+    return train, [ex for ex in examples if key(ex) in held]

@@ -20,6 +20,7 @@ Batch layout (see docs/contracts.md): ``input_ids`` int32 ``[B, N, T]`` = prompt
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,8 @@ from pathlib import Path
 from mojax.data.readers import PreferenceExample, ReaderConfig, TokenizedExample, read_preferences
 from mojax.data.report import DataError, DataReport
 
-__all__ = ["TokenizeConfig", "bucket_length", "tokenize_examples", "truncate_examples", "collate", "load_tokenized"]
+__all__ = ["TokenizeConfig", "bucket_length", "tokenize_examples", "truncate_examples", "collate", "load_tokenized",
+           "load_tokenized_files"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -269,3 +271,23 @@ def load_tokenized(path: str | Path, tokenizer: Any, config: TokenizeConfig = To
         out, report = tokenize_examples(examples, tokenizer, config, report)
     report.raise_if_unusable()
     return out, report
+
+
+def load_tokenized_files(paths: Sequence[str | Path], tokenizer: Any, config: TokenizeConfig = TokenizeConfig(),
+                         reader: ReaderConfig = ReaderConfig()) -> tuple[list[TokenizedExample], list[DataReport]]:
+    """:func:`load_tokenized` on several files: file ``i`` gets ``dataset_id = reader.dataset_id + i``.
+
+    Each file is detected (``reader.format="auto"``) and checked on its own: one with no usable record raises
+    :class:`~mojax.data.report.NoUsableDataError` naming it. Returns the examples in file order and one report per
+    file (locations are per file; ``DataReport.merge`` gives the totals).
+    """
+    if not paths:
+        raise DataError("no data files given")
+    out: list[TokenizedExample] = []
+    reports = []
+    for i, path in enumerate(paths):
+        cfg = dataclasses.replace(reader, dataset_id=reader.dataset_id + i)
+        examples, report = load_tokenized(path, tokenizer, config, cfg)
+        out.extend(examples)
+        reports.append(report)
+    return out, reports

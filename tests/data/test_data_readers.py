@@ -480,3 +480,27 @@ def test_fuzz_jsonish_records_never_crash_the_reader(records, template, containe
         for ex in examples:
             assert ex.labels.ndim == 2 and np.all(np.isfinite(ex.labels))
             assert all(len(r) > 0 for r in ex.response_ids)
+
+
+def test_holdout_split_by_prompt_is_deterministic_and_disjoint():
+    from mojax.data.readers import PreferenceExample, holdout_split
+
+    exs = [PreferenceExample(prompt=f"q{i % 10}", responses=(f"a{i}", f"b{i}"), labels=[[1, 0]]) for i in range(40)]
+    train, held = holdout_split(exs, 0.2, seed=3)
+    held_prompts = {e.prompt for e in held}
+    assert len(held_prompts) == 2 and len(held) == 8 and len(train) == 32
+    assert not held_prompts & {e.prompt for e in train}
+    assert [e.responses for e in train] == [e.responses for e in exs if e.prompt not in held_prompts]  # order kept
+    # the same prompts are held out whatever the file order; another seed holds out others
+    again, held2 = holdout_split(exs[::-1], 0.2, seed=3)
+    assert {e.prompt for e in held2} == held_prompts
+    assert any({e.prompt for e in holdout_split(exs, 0.2, seed=s)[1]} != held_prompts for s in range(4, 8))
+    assert len(holdout_split(exs[:3], 0.01)[1]) == 1  # at least one prompt is held out
+    toks = [TokenizedExample(prompt_ids=[1, i % 3], response_ids=[[5], [6]], labels=[[1, 0]]) for i in range(9)]
+    t, h = holdout_split(toks, 0.34)
+    assert len(h) == 3 and len({tuple(e.prompt_ids) for e in h}) == 1
+    for bad in (0.0, 1.0, -0.1):
+        with pytest.raises(DataError, match="held-out fraction"):
+            holdout_split(exs, bad)
+    with pytest.raises(DataError, match="cannot hold out"):
+        holdout_split(exs[:1], 0.5)

@@ -223,3 +223,25 @@ def test_a_text_the_tokenizer_refuses_costs_one_example():
     assert [e.location for e in out] == [10, 12] and report.kept == 2
     assert report.skipped == {"tokenizer_error": 1} and report.samples["tokenizer_error"][0][0] == 11
     assert out[0].response_ids[0].tolist() == [7, 6, 2]  # the slow path encodes like the batched one
+
+
+def test_load_tokenized_files_one_dataset_id_and_report_per_file(tmp_path):
+    import json
+
+    from mojax.data.readers import ReaderConfig
+    from mojax.data.report import NoUsableDataError
+    from mojax.data.tokenize import load_tokenized_files
+
+    (tmp_path / "a.jsonl").write_text(json.dumps({"prompt": "hello", "chosen": "good", "rejected": "bad"}) + "\n{x\n")
+    sharegpt = {"conversations": [{"from": "human", "value": "how are you"}], "chosen": {"from": "gpt", "value": "fine"},
+                "rejected": {"from": "gpt", "value": "bad"}}
+    (tmp_path / "b.json").write_text(json.dumps([sharegpt, sharegpt]))
+    cfg = TokenizeConfig(max_length=32, max_prompt_length=16)
+    out, reports = load_tokenized_files([tmp_path / "a.jsonl", tmp_path / "b.json"], word_tokenizer(), cfg,
+                                        ReaderConfig(dataset_id=5))
+    assert [e.dataset_id for e in out] == [5, 6, 6]  # each file detected on its own
+    assert [r.kept for r in reports] == [1, 2] and reports[0].skipped == {"malformed_json": 1}
+    assert [r.location for r in reports] == ["line", "record"]
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(NoUsableDataError, match=r"empty\.jsonl: no records"):
+        load_tokenized_files([tmp_path / "a.jsonl", tmp_path / "empty.jsonl"], word_tokenizer(), cfg)
