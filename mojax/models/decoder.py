@@ -64,7 +64,19 @@ class Decoder(nnx.Module):
             rngs=rngs)
 
     def unembedding(self) -> jax.Array:
-        """The output matrix ``[D, V]`` (float32): logits = final-normed hidden ``@ unembedding()``."""
+        """The output matrix ``[D, V]`` (float32): logits = final-normed hidden ``@ unembedding()``.
+
+        Raises ``ValueError`` for a model with ``final_logit_softcap`` (Gemma 2), whose logits are
+        ``cap · tanh(hidden @ W / cap)``: a caller computing log-probs from the hidden states would silently skip
+        the cap, so it must use the model's own logits (e.g. ``chunk_size=None`` in the LM objectives).
+        """
+        if self.config.final_logit_softcap is not None:
+            raise ValueError(f"{self.config.model_type} soft-caps its logits (final_logit_softcap="
+                             f"{self.config.final_logit_softcap}): hidden @ unembedding() is not its logits; use the "
+                             "model's logits (chunk_size=None) instead")
+        return self._output_matrix()
+
+    def _output_matrix(self) -> jax.Array:
         if self.lm_head is None:
             return self.embed.embedding[...].T
         return self.lm_head.kernel[...]
@@ -179,7 +191,7 @@ class Decoder(nnx.Module):
         if return_hidden:
             out = x.reshape(tuple(lead) + (T, c.d_model))
         else:
-            logits = jnp.dot(x, self.unembedding().astype(c.dtype), preferred_element_type=jnp.float32)
+            logits = jnp.dot(x, self._output_matrix().astype(c.dtype), preferred_element_type=jnp.float32)
             if c.final_logit_softcap is not None:  # Gemma 2: cap · tanh(logits / cap), in float32
                 logits = jnp.tanh(logits / c.final_logit_softcap) * c.final_logit_softcap
             logits = constrain(logits, "batch", "seq", "vocab")

@@ -152,6 +152,15 @@ def test_hidden_times_unembedding_is_logits():
     np.testing.assert_allclose(np.asarray(hidden @ model.unembedding()), forward(model, ids, mask), atol=1e-4)
 
 
+def test_unembedding_refuses_soft_capped_logits():
+    """Gemma 2's logits are cap·tanh(h·W/cap): handing out W for a from-hidden log-prob path would skip the cap."""
+    model = random_model(DecoderConfig.tiny("gemma2", vocab_size=61))
+    with pytest.raises(ValueError, match="soft-caps its logits"):
+        model.unembedding()
+    assert random_model(DecoderConfig.tiny("gemma2", vocab_size=61, final_logit_softcap=None)).unembedding().shape == (
+        32, 61)
+
+
 def test_remat_gives_the_same_values_and_gradients(tiny):
     ids, mask = batch("right", B=2, T=6)
     remat = random_model(tiny.config.replace(remat=True), seed=3)  # the same NumPy weights as ``tiny``
