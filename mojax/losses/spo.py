@@ -72,7 +72,9 @@ def spo_loss(
     # Earlier checkpoints' margins m_k = Δlogπ_k, [n, ...]; move n last so pairs broadcast on the leading axes.
     prev_margin = jnp.moveaxis(prev_c - prev_r, 0, -1)
     where, (c, r, m_last, m_first) = prepare_pairs(
-        where, chosen_logps, rejected_logps, prev_margin[..., n - 1], prev_margin[..., 0]
+        where, chosen_logps, rejected_logps, prev_margin[..., n - 1], prev_margin[..., 0],
+        names=("chosen_logps", "rejected_logps", "prev_chosen/rejected_logps[n-1]", "prev_chosen/rejected_logps[0]"),
+        caller="spo_loss",
     )
     if alpha.ndim == 0:
         constraint = alpha * (m_last - m_first)  # telescoped Σ_k α Δu_k

@@ -94,3 +94,13 @@ def test_bad_inputs():
         spo_loss(c, r, pc, pr, beta=0.5, alpha=-1.0)
     with pytest.raises(ValueError, match="leading axis"):
         spo_loss(c, r, pc, pr[:2], beta=0.5, alpha=0.1)
+
+
+def test_spo_refuses_mismatched_shapes():
+    c = jnp.zeros(4)
+    prev = jnp.zeros((2, 4))
+    spo_loss(c, c, prev, prev, beta=0.5, alpha=0.1)
+    with pytest.raises(ValueError, match=r"spo_loss: input shapes do not match: chosen_logps \[4, 1\]"):
+        spo_loss(c[:, None], c, prev, prev, beta=0.5, alpha=0.1)  # would broadcast to [4, 4]
+    with pytest.raises(ValueError, match=r"spo_loss: input shapes do not match: .*prev_chosen/rejected_logps\[0\] \[3\]"):
+        spo_loss(c, c, prev[:, :3], prev[:, :3], beta=0.5, alpha=0.1)
