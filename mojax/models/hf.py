@@ -229,8 +229,9 @@ def load_hf(path: str | os.PathLike, *, dtype=jnp.float32, mesh: Mesh | None = N
     """Load a Hugging Face causal LM from a local directory (``config.json`` + ``model.safetensors`` or a sharded
     ``model.safetensors.index.json``), without torch.
 
-    Supported ``model_type``: gpt2, llama, mistral, qwen2, gpt_neox (see :func:`config_from_hf` for the features;
-    anything else raises ``ValueError`` naming it).
+    Supported ``model_type``: the family modules of :mod:`mojax.models.families` (gpt2, llama, mistral, qwen2,
+    qwen3, gpt_neox, gemma2, gemma3_text; ``mojax.models.families.model_types()``); anything else, or a feature
+    a family module does not implement, raises ``ValueError`` naming it.
 
     Args:
       path: checkpoint directory.

@@ -83,8 +83,8 @@ class Embed(nnx.Module):
 
 
 class Norm(nnx.Module):
-    """RMSNorm (Zhang & Sennrich 2019: ``x / sqrt(mean x² + ε) · g``), LayerNorm (``(x-μ)/sqrt(σ²+ε) · g + b``) or
-    Gemma's RMSNorm (``x / sqrt(mean x² + ε) · (1 + g)``, gains initialised at 0), over the last axis.
+    """RMSNorm (Zhang & Sennrich 2019: ``x / sqrt(mean x² + ε) · g``), LayerNorm (``(x-μ)/sqrt(σ²+ε) · g + b``)
+    or Gemma's RMSNorm (``x / sqrt(mean x² + ε) · (1 + g)``, gains initialised at 0), over the last axis.
 
     Statistics in float32 whatever the compute dtype; as in Hugging Face Llama, the RMS-normalised input is cast
     back to the compute dtype before the gain is applied; Gemma's applies ``1 + g`` in float32 and casts after,

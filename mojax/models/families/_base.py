@@ -257,7 +257,7 @@ def weights_to_hf(fam: Family, c: DecoderConfig, flat: Mapping[Path, np.ndarray]
             raise ValueError(f"{fam.model_type} weight table row {hf_name!r}: only some of {paths} exist")
         out[hf_name] = np.ascontiguousarray(tf.to_hf([np.asarray(flat[p]) for p in paths]))
         used.update(paths)
-    left = [p for p in flat if p not in used]
+    left = [".".join(map(str, p)) for p in flat if p not in used]
     if left:
-        raise ValueError(f"the {fam.model_type} weight table has no row for {['.'.join(map(str, p)) for p in left[:5]]}")
+        raise ValueError(f"the {fam.model_type} weight table has no row for {left[:5]}")
     return out
