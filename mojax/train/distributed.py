@@ -221,9 +221,21 @@ def _excepthook(previous):
     return hook
 
 
+def _newest_complete_checkpoint(directory: str | None) -> int | None:
+    # Orbax renames a step directory into place only when it is complete: the numeric names are the complete ones.
+    try:
+        steps = [int(p) for p in os.listdir(directory) if p.isdigit()] if directory else []
+    except OSError:
+        return None
+    return max(steps) if steps else None
+
+
 def peer_death_message(dead: int, me: int, how: str) -> str:
     """The one line a survivor prints: who died, how far the run got, and why nothing more is saved."""
-    step, ckpt, where = _PROGRESS["step"], _PROGRESS["checkpoint_step"], _PROGRESS["checkpoint_dir"]
+    step, where = _PROGRESS["step"], _PROGRESS["checkpoint_dir"]
+    ckpt = _newest_complete_checkpoint(where)
+    if ckpt is None:
+        ckpt = _PROGRESS["checkpoint_step"]
     at = "" if step is None else f" at step {step}"
     last = (f"the last complete checkpoint is step {ckpt}" + (f" in {where}" if where else "")) if ckpt is not None \
         else "no checkpoint was completed"

@@ -23,6 +23,12 @@ Protocol (:func:`check_or_claim`), run by every process before it writes anythin
 A run with no run directory given gets a new one (:func:`new_run_dir`, ``runs/<name>-<UTC time>``), so two runs never
 share a default directory. :func:`check_resume_step` makes ``steps`` below the checkpoint's step an error and returns
 the ``resumed from step N of M`` line.
+
+A run that stops learning: the step drops an update whose loss or gradient is not finite (``TrainState.skipped``
+counts them). A few such steps are harmless; a run whose steps are mostly skipped only burns compute while its loss
+line looks normal. :class:`SkipMonitor` watches the running count at the logged steps and raises
+:class:`SkippedStepsError` (one line naming the likely causes) when more than ``threshold`` (default 50 %) of the last
+``window`` (default 20) steps were skipped — or of the whole run when it is shorter than the window.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import hashlib
 import json
 import math
 import os
+from collections import deque
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -246,3 +253,68 @@ def check_resume_step(checkpoint_step: int | None, steps: int) -> str | None:
         raise ValueError(f"the run directory's checkpoint is at step {checkpoint_step} but steps={steps}: give "
                          f"steps >= {checkpoint_step} to continue it, or a new run directory")
     return f"resumed from step {checkpoint_step} of {steps}"
+
+
+def fit_fingerprint(*, objective: Any, hparams: Mapping[str, Any], optimizer: Any, config: Any,
+                    extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The fingerprint :func:`mojax.train.fit` checks: objective, hyper-parameter values, optimizer, loop shapes.
+
+    ``config`` is the ``TrainConfig``; only the fields that change the math are taken (``steps``, ``batch_size``,
+    ``accum_steps``, ``seed``). ``extra`` (a caller's own fields: model, data, lengths) is merged in; its keys win.
+    """
+    fn = getattr(objective, "fn", objective)
+    name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+    fields: dict[str, Any] = {
+        "objective": name,
+        "hparams": {k: _jsonable(getattr(v, "tolist", lambda v=v: v)()) for k, v in dict(hparams).items()},
+        "optimizer": optimizer if dataclasses.is_dataclass(optimizer) else type(optimizer).__name__,
+        "steps": getattr(config, "steps", None),
+        "shapes": {k: getattr(config, k, None) for k in ("batch_size", "accum_steps")},
+        "seed": getattr(config, "seed", None),
+    }
+    fields.update(dict(extra or {}))
+    return make_fingerprint(**fields)
+
+
+class SkippedStepsError(RuntimeError):
+    """Most recent steps were skipped (non-finite loss or gradients): the run stopped; the message names the causes."""
+
+
+class SkipMonitor:
+    """Watches the running count of skipped steps; :meth:`update` raises :class:`SkippedStepsError` when too many.
+
+    Args:
+      start_step, start_skipped: where the run (or the resumed part of it) starts.
+      total_steps: the run's last step (a shorter run is judged over all its steps at its end).
+      window: how many recent steps are judged.
+      threshold: the fraction of them that may be skipped.
+    """
+
+    def __init__(self, *, start_step: int, start_skipped: int, total_steps: int, window: int = 20,
+                 threshold: float = 0.5):
+        if window < 1 or not 0 <= threshold < 1:
+            raise ValueError(f"need window >= 1 and 0 <= threshold < 1, got {window}, {threshold}")
+        self.window, self.threshold, self.total = window, threshold, total_steps
+        self.points: deque[tuple[int, int]] = deque([(start_step, start_skipped)])
+        self.last_skipped = start_skipped
+
+    def update(self, step: int, skipped: int) -> int:
+        """Record the running count at ``step``; returns how many steps were newly skipped since the last call.
+
+        Raises:
+          SkippedStepsError: more than ``threshold`` of the judged steps were skipped.
+        """
+        new = skipped - self.last_skipped
+        self.last_skipped = skipped
+        self.points.append((step, skipped))
+        while len(self.points) > 2 and self.points[1][0] <= step - self.window:
+            self.points.popleft()  # keep one point at or before the window's start
+        base_step, base_skipped = self.points[0]
+        span = step - base_step
+        if span >= self.window or (step >= self.total and span > 0):
+            bad = skipped - base_skipped
+            if bad > self.threshold * span:
+                raise SkippedStepsError(
+                    f"stopped at step {step}: {bad} of the last {span} steps were skipped (non-finite loss or "
+                    "gradients); likely causes: a learning rate or beta too large, or non-finite values in the data")
+        return new

@@ -109,3 +109,47 @@ def test_new_run_dirs_are_distinct_and_resume_step_checks(tmp_path):
 def test_fingerprint_values_round_trip_json():
     fp = make_fingerprint(a=(1, 2), b={"c": float("nan")}, p=os.path.join("x", "y"), e={})
     assert fp == {"a": [1, 2], "b.c": "nan", "p": os.path.join("x", "y"), "e": {}}
+
+
+def test_skip_monitor_stops_a_mostly_skipped_run_and_tolerates_a_few():
+    from mojax.train.run_dir import SkipMonitor, SkippedStepsError
+
+    few = SkipMonitor(start_step=0, start_skipped=0, total_steps=100)
+    for step in range(1, 101):
+        few.update(step, step // 10)  # one step in ten skipped
+    mostly = SkipMonitor(start_step=0, start_skipped=0, total_steps=100)
+    with pytest.raises(SkippedStepsError, match="stopped at step 20: 11 of the last 20 steps") as err:
+        for step in range(1, 101):
+            mostly.update(step, max(0, step - 9))  # every step from step 10 on is skipped
+    assert "learning rate" in str(err.value) and "\n" not in str(err.value)
+    logged_every_5 = SkipMonitor(start_step=40, start_skipped=3, total_steps=100)
+    assert logged_every_5.update(45, 3) == 0 and logged_every_5.update(50, 8) == 5  # newly skipped per call
+    with pytest.raises(SkippedStepsError):
+        for step in range(55, 101, 5):
+            logged_every_5.update(step, 8 + step - 50)
+    short = SkipMonitor(start_step=0, start_skipped=0, total_steps=6)  # shorter than the window: judged at its end
+    for step in range(1, 6):
+        short.update(step, step)
+    with pytest.raises(SkippedStepsError, match="6 of the last 6"):
+        short.update(6, 6)
+
+
+def test_fit_fingerprint_names_the_math():
+    from mojax.train.run_dir import fit_fingerprint
+
+    @dataclasses.dataclass(frozen=True)
+    class _Cfg:
+        steps: int = 5
+        batch_size: int = 8
+        accum_steps: int = 1
+        seed: int = 0
+        log_every: int = 1
+
+    def dpo_fn(model, batch, rng, hparams):
+        return 0.0, {}
+
+    fp = fit_fingerprint(objective=dpo_fn, hparams={"beta": 0.1}, optimizer=_Opt(), config=_Cfg(),
+                         extra={"model": "m"})
+    assert fp["objective"].endswith("dpo_fn") and fp["hparams.beta"] == 0.1 and fp["steps"] == 5
+    assert fp["optimizer.learning_rate"] == 1e-3 and fp["shapes.batch_size"] == 8 and fp["model"] == "m"
+    assert "log_every" not in json.dumps(fp)
