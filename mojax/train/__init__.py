@@ -1,12 +1,13 @@
 """The training engine: mesh, train state, one pure train step, objectives, checkpoints, multi-host, host loop.
 
-The method is an objective plugged into one step (:mod:`mojax.train.objectives`); the host loop
-(:func:`train`) owns data iteration, checkpoints, metrics and progress. See docs/engine.md.
+The method is an objective plugged into one step (:mod:`mojax.train.objectives`); the one host loop (:func:`fit`)
+owns data iteration, compiled-step reuse, checkpoints, metrics, evaluation and progress. See docs/engine.md.
 """
 
 from mojax.train.checkpoint import CheckpointConfig, Checkpointer, StopFlag, install_sigterm_flag
+from mojax.train.data_config import DataConfig
 from mojax.train.distributed import DistributedConfig, initialize, local_batch, process_batch_slice, shard_batch
-from mojax.train.loop import TrainConfig, TrainResult, train
+from mojax.train.loop import TrainConfig, TrainResult, clear_step_cache, fit, make_eval_fn
 from mojax.train.mesh import MeshConfig, check_global_batch, make_mesh
 from mojax.train.objectives import (AnchoredPolicy, COSDPOSampling, bilevel_stable_po_objective,
                                     bradley_terry_objective, cos_dpo_objective, dpo_objective,
@@ -19,12 +20,13 @@ from mojax.train.step import (Objective, OptimizerConfig, StatefulObjective, as_
                               initial_hparams, jit_train_step, make_optimizer, make_train_step)
 
 __all__ = [
-    "AnchoredPolicy", "COSDPOSampling", "CheckpointConfig", "Checkpointer", "DistributedConfig", "MeshConfig",
-    "Objective", "OptimizerConfig", "as_objective", "initial_hparams", "StatefulObjective", "StopFlag", "TrainConfig", "TrainResult", "TrainState",
-    "attach_ref_logps", "batch_shardings", "bilevel_stable_po_objective", "bradley_terry_objective",
-    "cached_reference_logps", "check_global_batch", "cos_dpo_objective", "create_train_state", "dpo_objective",
-    "init_extras", "initialize", "install_sigterm_flag", "jit_train_step", "listwise_dpo_objective", "local_batch",
-    "ltr_cos_dpo_objective", "ltr_listnet_objective", "ltr_listwise_dpo_objective", "make_mesh", "make_optimizer",
-    "make_train_step", "modpo_objective", "more_objective", "policy_logps", "process_batch_slice", "ref_axis_first",
-    "sft_objective", "shard_batch", "spo_objective", "stable_po_objective", "step_key", "train",
+    "AnchoredPolicy", "COSDPOSampling", "CheckpointConfig", "Checkpointer", "DataConfig", "DistributedConfig",
+    "MeshConfig", "Objective", "OptimizerConfig", "StatefulObjective", "StopFlag", "TrainConfig", "TrainResult",
+    "TrainState", "as_objective", "attach_ref_logps", "batch_shardings", "bilevel_stable_po_objective",
+    "bradley_terry_objective", "cached_reference_logps", "check_global_batch", "clear_step_cache",
+    "cos_dpo_objective", "create_train_state", "dpo_objective", "fit", "init_extras", "initial_hparams",
+    "initialize", "install_sigterm_flag", "jit_train_step", "listwise_dpo_objective", "local_batch",
+    "ltr_cos_dpo_objective", "ltr_listnet_objective", "ltr_listwise_dpo_objective", "make_eval_fn", "make_mesh",
+    "make_optimizer", "make_train_step", "modpo_objective", "more_objective", "policy_logps", "process_batch_slice",
+    "ref_axis_first", "sft_objective", "shard_batch", "spo_objective", "stable_po_objective", "step_key",
 ]

@@ -9,23 +9,26 @@ Every option comes from the frozen configs through ``tyro`` (``--help`` lists th
 Your own data and checkpoint (any format of ``mojax.data.read_preferences``: pairs, chat, HH, PKU-SafeRLHF,
 listwise, tokenized; JSONL, ``.gz``, JSON or Parquet)::
 
-    python -m mojax.train --method dpo --data-path prefs.jsonl --model-path ./gpt2 --max-length 512 \\
-        --max-prompt-length 256 --train.run-dir runs/dpo           # tokenizer read from ./gpt2 when it has one
-    python -m mojax.train --method dpo --data-path pku.jsonl --objective-index 1 --model-path ./gpt2  # "safer"
-    python -m mojax.train --method cos-dpo --data-path pku.jsonl --model-path ./gpt2   # all K objectives
-    python -m mojax.train --method sft --data-path prefs.jsonl --tokenizer-path ./tok  # tiny random decoder
-    python -m mojax.train --method dpo --data-path ids.jsonl --model-path stories15M.bin  # llama2.c + token ids
+    python -m mojax.train --method dpo --data.data-paths prefs.jsonl --data.model-path ./gpt2 \\
+        --data.max-length 512 --data.max-prompt-length 256 --train.run-dir runs/dpo   # tokenizer from ./gpt2
+    python -m mojax.train --method dpo --data.data-paths pku.jsonl --objective-index 1 --data.model-path ./gpt2
+    python -m mojax.train --method cos-dpo --data.data-paths pku.jsonl --data.model-path ./gpt2   # all K objectives
+    python -m mojax.train --method sft --data.data-paths prefs.jsonl --data.tokenizer-path ./tok   # tiny decoder
+    python -m mojax.train --method dpo --data.data-paths ids.jsonl --data.model-path stories15M.bin  # llama2.c
 
-With ``--data-path`` the file is read and tokenised once (``--data-format`` names the schema, default ``auto``);
-the ``DataReport`` (kept / skipped / truncated records by reason) is printed at the start and saved as
-``<run_dir>/data_report.json``. Multi-objective files (labels ``[K, N]``, e.g. PKU-SafeRLHF's ("better", "safer"))
-train the pairwise methods on dimension ``--objective-index`` (``mojax.data.select_objective``); ``cos-dpo``
-conditions on all K. ``--model-path`` is a local Hugging Face directory (``mojax.models.load_hf``, placed on the
-mesh) or a llama2.c ``.bin`` file (``load_llama2c``); LoRA is added to it and the frozen base is the reference. At the
-end the LoRA adapters are merged and the model is written to ``<run_dir>/hf`` (``--no-save-hf`` to skip), which
+The ``--data.*`` flags are the shared :class:`mojax.train.DataConfig` block (the same names in every experiment).
+With ``--data.data-paths`` the files are read and tokenised once and concatenated (``--data.data-format`` names the
+schema, default ``auto``); the ``DataReport`` (kept / skipped / truncated records by reason) is printed at the start
+and saved as ``<run_dir>/data_report.json``; ``--data.eval-fraction`` holds out a share of the examples, whose mean
+objective loss is logged as ``eval/loss`` every ``--train.eval-every`` steps and at the end. Multi-objective files
+(labels ``[K, N]``, e.g. PKU-SafeRLHF's ("better", "safer")) train the pairwise methods on dimension
+``--objective-index`` (``mojax.data.select_objective``); ``cos-dpo`` conditions on all K. ``--data.model-path`` is a
+local Hugging Face directory (``mojax.models.load_hf``, placed on the mesh) or a llama2.c ``.bin`` file
+(``load_llama2c``); LoRA is added to it and the frozen base is the reference. At the end the LoRA adapters are merged
+and the model is written to ``<run_dir>/hf`` (``--no-save-hf`` to skip), which
 ``transformers.AutoModelForCausalLM.from_pretrained`` loads (for ``cos-dpo`` that is the LoRA-merged backbone; the
-HPT conditioning network lives only in the checkpoints). Without ``--model-path`` a tiny random Llama-style decoder
-is trained (sized to the tokenizer's vocabulary when one is given).
+HPT conditioning network lives only in the checkpoints). Without a model path a tiny random Llama-style decoder is
+trained (sized to the tokenizer's vocabulary when one is given). Training goes through :func:`mojax.train.fit`.
 
 The laptop default (a tiny Llama-style decoder, LoRA rank 4, 256 synthetic pairs) runs in well under a minute on
 one CPU core. Multi-host: start the same command on every host with ``--distributed.coordinator-address``,
@@ -41,6 +44,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mojax.train.checkpoint import CheckpointConfig
+from mojax.train.data_config import DataConfig
 from mojax.train.distributed import DistributedConfig
 from mojax.train.loop import TrainConfig, TrainResult
 from mojax.train.mesh import MeshConfig
@@ -63,20 +67,14 @@ class RunConfig:
       inner_lr: the bilevel form's inner SFT step size η.
       cos_penalty: COS-DPO's cosine penalty μ.
       lora_rank: LoRA rank on the attention projections (the reference is the LoRA base model).
-      num_pairs: synthetic preference pairs to generate (only without ``data_path``).
-      batch_size: examples per step per process.
-      data_seed: seed of the synthetic data and the shuffle.
-      data_path: a local preference file (JSONL / ``.gz`` / JSON / Parquet); empty = synthetic pairs.
-      data_format: its schema, ``"auto"`` or one of ``mojax.data.readers.FORMATS``.
+      num_pairs: synthetic preference pairs to generate (only without ``data.data_paths``).
+      data_seed: seed of the synthetic data, the held-out split and the shuffle.
       objective_index: the label row (preference dimension) the pairwise methods train on for multi-objective data;
         ``cos-dpo`` uses all of them.
-      tokenizer_path: a tokenizer directory (``mojax.models.load_tokenizer``); empty = the model directory's
-        tokenizer when it has one.
-      max_length: longest prompt + response row in tokens (longer examples are truncated, see ``mojax.data``).
-      max_prompt_length: longest prompt in tokens (cut from the left).
-      model_path: a Hugging Face model directory or a llama2.c ``.bin``; empty = a tiny random decoder.
-      save_hf: merge LoRA and write the trained model to ``<run_dir>/hf`` at the end (only with ``model_path``).
-      train, optimizer, mesh, checkpoint, distributed: the engine's configs.
+      save_hf: merge LoRA and write the trained model to ``<run_dir>/hf`` at the end (only with a model path).
+      data: the shared real-data block (files, format, model and tokenizer paths, lengths, held-out share).
+      train, optimizer, mesh, checkpoint, distributed: the engine's configs (``train.batch_size``: examples per
+        step per process).
     """
 
     method: Method = "dpo"
@@ -86,30 +84,21 @@ class RunConfig:
     cos_penalty: float = 0.0
     lora_rank: int = 4
     num_pairs: int = 256
-    batch_size: int = 8
     data_seed: int = 0
-    data_path: str = ""
-    data_format: str = "auto"
     objective_index: int = 0
-    tokenizer_path: str = ""
-    max_length: int = 512
-    max_prompt_length: int = 256
-    model_path: str = ""
     save_hf: bool = True
-    train: TrainConfig = TrainConfig(steps=50, run_dir="runs/train")
+    data: DataConfig = DataConfig(max_length=512, max_prompt_length=256)
+    train: TrainConfig = TrainConfig(steps=50, batch_size=8, run_dir="runs/train")
     optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-3)
     mesh: MeshConfig = MeshConfig()
     checkpoint: CheckpointConfig = CheckpointConfig(every_steps=25)
     distributed: DistributedConfig = DistributedConfig()
 
     def __post_init__(self):
-        if not 0 < self.max_prompt_length < self.max_length:
-            raise ValueError(f"need 0 < max_prompt_length < max_length, got {self.max_prompt_length}, "
-                             f"{self.max_length}")
         if self.objective_index < 0:
             raise ValueError(f"objective_index must be >= 0, got {self.objective_index}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        if self.train.run_dir is None:
+            raise ValueError("the command line trains into a run directory: give --train.run-dir")
 
 
 def _objective(config: RunConfig, num_objectives: int):
@@ -141,9 +130,9 @@ def _load_tokenizer(config: RunConfig):
     """The tokenizer: ``tokenizer_path``, else the model directory when it holds tokenizer files, else None."""
     from mojax.models import load_tokenizer
 
-    if config.tokenizer_path:
-        return load_tokenizer(config.tokenizer_path)
-    model = Path(config.model_path) if config.model_path else None
+    if config.data.tokenizer_path:
+        return load_tokenizer(config.data.tokenizer_path)
+    model = Path(config.data.model_path) if config.data.model_path else None
     if model is not None and model.is_dir() and any((model / f).exists() for f in _TOKENIZER_FILES):
         return load_tokenizer(model)
     return None
@@ -164,6 +153,7 @@ class _Data:
     """The training examples and what the model and objective need to know about them."""
 
     examples: list
+    held_out: list  # the --data.eval-fraction share (empty without one)
     tokenize: Any  # mojax.data.TokenizeConfig, or None for the synthetic default
     num_objectives: int  # K of the examples the objective sees (before select_objective for cos-dpo)
     vocab_needed: int  # 1 + the largest token id in the data
@@ -171,26 +161,46 @@ class _Data:
 
 
 def _user_data(config: RunConfig, tokenizer) -> _Data:
-    """Read and tokenise ``config.data_path``; pairwise methods get the ``objective_index`` dimension only."""
+    """Read, tokenise and concatenate ``config.data.data_paths``; pairwise methods get the ``objective_index``
+    dimension only; a ``data.eval_fraction`` share is held out."""
+    import numpy as np
+
     from mojax.data import ReaderConfig, TokenizeConfig, load_tokenized, select_objective
 
+    data = config.data
     pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
-    tok_cfg = TokenizeConfig(max_length=config.max_length, max_prompt_length=config.max_prompt_length,
+    tok_cfg = TokenizeConfig(max_length=data.max_length, max_prompt_length=data.max_prompt_length,
                              add_bos=_adds_bos(tokenizer), pad_id=0 if pad is None else int(pad))
-    examples, report = load_tokenized(config.data_path, tokenizer, tok_cfg, ReaderConfig(format=config.data_format))
-    k, n = examples[0].labels.shape
+    examples, report = [], None
+    for path in data.data_paths:
+        part, part_report = load_tokenized(path, tokenizer, tok_cfg, ReaderConfig(format=data.data_format))
+        examples += part[:data.max_examples] if data.max_examples is not None else part
+        report = part_report if report is None else report.merge(part_report)
+    where = ", ".join(data.data_paths)
+    shapes = {ex.labels.shape for ex in examples}
+    if len(shapes) != 1:
+        raise ValueError(f"{where}: the files' examples have different label shapes [K, N] {sorted(shapes)}")
+    k, n = shapes.pop()
     if config.method != "cos-dpo":
         if n != 2:
-            raise ValueError(f"{config.data_path}: method {config.method!r} trains on pairs but the examples have "
-                             f"{n} responses; use --method cos-dpo for lists")
+            raise ValueError(f"{where}: method {config.method!r} trains on pairs but the examples have {n} "
+                             "responses; use --method cos-dpo for lists")
         if not config.objective_index < k:
-            raise ValueError(f"{config.data_path}: objective_index={config.objective_index} but the data has "
-                             f"K={k} objective(s)")
+            raise ValueError(f"{where}: objective_index={config.objective_index} but the data has K={k} "
+                             "objective(s)")
         # Single-dimension pairs, preferred response first under that dimension.
         examples = select_objective(examples, config.objective_index)
     vocab = 1 + max(int(max(ex.prompt_ids.max(initial=0), *(r.max(initial=0) for r in ex.response_ids)))
                     for ex in examples)
-    return _Data(examples=examples, tokenize=tok_cfg, num_objectives=k, report=report,
+    held = []
+    if data.eval_fraction:
+        order = np.random.default_rng(config.data_seed).permutation(len(examples))
+        cut = max(1, int(round(data.eval_fraction * len(examples))))
+        if cut >= len(examples):
+            raise ValueError(f"{where}: data.eval_fraction={data.eval_fraction} leaves no training example")
+        held = [examples[i] for i in order[:cut]]
+        examples = [examples[i] for i in order[cut:]]
+    return _Data(examples=examples, held_out=held, tokenize=tok_cfg, num_objectives=k, report=report,
                  vocab_needed=max(vocab, tok_cfg.pad_id + 1))
 
 
@@ -199,20 +209,20 @@ def _synthetic_data(config: RunConfig) -> _Data:
 
     data_cfg = SyntheticLMConfig()
     pairs = make_pairs(data_cfg, num_pairs=config.num_pairs, seed=config.data_seed)
-    return _Data(examples=pairs.examples, tokenize=None, num_objectives=len(data_cfg.objectives),
+    return _Data(examples=pairs.examples, held_out=[], tokenize=None, num_objectives=len(data_cfg.objectives),
                  vocab_needed=data_cfg.vocab_size)
 
 
 def _load_model(config: RunConfig, mesh):
-    """The pretrained decoder at ``config.model_path`` (HF directory or llama2.c ``.bin``), placed on ``mesh``."""
+    """The pretrained decoder at ``config.data.model_path`` (HF directory or llama2.c ``.bin``), placed on ``mesh``."""
     from mojax.models import load_hf, load_llama2c
 
-    path = Path(config.model_path)
+    path = Path(config.data.model_path)
     if path.is_dir():
         return load_hf(path, mesh=mesh)
     if path.is_file() and path.suffix == ".bin":
         return load_llama2c(path, mesh=mesh)
-    raise FileNotFoundError(f"model_path {config.model_path!r}: expected a Hugging Face model directory "
+    raise FileNotFoundError(f"data.model_path {config.data.model_path!r}: expected a Hugging Face model directory "
                             "(config.json + safetensors) or a llama2.c .bin file")
 
 
@@ -254,7 +264,8 @@ def export_hf(result: TrainResult, path: str | Path, *, tokenizer: Any = None) -
 
 
 def run(config: RunConfig) -> TrainResult:
-    """Build data, model and objective from ``config`` and train (see the module docstring)."""
+    """Build data, model and objective from ``config`` and train with :func:`mojax.train.fit` (see the module
+    docstring)."""
     from mojax.train.distributed import initialize
 
     initialize(config.distributed)  # before anything touches a device
@@ -265,29 +276,29 @@ def run(config: RunConfig) -> TrainResult:
     from mojax.data import PipelineConfig, make_iterator
     from mojax.models import ConditionedLM, Decoder, DecoderConfig, HPTConfig, HyperPromptTuning, LoRAConfig, add_lora
     from mojax.train.checkpoint import install_sigterm_flag
-    from mojax.train.loop import train
+    from mojax.train.loop import fit, make_eval_fn
     from mojax.train.mesh import make_mesh
-    from mojax.train.step import make_optimizer
 
     primary = jax.process_index() == 0
     mesh = make_mesh(config.mesh)
     tokenizer = _load_tokenizer(config)
-    data = _user_data(config, tokenizer) if config.data_path else _synthetic_data(config)
+    real = config.data.real
+    data = _user_data(config, tokenizer) if real else _synthetic_data(config)
     if primary and data.report is not None:
         print(data.report.summary())
 
-    base = _load_model(config, mesh) if config.model_path else None
+    base = _load_model(config, mesh) if config.data.model_path else None
     if base is not None:
         dec_cfg = base.config
-        if config.data_path and config.max_length > dec_cfg.max_positions:
-            raise ValueError(f"max_length={config.max_length} exceeds the model's max_positions="
+        if real and config.data.max_length > dec_cfg.max_positions:
+            raise ValueError(f"data.max_length={config.data.max_length} exceeds the model's max_positions="
                              f"{dec_cfg.max_positions}")
     else:
         vocab = max(data.vocab_needed, len(tokenizer) if tokenizer is not None else 0)
         # Rounded up (as is common for embedding tables) so the vocabulary splits evenly over the tensor axis.
         multiple = math.lcm(64, mesh.shape["tensor"])
         vocab = -(-vocab // multiple) * multiple
-        positions = max(128, config.max_length if config.data_path else 0)
+        positions = max(128, config.data.max_length if real else 0)
         dec_cfg = DecoderConfig.tiny(vocab_size=vocab, max_positions=positions)
     if data.vocab_needed > dec_cfg.vocab_size:
         raise ValueError(f"the data holds token id {data.vocab_needed - 1} but the model's vocabulary has "
@@ -303,17 +314,24 @@ def run(config: RunConfig) -> TrainResult:
 
     # A loaded model is already on the mesh: pass the module. The tiny one is built inside jit, shard by shard.
     model = attach(base) if base is not None else (lambda: attach(Decoder(dec_cfg, rngs=nnx.Rngs(config.train.seed))))
-    iterator = make_iterator(data.examples, PipelineConfig(batch_size=config.batch_size, seed=config.data_seed,
+    batch_size = config.train.batch_size
+    iterator = make_iterator(data.examples, PipelineConfig(batch_size=batch_size, seed=config.data_seed,
                                                            num_epochs=None), tokenize_config=data.tokenize)
+    objective = _objective(config, data.num_objectives)
+    eval_fn = None
+    if data.held_out:
+        held = make_iterator(data.held_out, PipelineConfig(batch_size=min(batch_size, len(data.held_out)),
+                                                           shuffle=False, num_epochs=1),
+                             tokenize_config=data.tokenize)
+        eval_fn = make_eval_fn(objective, list(held), mesh=mesh, seed=config.data_seed)
     if primary:
         print(f"mojax.train: {config.method} on {jax.device_count()} device(s), mesh {dict(mesh.shape)}, "
-              f"{len(data.examples)} examples, model {config.model_path or 'tiny random decoder'}, "
-              f"run dir {config.train.run_dir}")
-    result = train(model=model, objective=_objective(config, data.num_objectives),
-                   tx=make_optimizer(config.optimizer), data=iterator, mesh=mesh, config=config.train,
-                   checkpoint=config.checkpoint, wrt=_trainable(config), run_config=config, data_report=data.report,
-                   stop_flag=install_sigterm_flag())
-    if config.model_path and config.save_hf and not result.stopped:
+              f"{len(data.examples)} examples ({len(data.held_out)} held out), model "
+              f"{config.data.model_path or 'tiny random decoder'}, run dir {config.train.run_dir}")
+    result = fit(model, objective, iterator, config=config.train, optimizer=config.optimizer, mesh=mesh,
+                 wrt=_trainable(config), eval_fn=eval_fn, run_config=config, data_report=data.report,
+                 checkpoint=config.checkpoint, stop_flag=install_sigterm_flag())
+    if config.data.model_path and config.save_hf and not result.stopped:
         out = export_hf(result, result.run_dir / "hf", tokenizer=tokenizer)
         if primary:
             print(f"mojax.train: LoRA merged, model saved to {out}")
@@ -321,7 +339,19 @@ def run(config: RunConfig) -> TrainResult:
 
 
 def main(argv: list[str] | None = None) -> TrainResult:
-    """Parse ``argv`` into a :class:`RunConfig` with ``tyro`` and :func:`run` it."""
+    """Parse ``argv`` into a :class:`RunConfig` with ``tyro`` and :func:`run` it.
+
+    A user error (a bad option value, a missing file, unusable data) ends the process with one line on stderr and
+    exit status 2, without a traceback.
+    """
+    import sys
+
     import tyro
 
-    return run(tyro.cli(RunConfig, args=argv))
+    from mojax.data import DataError
+
+    try:
+        return run(tyro.cli(RunConfig, args=argv))
+    except (ValueError, FileNotFoundError, DataError) as e:
+        print(f"mojax.train: error: {e}".splitlines()[0], file=sys.stderr)
+        raise SystemExit(2) from None

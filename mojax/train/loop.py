@@ -1,9 +1,13 @@
-"""The host loop: small functions around the one jitted step.
+"""The one host loop, :func:`fit`: small functions around the one jitted step, for the CLI and every experiment.
 
-``train(...)`` owns the run directory (resolved config JSON, data report, ``metrics.jsonl``, optional TensorBoard,
-checkpoints), the data iterator (Grain: ``get_state``/``set_state`` go into every checkpoint), the progress bar with
-live loss and throughput, a periodic evaluation hook, SIGTERM-safe saving, and resuming from the latest complete
-checkpoint. The step itself (:mod:`mojax.train.step`) does no I/O.
+``fit(...)`` owns the run directory when given one (resolved config JSON, data report, ``metrics.jsonl``, optional
+TensorBoard, checkpoints, resume; ``run_dir=None`` is an in-memory run with none of it, what sweeps use), the data
+iterator (Grain: ``get_state``/``set_state`` go into every checkpoint), the progress bar with live loss, throughput
+and skipped-step count, evaluation and metrics hooks, and SIGTERM-safe saving. The step itself
+(:mod:`mojax.train.step`) does no I/O. Compiled steps are reused across calls through a process-wide cache keyed by
+what the traced program depends on (objective function, graph, optimizer, mesh, batch signature, accumulation,
+compiler options) — the objective's hyper-parameter *values* are step inputs, so a sweep over them compiles once.
+Every jit here traces under ``jax.set_mesh(mesh)``, so the models' ``constrain`` calls take effect.
 
 Resume semantics: on start, if ``checkpoint.resume`` and the checkpoint directory holds a complete checkpoint, the
 whole ``TrainState`` and the iterator state are restored and training continues at ``state.step``; the resumed run
@@ -18,15 +22,18 @@ iterators over per-process shards (``mojax.data.PipelineConfig``) every process'
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 import json
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -34,55 +41,101 @@ from jax.sharding import Mesh
 
 from mojax.train.checkpoint import CheckpointConfig, Checkpointer, StopFlag
 from mojax.train.distributed import shard_batch
-from mojax.train.mesh import check_global_batch
-from mojax.train.state import TrainState, batch_axis, create_train_state, step_key
-from mojax.train.step import Objective, StatefulObjective, init_extras, jit_train_step, make_train_step
+from mojax.train.mesh import MeshConfig, check_global_batch, make_mesh
+from mojax.train.state import TrainState, batch_axis, create_train_state, replicated, step_key
+from mojax.train.step import (COUNT, Objective, OptimizerConfig, StatefulObjective, as_objective, init_extras,
+                              jit_train_step, make_optimizer, make_train_step)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """The host loop's knobs; defaults suit a laptop CPU.
+    """The host loop's knobs (one config for the CLI and every experiment); defaults suit a laptop CPU.
 
     Attributes:
       steps: total optimizer steps (a resumed run stops at the same total).
+      batch_size: examples per step (per process), for the callers that build the batches (the CLI, experiments);
+        :func:`fit` takes whatever batches it is given.
       accum_steps: microbatches per step (gradient accumulation).
       seed: base of the run's RNG key (``TrainState.rng``).
-      log_every: write metrics every this many steps (metrics are fetched from the device only then).
+      log_every: fetch metrics from the device every this many steps (and at the last): history, ``metrics.jsonl``,
+        ``on_metrics`` and the progress bar.
       eval_every: call the evaluation hook every this many steps (0 = only at the end, if a hook is given).
-      run_dir: where the config, data report, metrics and checkpoints go.
-      progress: show a tqdm progress bar.
-      tensorboard: also write TensorBoard scalars if ``tensorboardX`` is importable.
+      eval_at_start: also evaluate before the first step (step 0).
+      run_dir: where the config, data report, metrics and checkpoints go; None = an in-memory run (no files).
+      progress: show a tqdm progress bar (loss, throughput, skipped steps).
+      progress_desc: the bar's label.
+      tensorboard: also write TensorBoard scalars if ``tensorboardX`` is importable (only with a ``run_dir``).
+      compiler_options: XLA options of the compiled step as ``"name=value"`` strings (``jax.jit(...,
+        compiler_options=)``), e.g. ``("xla_cpu_enable_fast_math=false",)``; part of the step cache's key.
     """
 
     steps: int = 100
+    batch_size: int = 8
     accum_steps: int = 1
     seed: int = 0
     log_every: int = 10
     eval_every: int = 0
-    run_dir: str = "runs/train"
+    eval_at_start: bool = False
+    run_dir: str | None = None
     progress: bool = True
+    progress_desc: str = "train"
     tensorboard: bool = True
+    compiler_options: tuple[str, ...] = ()
 
     def __post_init__(self):
-        if self.steps < 0 or self.accum_steps < 1 or self.log_every < 1 or self.eval_every < 0:
-            raise ValueError(f"invalid TrainConfig: steps >= 0, accum_steps >= 1, log_every >= 1, eval_every >= 0 "
-                             f"required, got {self}")
+        if (self.steps < 0 or self.batch_size < 1 or self.accum_steps < 1 or self.log_every < 1
+                or self.eval_every < 0):
+            raise ValueError(f"invalid TrainConfig: steps >= 0, batch_size >= 1, accum_steps >= 1, log_every >= 1, "
+                             f"eval_every >= 0 required, got {self}")
+        for option in self.compiler_options:
+            if "=" not in option or not option.split("=", 1)[0]:
+                raise ValueError(f"compiler option {option!r} must be 'name=value'")
+
+    def compiler_options_dict(self) -> dict[str, str] | None:
+        """:attr:`compiler_options` as the dict ``jax.jit`` takes (None when empty)."""
+        return dict(o.split("=", 1) for o in self.compiler_options) or None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainResult:
-    """What :func:`train` returns: the final state, the graph to merge it with, and the run's bookkeeping."""
+    """What :func:`fit` returns: the final state, the graph to merge it with, and the run's bookkeeping.
+
+    Attributes:
+      state, graphdef: the final :class:`~mojax.train.TrainState` and its graph.
+      run_dir: the run directory, or None for an in-memory run.
+      start_step: the step the run started (or resumed) at.
+      history: one dict per logged step (``{"step": s, **metrics}``, plus ``steps_per_s``, ``examples_per_s``) and
+        per evaluation (``{"step": s, "eval/<name>": value}``), in order.
+      stopped: the stop flag ended the run early (after saving).
+      seconds: wall time of the step loop (compilation included, evaluation excluded).
+      compiled: whether this run compiled its step (False: reused from the process-wide step cache).
+    """
 
     state: TrainState
     graphdef: nnx.GraphDef
-    run_dir: Path
+    run_dir: Path | None
     start_step: int
-    history: list[dict[str, float]]
+    history: list[dict[str, Any]]
     stopped: bool
+    seconds: float = 0.0
+    compiled: bool = True
 
     def model(self) -> nnx.Module:
         """The trained model (``nnx.merge(graphdef, params, rest)``)."""
         return nnx.merge(self.graphdef, self.state.params, self.state.rest)
+
+    @property
+    def skipped(self) -> int:
+        """Steps whose update was dropped because the loss, a gradient or the update was not finite."""
+        return int(self.state.skipped)
+
+    def metrics(self, name: str) -> np.ndarray:
+        """The logged values of one metric, in step order (``[steps]`` or ``[steps, ...]``)."""
+        return np.asarray([h[name] for h in self.history if name in h])
+
+    def evals(self) -> list[dict[str, Any]]:
+        """The evaluation records (``{"step": s, "eval/<name>": value}``)."""
+        return [h for h in self.history if any(k.startswith("eval/") for k in h)]
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -105,9 +158,10 @@ def to_jsonable(obj: Any) -> Any:
 class MetricsWriter:
     """Appends one JSON object per logged step to ``metrics.jsonl`` (and TensorBoard scalars when available)."""
 
-    def __init__(self, run_dir: Path, *, tensorboard: bool = True, enabled: bool = True):
-        self.enabled = enabled
-        self.path = run_dir / "metrics.jsonl"
+    def __init__(self, run_dir: Path | None, *, tensorboard: bool = True, enabled: bool = True):
+        self.enabled = enabled and run_dir is not None
+        enabled = self.enabled
+        self.path = None if run_dir is None else run_dir / "metrics.jsonl"
         self._file = open(self.path, "a", encoding="utf-8") if enabled else None
         self._tb = None
         if enabled and tensorboard:
@@ -165,120 +219,227 @@ def _host_metrics(metrics: Mapping[str, jax.Array]) -> dict[str, Any]:
     return out
 
 
-def train(
+# Compiled steps by everything the traced program depends on (see `_step_key`): a later run of the same objective
+# function on the same graph, optimizer, mesh and batch signature — another β of a sweep, SPO's next round, DPO-LS's
+# next weight — reuses the executable instead of re-tracing and recompiling. Small: a process trains few methods.
+_STEP_CACHE: collections.OrderedDict = collections.OrderedDict()
+_STEP_CACHE_SIZE = 16
+_UNSET: Any = object()
+
+
+def _batch_signature(batch: Mapping[str, Any]) -> tuple:
+    return tuple(sorted((k, tuple(np.shape(v)), str(getattr(v, "dtype", np.asarray(v).dtype)))
+                        for k, v in batch.items()))
+
+
+def _step_key(objective: Objective, graphdef, optimizer: Any, wrt: Any, mesh: Mesh, state: TrainState,
+              batch: Mapping[str, Any], config: TrainConfig) -> tuple:
+    """Everything the compiled step depends on: the objective's function (hyper-parameter *values* are inputs, not
+    part of the key), the model graph, the optimizer, the trainable filter, the mesh, the batch and hparams
+    signatures, accumulation and compiler options."""
+    hp = tuple(sorted((k, tuple(np.shape(v))) for k, v in dict(state.hparams).items()))
+    return (objective.fn, objective.init_extras, graphdef, optimizer, repr(wrt), mesh, _batch_signature(batch), hp,
+            jax.tree.structure(state.extras), config.accum_steps, config.compiler_options)
+
+
+def _compiled_step(key: tuple, build: Callable[[], Callable]) -> tuple[Callable, bool]:
+    """The cached jitted step for ``key``, or a new one from ``build()``; returns ``(step, compiled_now)``."""
+    hit = _STEP_CACHE.get(key)
+    if hit is not None:
+        _STEP_CACHE.move_to_end(key)
+        return hit, False
+    step = build()
+    _STEP_CACHE[key] = step  # the key holds the objective's fn, the graph and optimizer: ids are never reused
+    while len(_STEP_CACHE) > _STEP_CACHE_SIZE:
+        _STEP_CACHE.popitem(last=False)
+    return step, True
+
+
+def clear_step_cache() -> None:
+    """Drop every cached compiled step (frees their executables)."""
+    _STEP_CACHE.clear()
+
+
+def _copy_module(model: nnx.Module) -> nnx.Module:
+    """A copy with its own buffers: the step donates the state, which must not delete the caller's arrays."""
+    graphdef, state = nnx.split(model)
+    return nnx.merge(graphdef, jax.tree.map(jnp.copy, state))
+
+
+def fit(
+    model_or_state: nnx.Module | Callable[[], nnx.Module] | TrainResult,
+    objective: Objective | StatefulObjective | Callable,
+    batches: Iterable[Mapping[str, Any]],
     *,
-    model: nnx.Module | Callable[[], nnx.Module],
-    objective: Objective | StatefulObjective,
-    tx: optax.GradientTransformation,
-    data: Iterator[Mapping[str, Any]],
-    mesh: Mesh,
     config: TrainConfig = TrainConfig(),
-    checkpoint: CheckpointConfig = CheckpointConfig(),
+    optimizer: OptimizerConfig | optax.GradientTransformation = OptimizerConfig(),
+    mesh: Mesh | None = None,
+    hparams: Mapping[str, Any] | None = None,
     wrt: Any = nnx.Param,
-    eval_fn: Callable[[nnx.Module, int], Mapping[str, Any]] | None = None,
+    eval_fn: Callable[[int, nnx.Module], Mapping[str, Any]] | None = None,
+    on_metrics: Callable[[int, dict[str, Any]], None] | None = None,
+    run_dir: str | Path | None = _UNSET,
     run_config: Any = None,
     data_report: Any = None,
+    checkpoint: CheckpointConfig = CheckpointConfig(),
     stop_flag: StopFlag | None = None,
-    on_step: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> TrainResult:
-    """Train ``model`` on ``objective`` for ``config.steps`` steps, resuming from a checkpoint when there is one.
+    """Train for ``config.steps`` steps with one compiled step, in memory or in a run directory (with resume).
 
     Args:
-      model: an ``nnx.Module`` or a zero-argument builder (initialised straight onto the mesh).
-      objective: the method (:mod:`mojax.train.objectives`).
-      tx: optax transformation (:func:`mojax.train.step.make_optimizer`).
-      data: an iterator of *this process's* host batches (dicts of arrays in the batch layout of docs/contracts.md);
-        if it has ``get_state``/``set_state`` (Grain) its position is checkpointed and restored.
-      mesh: the device mesh.
-      config, checkpoint: loop and checkpoint configs.
-      wrt: filter of the trainable variables.
-      eval_fn: ``eval_fn(model, step) -> metrics``, called every ``config.eval_every`` steps and at the end; its
-        metrics are logged with an ``eval/`` prefix.
-      run_config: the resolved config to write to ``config.json`` (defaults to ``config``).
+      model_or_state: an ``nnx.Module`` (copied: the caller's module is left untouched), a zero-argument builder
+        (initialised straight onto the mesh, shard by shard), or a :class:`TrainResult` to continue from (its state,
+        optimizer moments and step count; ``config.steps`` is then the new total).
+      objective: an :class:`~mojax.train.Objective` (:mod:`mojax.train.objectives`), or a plain
+        ``objective(model, batch, rng) -> (loss, metrics)`` / legacy ``StatefulObjective`` (no hyper-parameters).
+      batches: an iterable of *this process's* host batches (dicts of NumPy arrays in the batch layout); a Grain
+        iterator's position (``get_state``/``set_state``) is checkpointed and restored.
+      config: the loop's :class:`TrainConfig`.
+      optimizer: an :class:`~mojax.train.OptimizerConfig` (part of the step-cache key), or an optax transformation
+        (cached by identity).
+      mesh: the device mesh; default: every device on the ``data`` axis. Every jit traces under it.
+      hparams: values of the objective's hyper-parameters for this run (the rest keep their defaults); they are
+        inputs of the compiled step, so a sweep over them compiles once.
+      wrt: ``nnx`` filter of the trainable variables (``nnx.LoRAParam`` for LoRA).
+      eval_fn: ``eval_fn(step, model) -> {name: value}``, every ``config.eval_every`` steps, at the end (and at step
+        0 with ``config.eval_at_start``); logged with an ``eval/`` prefix.
+      on_metrics: ``on_metrics(step, host_metrics)`` at every logged step.
+      run_dir: overrides ``config.run_dir``; None = in memory: no files, no checkpoints, no resume.
+      run_config: the resolved config written to ``config.json`` (default: ``config``).
       data_report: a ``mojax.data.DataReport`` (or dict) written to ``data_report.json``.
-      stop_flag: a :class:`~mojax.train.checkpoint.StopFlag` (from ``install_sigterm_flag``); when set, the loop
-        saves and returns after the current step.
-      on_step: ``on_step(step, host_metrics)`` after each logged step (tests, custom logging).
+      checkpoint: checkpointing and resume (only with a run directory).
+      stop_flag: a :class:`~mojax.train.StopFlag` (``install_sigterm_flag()``): when set, save and return.
 
     Returns:
       A :class:`TrainResult`.
     """
-    run_dir = prepare_run_dir(config.run_dir, config=run_config if run_config is not None else config,
-                              data_report=data_report)
-    graphdef, state, shardings = create_train_state(model, tx, mesh=mesh, rng=config.seed, wrt=wrt,
-                                                    extras=init_extras(objective, model))
-    ckpt_dir = Path(checkpoint.directory) if checkpoint.directory else run_dir / "checkpoints"
-    checkpointer = Checkpointer(ckpt_dir, checkpoint)
-    start_step = 0
-    if checkpoint.resume:
-        restored = checkpointer.restore(state)
-        if restored is not None:
-            state, data_state = restored
-            start_step = int(state.step)
-            if data_state.get("iterator") is not None:
-                if not callable(getattr(data, "set_state", None)):
-                    raise ValueError("the checkpoint holds a data-iterator state but `data` has no set_state(); "
-                                     "resuming would repeat batches")
-                data.set_state(data_state["iterator"])
-            else:
-                warnings.warn(f"resuming at step {start_step} with a data iterator that has no get_state(): it "
-                              "starts from its beginning, so the resumed run sees different batches", stacklevel=2)
+    run_dir = config.run_dir if run_dir is _UNSET else run_dir
+    mesh = make_mesh(MeshConfig()) if mesh is None else mesh
+    obj = as_objective(objective)
+    if isinstance(optimizer, OptimizerConfig):
+        tx = make_optimizer(optimizer)
+    elif isinstance(optimizer, optax.GradientTransformation):
+        tx = optimizer
+    else:
+        raise TypeError(f"optimizer must be an OptimizerConfig or an optax.GradientTransformation, got "
+                        f"{type(optimizer)!r}")
+    path = None
+    if run_dir is not None:
+        path = prepare_run_dir(run_dir, config=run_config if run_config is not None else config,
+                               data_report=data_report)
+    start_hparams = obj.initial_hparams(hparams)
+    # Not under jax.set_mesh: nnx would read the variables' logical axis names as mesh axes; placement goes through
+    # the logical rules instead (mojax.sharding.state_shardings).
+    if isinstance(model_or_state, TrainResult):
+        graphdef = model_or_state.graphdef
+        state = jax.tree.map(jnp.copy, model_or_state.state).replace(
+            hparams=jax.device_put(start_hparams, replicated(mesh)))
+        shardings = jax.tree.map(lambda x: x.sharding, state)
+    else:
+        model = _copy_module(model_or_state) if isinstance(model_or_state, nnx.Module) else model_or_state
+        graphdef, state, shardings = create_train_state(model, tx, mesh=mesh, rng=config.seed, wrt=wrt,
+                                                        extras=init_extras(obj, model), hparams=start_hparams)
+    batches = iter(batches)
+    checkpointer = None
+    start_step = int(state.step)
+    if path is not None:
+        ckpt_dir = Path(checkpoint.directory) if checkpoint.directory else path / "checkpoints"
+        checkpointer = Checkpointer(ckpt_dir, checkpoint)
+        if checkpoint.resume:
+            state, start_step = _resume(checkpointer, state, batches, hparams, start_step)
 
-    writer = MetricsWriter(run_dir, tensorboard=config.tensorboard, enabled=jax.process_index() == 0)
+    writer = MetricsWriter(path, tensorboard=config.tensorboard, enabled=path is not None and jax.process_index() == 0)
     history: list[dict[str, Any]] = []
-    step_fn = None
     bar = None
     if config.progress and jax.process_index() == 0:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=config.steps, initial=start_step, desc="train", dynamic_ncols=True)
+        bar = tqdm(total=config.steps, initial=start_step, desc=config.progress_desc, dynamic_ncols=True,
+                   leave=path is not None)
+    step_fn, compiled = None, False
     stopped = False
-    last_time, last_step = time.perf_counter(), start_step
     step = start_step
+    seconds = 0.0
+    last_time, last_step = time.perf_counter(), start_step
     try:
+        if eval_fn is not None and config.eval_at_start and step == 0:
+            _evaluate(eval_fn, graphdef, state, step, writer, history, mesh)
         while step < config.steps:
-            host_batch = next(data)
-            batch = shard_batch(host_batch, mesh)
+            t0 = time.perf_counter()
+            batch = shard_batch(next(batches), mesh)
             if step_fn is None:
                 name, first = next(iter(batch.items()))
-                global_b = first.shape[batch_axis(name, first.ndim)]
-                check_global_batch(mesh, global_b, accum_steps=config.accum_steps)
-                step_fn = jit_train_step(make_train_step(graphdef, objective, tx, accum_steps=config.accum_steps),
-                                         shardings, batch, mesh)
-            state, metrics = step_fn(state, batch, step_key(state.rng, step))
+                check_global_batch(mesh, first.shape[batch_axis(name, first.ndim)], accum_steps=config.accum_steps)
+                key = _step_key(obj, graphdef, optimizer if isinstance(optimizer, OptimizerConfig) else tx, wrt,
+                                mesh, state, batch, config)
+                step_fn, compiled = _compiled_step(key, lambda: jit_train_step(
+                    make_train_step(graphdef, obj, tx, accum_steps=config.accum_steps), shardings, batch, mesh,
+                    compiler_options=config.compiler_options_dict()))
+            with jax.set_mesh(mesh):  # the first call traces: constrain() then sees the mesh (issue 10 §1)
+                state, metrics = step_fn(state, batch, step_key(state.rng, step))
             step += 1
-            if checkpointer.due(step) or step == config.steps:
-                checkpointer.save(step, state, {"iterator": _iterator_state(data), "step": step})
+            if checkpointer is not None and (checkpointer.due(step) or step == config.steps):
+                checkpointer.save(step, state, {"iterator": _iterator_state(batches), "step": step})
             if step % config.log_every == 0 or step == config.steps:
-                host = _host_metrics(metrics)
+                host = _host_metrics(metrics)  # blocks on this step: the timing below counts finished work
                 now = time.perf_counter()
+                seconds += now - t0
                 host["steps_per_s"] = (step - last_step) / max(now - last_time, 1e-9)
                 host["examples_per_s"] = host.get("count", 0.0) * host["steps_per_s"]
                 writer.write(step, host)
                 history.append({"step": step, **host})
                 if bar is not None:
-                    bar.set_postfix(loss=f"{host['loss']:.4f}", it_s=f"{host['steps_per_s']:.2f}")
-                if on_step is not None:
-                    on_step(step, host)
-                last_time, last_step = now, step
+                    bar.set_postfix(loss=f"{host['loss']:.4f}", it_s=f"{host['steps_per_s']:.2f}",
+                                    skipped=int(host.get("skipped", 0)))
+                if on_metrics is not None:
+                    on_metrics(step, host)
+                last_time, last_step = time.perf_counter(), step
+            else:
+                seconds += time.perf_counter() - t0
             if bar is not None:
                 bar.update(1)
             if eval_fn is not None and config.eval_every and step % config.eval_every == 0 and step < config.steps:
-                _evaluate(eval_fn, graphdef, state, step, writer, history)
+                t_eval = time.perf_counter()
+                _evaluate(eval_fn, graphdef, state, step, writer, history, mesh)
+                last_time += time.perf_counter() - t_eval  # evaluation time is not training throughput
             if stop_flag is not None and _stop_requested(stop_flag):
                 # Checked last, so a signal that arrived anywhere in this iteration still saves this step.
-                checkpointer.save(step, state, {"iterator": _iterator_state(data), "step": step})
+                if checkpointer is not None:
+                    checkpointer.save(step, state, {"iterator": _iterator_state(batches), "step": step})
                 stopped = True
                 break
         if eval_fn is not None and not stopped:
-            _evaluate(eval_fn, graphdef, state, step, writer, history)
+            _evaluate(eval_fn, graphdef, state, step, writer, history, mesh)
     finally:
-        checkpointer.close()
+        if checkpointer is not None:
+            checkpointer.close()
         writer.close()
         if bar is not None:
             bar.close()
-    return TrainResult(state=state, graphdef=graphdef, run_dir=run_dir, start_step=start_step, history=history,
-                       stopped=stopped)
+    return TrainResult(state=state, graphdef=graphdef, run_dir=path, start_step=start_step, history=history,
+                       stopped=stopped, seconds=seconds, compiled=compiled)
+
+
+def _resume(checkpointer, state, batches, hparams, start_step):
+    """Restore the newest checkpoint (state and iterator position) when there is one."""
+    restored = checkpointer.restore(state)
+    if restored is None:
+        return state, start_step
+    given = state.hparams
+    state, data_state = restored
+    if hparams is not None and any(not np.array_equal(np.asarray(given[k]), np.asarray(state.hparams[k]))
+                                   for k in given):
+        warnings.warn("resuming with the checkpoint's hyper-parameters; the hparams passed to fit() differ and are "
+                      "ignored", stacklevel=3)
+    if data_state.get("iterator") is not None:
+        if not callable(getattr(batches, "set_state", None)):
+            raise ValueError("the checkpoint holds a data-iterator state but `batches` has no set_state(); "
+                             "resuming would repeat batches")
+        batches.set_state(data_state["iterator"])
+    else:
+        warnings.warn(f"resuming at step {int(state.step)} with a data iterator that has no get_state(): it starts "
+                      "from its beginning, so the resumed run sees different batches", stacklevel=3)
+    return state, int(state.step)
 
 
 def _stop_requested(flag: StopFlag) -> bool:
@@ -291,8 +452,48 @@ def _stop_requested(flag: StopFlag) -> bool:
     return bool(np.any(multihost_utils.process_allgather(np.int32(flag.is_set()))))
 
 
-def _evaluate(eval_fn, graphdef, state, step, writer, history) -> None:
-    metrics = eval_fn(nnx.merge(graphdef, state.params, state.rest), step)
+def _evaluate(eval_fn, graphdef, state, step, writer, history, mesh) -> None:
+    with jax.set_mesh(mesh):  # an eval_fn that jits traces under the run's mesh too
+        metrics = eval_fn(step, nnx.merge(graphdef, state.params, state.rest))
     host = {f"eval/{k}": to_jsonable(v) for k, v in dict(metrics).items()}
     writer.write(step, host)
     history.append({"step": step, **host})
+
+
+def make_eval_fn(objective: Objective | Callable, batches: Sequence[Mapping[str, Any]], *, mesh: Mesh | None = None,
+                 hparams: Mapping[str, Any] | None = None, seed: int = 0) -> Callable[[int, nnx.Module], dict]:
+    """An ``eval_fn(step, model)`` for :func:`fit`: the objective's loss and scalar metrics on fixed held-out
+    ``batches`` (host batches), count-weighted over them like accumulation. One jitted forward (no gradient),
+    traced under ``jax.set_mesh(mesh)``; rng ``fold_in(PRNGKey(seed), i)`` for batch ``i`` (fixed across calls).
+    Stateless objectives only (a stateful one's extras belong to the run)."""
+    obj = as_objective(objective)
+    if obj.stateful:
+        raise TypeError("make_eval_fn needs a stateless objective")
+    mesh = make_mesh(MeshConfig()) if mesh is None else mesh
+    hp = obj.initial_hparams(hparams)
+    batches = list(batches)
+    key = jax.random.PRNGKey(seed)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def evaluate(graphdef, state, batch, rng, hp):
+        loss, metrics = obj.fn(nnx.merge(graphdef, state), batch, rng, hp)
+        metrics = dict(metrics)
+        count = jnp.asarray(metrics.pop(COUNT, 1.0), jnp.float32)
+        scalars = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items() if jnp.ndim(v) == 0}
+        return {"loss": jnp.asarray(loss, jnp.float32), **scalars}, count
+
+    def eval_fn(step: int, model: nnx.Module) -> dict[str, float]:
+        del step
+        graphdef, state = nnx.split(model)
+        sums: dict[str, float] = {}
+        total = 0.0
+        with jax.set_mesh(mesh):
+            for i, batch in enumerate(batches):
+                values, count = jax.device_get(evaluate(graphdef, state, shard_batch(batch, mesh),
+                                                        jax.random.fold_in(key, i), hp))
+                for k, v in values.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) * float(count)
+                total += float(count)
+        return {k: v / max(total, 1e-12) for k, v in sums.items()}
+
+    return eval_fn

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -327,11 +326,15 @@ def make_train_step(
     return train_step
 
 
-def jit_train_step(train_step: Callable, state_shardings: TrainState, batch: Mapping[str, Any], mesh: Mesh):
+def jit_train_step(train_step: Callable, state_shardings: TrainState, batch: Mapping[str, Any], mesh: Mesh, *,
+                   compiler_options: Mapping[str, Any] | None = None):
     """``jax.jit`` the step once: state in and out on its shardings (donated), batch split over ``"batch"``.
 
-    ``batch`` is an example batch (arrays or ``ShapeDtypeStruct``) giving the entries and their ranks.
+    ``batch`` is an example batch (arrays or ``ShapeDtypeStruct``) giving the entries and their ranks. Call (and so
+    trace) the result under ``jax.set_mesh(mesh)`` so that ``mojax.sharding.constrain`` sees the mesh, as
+    :func:`mojax.train.fit` does; ``compiler_options`` go to XLA.
     """
     rep = replicated(mesh)
     return jax.jit(train_step, in_shardings=(state_shardings, batch_shardings(batch, mesh), rep),
-                   out_shardings=(state_shardings, rep), donate_argnums=(0,))
+                   out_shardings=(state_shardings, rep), donate_argnums=(0,),
+                   compiler_options=dict(compiler_options) if compiler_options else None)

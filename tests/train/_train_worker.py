@@ -174,9 +174,9 @@ def train_run(run_dir: str, steps: str, every: str, out: str, hold: str = "0") -
 
     from _train_tiny import TinyLM, nll_objective
     from mojax.train.checkpoint import CheckpointConfig, install_sigterm_flag
-    from mojax.train.loop import TrainConfig, train
+    from mojax.train.loop import TrainConfig, fit
     from mojax.train.mesh import MeshConfig, make_mesh
-    from mojax.train.step import OptimizerConfig, make_optimizer
+    from mojax.train.step import OptimizerConfig
 
     flag = install_sigterm_flag()
 
@@ -187,12 +187,11 @@ def train_run(run_dir: str, steps: str, every: str, out: str, hold: str = "0") -
             while not flag.is_set() and time.monotonic() < deadline:
                 time.sleep(0.02)
 
-    result = train(model=lambda: TinyLM(rngs=nnx.Rngs(0)), objective=nll_objective,
-                   tx=make_optimizer(OptimizerConfig(learning_rate=1e-2)), data=_grain_pairs(),
-                   mesh=make_mesh(MeshConfig()), config=TrainConfig(steps=int(steps), log_every=1, run_dir=run_dir,
-                                                                     progress=False, seed=3),
-                   checkpoint=CheckpointConfig(every_steps=int(every), max_to_keep=2), stop_flag=flag,
-                   on_step=on_step)
+    result = fit(lambda: TinyLM(rngs=nnx.Rngs(0)), nll_objective, _grain_pairs(),
+                 optimizer=OptimizerConfig(learning_rate=1e-2), mesh=make_mesh(MeshConfig()),
+                 config=TrainConfig(steps=int(steps), log_every=1, run_dir=run_dir, progress=False, seed=3),
+                 checkpoint=CheckpointConfig(every_steps=int(every), max_to_keep=2), stop_flag=flag,
+                 on_metrics=on_step)
     leaves = {str(i): np.asarray(x) for i, x in enumerate(jax.tree.leaves((result.state.params,
                                                                            result.state.opt_state)))}
     np.savez(out, start_step=result.start_step, stopped=result.stopped, step=int(result.state.step), **leaves)

@@ -83,10 +83,11 @@ def test_cli_user_jsonl_and_hf_checkpoint_export(tmp_path, gpt2_dir, capsys):
     data = tmp_path / "prefs.jsonl"
     n_good = _write_pairs(data)
     run_dir = tmp_path / "run"
-    result = main(["--method", "dpo", "--data-path", str(data), "--model-path", str(gpt2_dir), "--max-length", "32",
-                   "--max-prompt-length", "16", "--batch-size", "4", "--train.steps", "3", "--train.log-every", "1",
+    result = main(["--method", "dpo", "--data.data-paths", str(data), "--data.model-path", str(gpt2_dir),
+                   "--data.max-length", "32", "--data.max-prompt-length", "16", "--train.batch-size", "4", "--train.steps", "3", "--train.log-every", "1",
                    "--train.run-dir", str(run_dir), "--train.no-progress", "--checkpoint.every-steps", "0",
-                   "--optimizer.learning-rate", "0.05", "--lora-rank", "2"])
+                   "--optimizer.learning-rate", "0.05", "--lora-rank", "2", "--data.eval-fraction", "0.25",
+                   "--train.eval-every", "2"])
     out = capsys.readouterr().out
     assert f"kept {n_good} of {n_good + 3} records" in out and "skipped malformed_json: 1" in out
 
@@ -94,10 +95,14 @@ def test_cli_user_jsonl_and_hf_checkpoint_export(tmp_path, gpt2_dir, capsys):
     assert report["kept"] == n_good
     assert report["skipped"] == {"malformed_json": 1, "missing_field": 1, "empty_response": 1}
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["data_path"] == str(data) and config["model_path"] == str(gpt2_dir)
-    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert config["data"]["data_paths"] == [str(data)] and config["data"]["model_path"] == str(gpt2_dir)
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    lines = [x for x in records if "loss" in x]
     assert [x["step"] for x in lines] == [1, 2, 3]
     assert all(math.isfinite(x["loss"]) for x in lines)
+    held = [x for x in records if "eval/loss" in x]  # 2 of the 8 good pairs held out, evaluated at 2 and the end
+    assert [x["step"] for x in held] == [2, 3] and all(math.isfinite(x["eval/loss"]) for x in held)
+    assert "6 examples (2 held out)" in out
     assert abs(lines[0]["loss"] - math.log(2)) < 1e-5  # the LoRA base is the reference: DPO starts at ln 2
 
     # The export equals mojax's merged model, and training moved it away from the checkpoint it started from.
@@ -127,39 +132,48 @@ def _write_pku(path):
 def test_cli_data_objective_index_selects_dimension(tmp_path, gpt2_dir):
     """PKU rows have labels [K=2, N=2]: pairwise methods keep row ``objective_index`` with its winner first;
     cos-dpo keeps both rows."""
+    from mojax.train import DataConfig
     from mojax.train.cli import RunConfig, _load_tokenizer, _user_data
+
+    def cfg(**kw):
+        return RunConfig(data=DataConfig(data_paths=(str(path),), max_length=32, max_prompt_length=16), **kw)
 
     path = tmp_path / "pku.jsonl"
     _write_pku(path)
-    tok = _load_tokenizer(RunConfig(model_path=str(gpt2_dir)))  # found in the model directory
+    tok = _load_tokenizer(RunConfig(data=DataConfig(model_path=str(gpt2_dir))))  # found in the model directory
     assert tok is not None and tok.eos_token == "<eos>"
     eos = tok.eos_token_id
     helpful = tok("mix flour then heat oven", add_special_tokens=False)["input_ids"] + [eos]
     refusal = tok("ignore that question", add_special_tokens=False)["input_ids"] + [eos]
 
-    safer = _user_data(RunConfig(data_path=str(path), objective_index=1, max_length=32, max_prompt_length=16), tok)
+    safer = _user_data(cfg(objective_index=1), tok)
     assert safer.num_objectives == 2 and safer.report.kept == 6
     for i, ex in enumerate(safer.examples):
         assert ex.labels.tolist() == [[1.0, 0.0]]
         assert ex.response_ids[0].tolist() == (refusal if i % 2 else helpful)  # the safer response first
-    better = _user_data(RunConfig(data_path=str(path), max_length=32, max_prompt_length=16), tok)
+    better = _user_data(cfg(), tok)
     assert all(ex.response_ids[0].tolist() == helpful for ex in better.examples)
-    both = _user_data(RunConfig(method="cos-dpo", data_path=str(path), max_length=32, max_prompt_length=16), tok)
+    both = _user_data(cfg(method="cos-dpo"), tok)
     assert [ex.labels.tolist() for ex in both.examples[:2]] == [[[1, 0], [1, 0]], [[1, 0], [0, 1]]]
 
     with pytest.raises(ValueError, match="objective_index=2"):
-        _user_data(RunConfig(data_path=str(path), objective_index=2, max_length=32, max_prompt_length=16), tok)
+        _user_data(cfg(objective_index=2), tok)
 
 
 def test_cli_rejects_bad_options(tmp_path):
+    from mojax.train import DataConfig
     from mojax.train.cli import RunConfig, main, run
 
     with pytest.raises(SystemExit):
         main(["--method", "ppo"])
     with pytest.raises(ValueError, match="max_prompt_length"):
-        RunConfig(max_length=16, max_prompt_length=16)
+        DataConfig(max_length=16, max_prompt_length=16)
     with pytest.raises(FileNotFoundError, match="model_path"):
-        run(RunConfig(model_path=str(tmp_path / "nowhere"), train=_one_step(tmp_path)))
+        run(RunConfig(data=DataConfig(model_path=str(tmp_path / "nowhere")), train=_one_step(tmp_path)))
+    with pytest.raises(SystemExit) as exit_info:  # a user error: exit status 2, one line, no traceback
+        main(["--data.model-path", str(tmp_path / "nowhere"), "--train.run-dir", str(tmp_path / "run"),
+              "--train.no-progress"])
+    assert exit_info.value.code == 2
 
 
 def _one_step(tmp_path):
@@ -182,8 +196,8 @@ def test_cli_trains_on_a_mesh_that_cannot_split_the_vocabulary(tmp_path, gpt2_di
 import json
 from mojax.train.cli import main
 for name, mesh in (("data", ["--mesh.data", "4"]), ("grid", ["--mesh.fsdp", "2", "--mesh.tensor", "2"])):
-    r = main(["--method", "dpo", "--data-path", {str(data)!r}, "--model-path", {str(gpt2_dir)!r},
-              "--max-length", "32", "--max-prompt-length", "16", "--batch-size", "4", "--train.steps", "2",
+    r = main(["--method", "dpo", "--data.data-paths", {str(data)!r}, "--data.model-path", {str(gpt2_dir)!r},
+              "--data.max-length", "32", "--data.max-prompt-length", "16", "--train.batch-size", "4", "--train.steps", "2",
               "--train.log-every", "1", "--optimizer.learning-rate", "0.05",
               "--train.no-progress", "--checkpoint.every-steps", "0", "--no-save-hf",
               "--train.run-dir", {str(tmp_path)!r} + "/" + name, *mesh])

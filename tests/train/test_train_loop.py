@@ -12,21 +12,20 @@ from flax import nnx
 
 from _train_tiny import TinyLM, nll_objective
 from mojax.train.checkpoint import CheckpointConfig, StopFlag
-from mojax.train.loop import TrainConfig, train
+from mojax.train.loop import TrainConfig, fit
 from mojax.train.mesh import MeshConfig, make_mesh
-from mojax.train.step import OptimizerConfig, make_optimizer
+from mojax.train.step import OptimizerConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _train_worker import _grain_pairs  # noqa: E402
 
 
 def _run(run_dir, steps, *, stop_flag=None, eval_fn=None, on_step=None):
-    return train(model=lambda: TinyLM(rngs=nnx.Rngs(0)), objective=nll_objective,
-                 tx=make_optimizer(OptimizerConfig(learning_rate=1e-2)), data=_grain_pairs(),
-                 mesh=make_mesh(MeshConfig()),
-                 config=TrainConfig(steps=steps, log_every=2, eval_every=3, run_dir=str(run_dir), progress=False),
-                 checkpoint=CheckpointConfig(every_steps=3), eval_fn=eval_fn, stop_flag=stop_flag,
-                 data_report={"kept": 64, "skipped": 0}, on_step=on_step)
+    return fit(lambda: TinyLM(rngs=nnx.Rngs(0)), nll_objective, _grain_pairs(),
+               optimizer=OptimizerConfig(learning_rate=1e-2), mesh=make_mesh(MeshConfig()),
+               config=TrainConfig(steps=steps, log_every=2, eval_every=3, run_dir=str(run_dir), progress=False),
+               checkpoint=CheckpointConfig(every_steps=3), eval_fn=eval_fn, stop_flag=stop_flag,
+               data_report={"kept": 64, "skipped": 0}, on_metrics=on_step)
 
 
 def test_stop_flag_then_resume_with_run_dir_metrics_and_eval(tmp_path):
@@ -36,7 +35,7 @@ def test_stop_flag_then_resume_with_run_dir_metrics_and_eval(tmp_path):
         if step == 4:
             flag.set()  # as the SIGTERM handler would
 
-    def eval_fn(model, step):
+    def eval_fn(step, model):
         evals.append(step)
         return {"embed_norm": float(np.linalg.norm(np.asarray(model.embed[...])))}
 
@@ -98,3 +97,65 @@ def test_metrics_writer_writes_jsonl_and_tensorboard_scalars(tmp_path):
     assert scalars["loss"] == [(1, 0.75), (2, 0.25)]
     assert scalars["accuracy"] == [(1, 0.5), (2, 1.0)]
     assert "lambda" not in scalars  # vectors go to metrics.jsonl only
+
+
+def test_fit_in_memory_sweep_reuses_one_compiled_step_and_matches_fresh_runs(tmp_path, monkeypatch):
+    """``run_dir=None`` writes nothing; a β sweep through fit() compiles once (one trace of the objective, one cache
+    entry, ``compiled`` only on the first run) and each run equals a run of a freshly built constant-β objective."""
+    import jax
+
+    from mojax.train import clear_step_cache, dpo_objective
+    from mojax.train.loop import _STEP_CACHE
+
+    monkeypatch.chdir(tmp_path)
+    rs = np.random.RandomState(0)
+    from _train_tiny import make_batch
+
+    batches = [{**make_batch(s), "ref_logps": rs.normal(-8, 1, (8, 2)).astype(np.float32)} for s in range(3)]
+    config = TrainConfig(steps=3, log_every=1, progress=False, eval_every=2)
+    clear_step_cache()
+    base = dpo_objective(beta=0.1)
+    traces = []
+    objective = O_counting(base, traces)
+    evals = []
+    results = []
+    for beta in (0.05, 0.5, 2.0):
+        results.append(fit(lambda: TinyLM(rngs=nnx.Rngs(0)), objective, iter(batches), config=config,
+                           hparams={"beta": beta}, eval_fn=lambda step, model: evals.append(step) or {"x": 1.0}))
+    assert len(traces) == 1 and len(_STEP_CACHE) == 1
+    assert [r.compiled for r in results] == [True, False, False]
+    assert list(tmp_path.iterdir()) == [] and all(r.run_dir is None for r in results)
+    assert evals == [2, 3] * 3
+    for beta, result in zip((0.05, 0.5, 2.0), results):
+        fresh = dpo_objective(beta=beta)
+        plain = lambda m, b, r, fresh=fresh: fresh(m, b, r)  # noqa: E731 — β baked in as a constant
+        want = fit(lambda: TinyLM(rngs=nnx.Rngs(0)), plain, iter(batches), config=config)
+        np.testing.assert_allclose(result.metrics("loss"), want.metrics("loss"), rtol=1e-6)
+        for a, b in zip(jax.tree.leaves(result.state.params), jax.tree.leaves(want.state.params)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(float(result.state.hparams["beta"]), beta, rtol=1e-7)
+    assert len({tuple(r.metrics("loss")) for r in results}) == 3
+
+
+def O_counting(objective, traces):
+    from mojax.train import Objective
+
+    def fn(*args):
+        traces.append(1)
+        return objective.fn(*args)
+
+    return Objective(fn=fn, hparams=objective.hparams)
+
+
+def test_fit_leaves_the_callers_module_intact_and_continues_a_result():
+    import jax
+
+    model = TinyLM(rngs=nnx.Rngs(0))
+    before = [np.asarray(x).copy() for x in jax.tree.leaves(nnx.state(model))]
+    config = TrainConfig(steps=2, log_every=1, progress=False)
+    first = fit(model, nll_objective, _grain_pairs(), config=config)
+    after = [np.asarray(x) for x in jax.tree.leaves(nnx.state(model))]  # would raise if the step deleted them
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    more = fit(first, nll_objective, _grain_pairs(), config=TrainConfig(steps=4, log_every=1, progress=False))
+    assert more.start_step == 2 and int(more.state.step) == 4 and [h["step"] for h in more.history] == [3, 4]
+    assert int(first.state.step) == 2  # the earlier result is still readable (the continuation copied it)
