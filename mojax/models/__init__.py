@@ -5,6 +5,7 @@ from mojax.models.config import DecoderConfig, RopeScaling
 from mojax.models.decoder import Decoder, KVCache, positions_from_mask
 from mojax.models.generate import GenerateOutput, generate, top_p_filter
 from mojax.models.hf import load_hf, load_llama2c, load_tokenizer, save_hf
+from mojax.models.gguf import load_gguf, load_gguf_tokenizer
 from mojax.models.lora import LoRAConfig, add_lora, merge_lora
 from mojax.models.hpt import ConditionedLM, HPTConfig, HyperPromptTuning
 from mojax.models.reward import RewardModel
@@ -23,6 +24,8 @@ __all__ = [
     "load_llama2c",
     "load_tokenizer",
     "save_hf",
+    "load_gguf",
+    "load_gguf_tokenizer",
     "LoRAConfig",
     "add_lora",
     "merge_lora",
