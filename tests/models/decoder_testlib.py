@@ -47,6 +47,9 @@ def _hf_config(name: str):
         return tf.Qwen2Config(tie_word_embeddings=True, use_sliding_window=False, **llama_like)
     if name == "mistral":  # a sliding window short enough to matter on the test sequences
         return tf.MistralConfig(sliding_window=4, tie_word_embeddings=False, **llama_like)
+    if name == "qwen2_swa":  # transformers' Qwen sliding window: layers >= max_window_layers slide
+        return tf.Qwen2Config(tie_word_embeddings=False, use_sliding_window=True, sliding_window=4, max_window_layers=1,
+                              **llama_like)
     if name == "qwen3":  # q/k RMSNorm per head, head_dim 16 != hidden / heads, untied, attention bias on
         return tf.Qwen3Config(head_dim=16, tie_word_embeddings=False, attention_bias=True, use_sliding_window=False,
                               **llama_like)

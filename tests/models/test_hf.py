@@ -17,7 +17,7 @@ from mojax.models import DecoderConfig, generate, load_hf, load_llama2c, load_to
 from mojax.models.hf import config_from_hf, read_safetensors
 
 FAMILIES = ["gpt2", "llama", "qwen2", "mistral", "gpt_neox", "gpt_neox_seq", "llama_rope_llama3",
-            "llama_rope_linear", "qwen3", "gemma2", "gemma3"]
+            "llama_rope_linear", "qwen2_swa", "qwen3", "gemma2", "gemma3"]
 TOL = 1e-4
 STORIES = SHARED / "data" / "tinyllamas-stories260K" / "stories260K.bin"
 GPT2_BPE = SHARED / "data" / "gpt2-bpe"
@@ -80,8 +80,8 @@ def test_left_padding_equals_unpadded():
         np.testing.assert_allclose(padded[b, keep], alone, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2", "mistral", "gpt_neox", "llama_rope_llama3", "qwen3",
-                                  "gemma2", "gemma3"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2", "mistral", "gpt_neox", "llama_rope_llama3", "qwen2_swa",
+                                  "qwen3", "gemma2", "gemma3"])
 def test_save_hf_round_trip(name, tmp_path):
     """save_hf writes a checkpoint transformers loads with our logits (and load_hf reads back bit-exactly)."""
     torch = torch_or_skip()
@@ -104,7 +104,7 @@ def test_save_hf_round_trip(name, tmp_path):
 
 
 @pytest.mark.parametrize("name, switch, value", [
-    ("qwen3", "qk_norm_gain", None),
+    ("qwen3", "qk_norm_gain", None), ("qwen2_swa", "layer_types", None),
     ("gemma2", "attn_logit_softcap", None), ("gemma2", "final_logit_softcap", None),
     ("gemma2", "layer_types", None), ("gemma2", "query_pre_attn_scalar", None), ("gemma2", "norm", "rmsnorm"),
     ("gemma2", "scale_embeddings", False), ("gemma3", "rope_local_theta", None),
@@ -229,7 +229,7 @@ def test_read_safetensors_equals_safetensors_numpy():
     ({"model_type": "llama", "vocab_size": 8, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
       "intermediate_size": 8, "rope_scaling": {"type": "longrope"}}, "longrope"),
     ({"model_type": "qwen2", "vocab_size": 8, "hidden_size": 8, "num_hidden_layers": 2, "num_attention_heads": 2,
-      "intermediate_size": 8, "use_sliding_window": True, "max_window_layers": 1}, "sliding"),
+      "intermediate_size": 8, "layer_types": ["full_attention", "sliding_attention"]}, "no sliding window"),
     ({"model_type": "gpt2", "vocab_size": 8, "scale_attn_by_inverse_layer_idx": True}, "inverse_layer_idx"),
 ])
 def test_unsupported_configs_raise(cfg, match):

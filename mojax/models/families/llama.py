@@ -51,7 +51,7 @@ def llama_like_to_hf(c: DecoderConfig) -> dict[str, Any]:
     """The HF config fields shared by Llama-style families (checks the switches they cannot express)."""
     require(c, norm="rmsnorm", gated_mlp=True, positional="rope", parallel_residual=False, rotary_pct=1.0,
             scale_embeddings=False, query_pre_attn_scalar=None, attn_logit_softcap=None, final_logit_softcap=None,
-            sandwich_norms=False, rope_local_theta=None, layer_types=None)
+            sandwich_norms=False, rope_local_theta=None)
     return dict(vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=c.mlp_dim,
                 num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads, num_key_value_heads=c.kv_heads,
                 head_dim=c.head_size, hidden_act=c.activation, max_position_embeddings=c.max_positions,
@@ -61,7 +61,7 @@ def llama_like_to_hf(c: DecoderConfig) -> dict[str, Any]:
 def _to_hf(c: DecoderConfig) -> dict[str, Any]:
     if c.qkv_bias != c.attn_out_bias:
         raise ValueError("llama export needs qkv_bias == attn_out_bias (HF has one attention_bias flag)")
-    require(c, sliding_window=None, qk_norm=False)
+    require(c, sliding_window=None, layer_types=None, qk_norm=False)
     return dict(llama_like_to_hf(c), attention_bias=c.qkv_bias, mlp_bias=c.mlp_bias)
 
 

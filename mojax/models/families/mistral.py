@@ -11,7 +11,7 @@ def _from_hf(cfg: dict) -> dict:
 
 
 def _to_hf(c):
-    require(c, qkv_bias=False, attn_out_bias=False, mlp_bias=False, qk_norm=False)
+    require(c, qkv_bias=False, attn_out_bias=False, mlp_bias=False, qk_norm=False, layer_types=None)
     return dict(llama_like_to_hf(c), sliding_window=c.sliding_window)
 
 
