@@ -313,6 +313,32 @@ class DecoderConfig:
             bos_token_id=151643), **overrides})
 
     @classmethod
+    def qwen3_0_6b(cls, **overrides: Any) -> DecoderConfig:
+        """Qwen3 0.6B (GQA 16/8, head_dim 128, q/k norms, tied embeddings)."""
+        return cls(model_type="qwen3", **{**dict(
+            vocab_size=151936, d_model=1024, num_layers=28, num_heads=16, num_kv_heads=8, head_dim=128, mlp_dim=3072,
+            max_positions=40960, rope_theta=1000000.0, qk_norm=True, tie_embeddings=True, bos_token_id=151643,
+            eos_token_id=151645), **overrides})
+
+    @classmethod
+    def gemma2_2b(cls, **overrides: Any) -> DecoderConfig:
+        """Gemma 2 2B (GQA 8/4, head_dim 256, local/global alternating with window 4096, soft-caps 50/30)."""
+        return cls(model_type="gemma2", **{**_defaults("gemma2"), **dict(
+            vocab_size=256000, d_model=2304, num_layers=26, num_heads=8, num_kv_heads=4, head_dim=256, mlp_dim=9216,
+            max_positions=8192, query_pre_attn_scalar=256.0, sliding_window=4096, bos_token_id=2, eos_token_id=1,
+            pad_token_id=0, layer_types=tuple("sliding_attention" if i % 2 == 0 else "full_attention"
+                                              for i in range(26))), **overrides})
+
+    @classmethod
+    def gemma3_1b(cls, **overrides: Any) -> DecoderConfig:
+        """Gemma 3 1B text (MQA 4/1, head_dim 256, q/k norms, 5 local (window 512, base 1e4) : 1 global (1e6))."""
+        return cls(model_type="gemma3_text", **{**_defaults("gemma3_text"), **dict(
+            vocab_size=262144, d_model=1152, num_layers=26, num_heads=4, num_kv_heads=1, head_dim=256, mlp_dim=6912,
+            max_positions=32768, query_pre_attn_scalar=256.0, sliding_window=512, bos_token_id=2, eos_token_id=1,
+            pad_token_id=0, layer_types=tuple("full_attention" if (i + 1) % 6 == 0 else "sliding_attention"
+                                              for i in range(26))), **overrides})
+
+    @classmethod
     def pythia_160m(cls, **overrides: Any) -> DecoderConfig:
         """Pythia 160M (GPT-NeoX: parallel residual, 25% partial rotary, untied)."""
         return cls(model_type="gpt_neox", **{**dict(vocab_size=50304, d_model=768, num_layers=12, num_heads=12,

@@ -38,6 +38,10 @@ def _num_params(config):
     ("pythia_160m", 162_322_944),
     ("llama3_8b", 8_030_261_248),
     ("qwen2_0_5b", 494_032_768),
+    # transformers' num_parameters() of the released configs (Qwen3-0.6B, gemma-2-2b, gemma-3-1b)
+    ("qwen3_0_6b", 596_049_920),
+    ("gemma2_2b", 2_614_341_888),
+    ("gemma3_1b", 999_885_952),
 ])
 def test_presets_have_the_published_sizes(preset, count):
     assert _num_params(getattr(DecoderConfig, preset)()) == count

@@ -127,13 +127,13 @@ def test_each_family_switch_moves_the_logits(name, switch, value):
     assert moved.max() > 100 * TOL, (name, switch, moved.max())
 
 
-def test_save_hf_fresh_gpt_neox_and_gpt2(tmp_path):
+def test_save_hf_fresh_models(tmp_path):
     """A randomly initialised mojax model (never seen by transformers) exports to identical logits."""
     torch = torch_or_skip()
     import transformers as tf
 
     ids, mask = batch("full", T=8)
-    for mt in ("gpt_neox", "gpt2", "llama"):
+    for mt in ("gpt_neox", "gpt2", "llama", "qwen3", "gemma2", "gemma3_text"):
         model = random_model(DecoderConfig.tiny(mt, vocab_size=97), seed=7)
         save_hf(model, tmp_path / mt)
         theirs = tf.AutoModelForCausalLM.from_pretrained(tmp_path / mt, attn_implementation="eager").eval()

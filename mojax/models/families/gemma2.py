@@ -63,11 +63,13 @@ def gemma_to_hf(c: DecoderConfig) -> dict[str, Any]:
     if c.qkv_bias != c.attn_out_bias:
         raise ValueError(f"{c.model_type} export needs qkv_bias == attn_out_bias (HF has one attention_bias flag)")
     types = ["sliding_attention" if s else "full_attention" for s in c.sliding_layers]
+    scalar = c.query_pre_attn_scalar or c.head_size  # None: HF's equivalent of 1/√h
+    scalar = int(scalar) if float(scalar).is_integer() else scalar  # transformers' strict config wants an int
     return dict(vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=c.mlp_dim,
                 num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads, num_key_value_heads=c.kv_heads,
                 head_dim=c.head_size, hidden_activation=c.activation, max_position_embeddings=c.max_positions,
                 rms_norm_eps=c.norm_eps, attention_bias=c.qkv_bias, attention_dropout=0.0,
-                query_pre_attn_scalar=c.query_pre_attn_scalar or c.head_size,  # None: HF's 1/√h equivalent
+                query_pre_attn_scalar=scalar,
                 sliding_window=c.sliding_window or c.max_positions, layer_types=types,
                 final_logit_softcapping=c.final_logit_softcap)
 
