@@ -180,8 +180,9 @@ def test_remat_gives_the_same_values_and_gradients(tiny):
     assert any(float(jnp.abs(a).max()) > 0 for a in jax.tree.leaves(g1))
 
 
-def test_bf16_compute_is_close_to_fp32():
-    cfg = DecoderConfig.tiny("llama", vocab_size=97)
+@pytest.mark.parametrize("model_type", ["llama", "gemma3_text"])
+def test_bf16_compute_is_close_to_fp32(model_type):
+    cfg = DecoderConfig.tiny(model_type, vocab_size=97)
     f32 = random_model(cfg, seed=5, scale=0.1)
     bf16 = random_model(cfg.replace(dtype=jnp.bfloat16), seed=5, scale=0.1)
     ids, mask = batch("left", B=3, T=8)
