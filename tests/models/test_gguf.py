@@ -200,6 +200,24 @@ def test_save_hf_of_a_gguf_model_reloads_identically(tmp_path):
     np.testing.assert_array_equal(_logits(load_hf(tmp_path / "export"), ids), _logits(model, ids))
 
 
+def test_load_gguf_places_on_a_mesh(tmp_path):
+    """``mesh=`` puts every parameter on a ``NamedSharding`` of that mesh (as ``load_hf`` does); logits unchanged."""
+    import jax
+    from flax import nnx
+
+    from mojax.train import MeshConfig, make_mesh
+
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(path, qtype=Q.Q4_1, tied=False)
+    mesh = make_mesh(MeshConfig(data=1), devices=jax.devices()[:1])
+    placed = load_gguf(path, mesh=mesh)
+    leaves = jax.tree.leaves(nnx.state(placed, nnx.Param))
+    assert leaves and all(isinstance(x.sharding, jax.sharding.NamedSharding) and x.sharding.mesh == mesh
+                          for x in leaves)
+    ids = _ids(2)
+    np.testing.assert_array_equal(_logits(placed, ids), _logits(load_gguf(path), ids))
+
+
 def test_tokenizer_from_metadata(tmp_path):
     """Vocabulary, merges, control tokens, special ids and chat template come from the metadata; llama.cpp's
     ``smollm`` pre-tokenizer isolates digits; text round-trips."""
