@@ -163,7 +163,8 @@ def main(config: BenchConfig) -> float:
     c = dataclasses.replace(config.experiment, progress=False)
     if c.lr_schedule != "constant":
         raise ValueError("pareto_cost evaluates W-COS-DPO along one constant-step-size run; a decaying schedule "
-                         "ends with its run, so each budget would be its own run (see docs/benchmarks-pareto-cost.md for that sweep)")
+                         "ends with its run, so each budget would be its own run (see docs/benchmarks-pareto-cost.md "
+                         "for that sweep)")
     exp = Experiment(c)
     exp.train_base()
     k = exp.num_objectives

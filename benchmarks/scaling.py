@@ -35,15 +35,15 @@ from flax import nnx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from experiments._common import cli, make_run_dir, markdown_table  # noqa: E402
-from experiments._ltr_train import (  # noqa: E402
-    _compile_options,
-    fixed_weight_objective,
-    ranker_config,
-    w_cos_objective,
-)
+from experiments._ltr_train import _compile_options, ranker_config  # noqa: E402
 from experiments.cos_dpo_ltr import Config as ExperimentConfig  # noqa: E402
 from mojax.models.ranker import AugmentedRanker, ListRanker  # noqa: E402
 from mojax.simplex import simplex_sampler  # noqa: E402
+from mojax.train.objectives import (  # noqa: E402
+    COSDPOSampling,
+    ltr_cos_dpo_objective,
+    ltr_scalarized_dpo_objective,
+)
 from mojax.train.mesh import MeshConfig, make_mesh  # noqa: E402
 from mojax.train.state import create_train_state  # noqa: E402
 from mojax.train.step import OptimizerConfig, jit_train_step, make_optimizer, make_train_step  # noqa: E402
@@ -94,18 +94,16 @@ def step_time(method: str, *, b: int, l: int, k: int, cfg: Config, mesh) -> tupl
     model = AugmentedRanker(base, ListRanker(ranker_config(exp_cfg, f, d_model=exp_cfg.d_model, cond_dim=cond),
                                              rngs=nnx.Rngs(cfg.seed + 1)))
     tx = make_optimizer(OptimizerConfig(learning_rate=exp_cfg.learning_rate))
-    graphdef, state, shardings = create_train_state(model, tx, mesh=mesh, rng=cfg.seed, wrt=AugmentedRanker.trainable)
     batch = {"features": rng.normal(size=(b, l, f)).astype(np.float32), "where": np.ones((b, l), bool),
-             "aux": (4 * rng.random((b, k, l))).astype(np.float32),
-             "ref_scores": rng.normal(size=(b, l)).astype(np.float32)}
+             "labels": (4 * rng.random((b, k, l))).astype(np.float32)}
     if method == "w_cos_dpo":
-        objective = w_cos_objective(label_norm="softmax", penalty=0.0, per_example=False)
-        batch["beta"] = np.ones((b,), np.float32)
+        objective = ltr_cos_dpo_objective(sampling=COSDPOSampling(num_objectives=k), beta=1.0)
         # the experiment draws w on the host each step (~10 µs of NumPy, outside the compiled step)
         batch["weights"] = simplex_sampler(k, 1.0, per_example=False)(rng, b)
     else:
-        objective = fixed_weight_objective(beta=1.0, label_norm="softmax")
-        batch["weights"] = np.full((b, k), 1.0 / k, np.float32)
+        objective = ltr_scalarized_dpo_objective(weights=(1.0 / k,) * k, beta=1.0)
+    graphdef, state, shardings = create_train_state(model, tx, mesh=mesh, rng=cfg.seed, wrt=AugmentedRanker.trainable,
+                                                    hparams=objective.initial_hparams())
     key = np.asarray(jax.random.PRNGKey(0))
     t0 = time.perf_counter()
     jitted = jit_train_step(make_train_step(graphdef, objective, tx), shardings, batch, mesh)

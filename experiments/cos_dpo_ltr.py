@@ -8,9 +8,9 @@ Run (this is ``make demo``; about 2–3 minutes on 2 CPU cores, synthetic MSLR-s
     python -m experiments.cos_dpo_ltr --quick              # seconds-long smoke preset (CI)
 
 Protocol. A base ranker f_ref is trained on the main relevance label with ListNet. Every method then fine-tunes on
-K auxiliary label columns with listwise DPO (ListNet on β·(f_θ − f_ref), eq. 8, docs/methods/cos-dpo.md) and is evaluated on
-held-out queries at the same ``num_weights`` simplex weights (11: a linspace for K = 2; the K vertices, the centroid
-and a fixed Dirichlet(1) sample otherwise):
+K auxiliary label columns with listwise DPO (ListNet on β·(f_θ − f_ref), eq. 8, docs/methods/cos-dpo.md) and is
+evaluated on held-out queries at the same ``num_weights`` simplex weights (11: a linspace for K = 2; the K vertices,
+the centroid and a fixed Dirichlet(1) sample otherwise):
 
 - **W-COS-DPO**: one weight-conditioned model trained once, w ~ Dirichlet(α·1) drawn per list (the paper: per step,
   ``--no-per-example-weights``), loss Σ_k w_k ℓ_k − μ·cos;
@@ -46,14 +46,7 @@ import numpy as np
 
 from experiments._common import cli, make_run_dir, save_config, save_metrics
 from experiments._ltr_report import METHOD_LABELS, front_distance, method_summary, write_outputs
-from experiments._ltr_train import (
-    Experiment,
-    Trained,
-    _rescale,
-    _soup,
-    modpo_objective,
-    t_cos_objective,
-)
+from experiments._ltr_train import Experiment, Trained, _rescale, _soup
 from mojax.metrics import hypervolume
 from mojax.models.ranker import num_params
 from mojax.simplex import vertex_indices
@@ -89,12 +82,13 @@ class Config:
       label_norm: ListNet label normalisation of the auxiliary labels (``softmax`` dense, ``l1`` sparse).
       concentration: Dirichlet α of the W-COS-DPO / T-COS-DPO weight sampler.
       vertex_fraction: share of W-COS-DPO's weight draws put exactly on a uniformly chosen vertex e_k instead of
-        drawn from the Dirichlet (0 = the paper's sampler; a variant measured in docs/benchmarks-pareto-cost.md, where the whole HV gap
-        to DPO-LS sits at the vertices).
+        drawn from the Dirichlet (0 = the paper's sampler; a variant measured in docs/benchmarks-pareto-cost.md,
+        where the whole HV gap to DPO-LS sits at the vertices).
       penalty: cosine penalty μ (eq. 18) of the COS methods (0 = plain scalarisation).
       per_example_weights: sample one w per query (default) instead of one per step (the paper's choice;
-        docs/methods/cos-dpo.md allows both). Measured on the synthetic default (docs/experiments/cos-dpo-ltr.md, single runs): per query reached a higher
-        hypervolume at equal steps — the conditioned model sees B weights per gradient step instead of one.
+        docs/methods/cos-dpo.md allows both). Measured on the synthetic default (docs/experiments/cos-dpo-ltr.md,
+        single runs): per query reached a higher hypervolume at equal steps — the conditioned model sees B weights
+        per gradient step instead of one.
       tcos_beta_range: T-COS-DPO samples each β_k log-uniformly in this range.
       num_weights: points per front (11, as the paper).
       ndcg_k: NDCG cut-off.
@@ -206,34 +200,23 @@ def run_baselines(exp: Experiment, methods: set[str]) -> tuple[dict[str, Any], d
                  for w in weights]
         results["dpo_soup"] = summarize(exp, diffs, singles, params_per_run=single, steps_per_run=c.run_steps)
     if "mo_dpo" in methods:
-        single_diff = np.stack([exp.scores(s, exp.train, exp.ref_train) for s in singles], 1)  # [Q, K, L]
-        data = exp.train_data | {"single_diff": single_diff}
-        obj = modpo_objective(beta=c.beta, label_norm=c.label_norm)
-        diffs, runs = [], list(singles)
-        for i, w in enumerate(weights):
-            if i in vertices:  # at e_k MO-DPO is DPO on objective k: the single model itself
-                diffs.append(ls_diffs[i])
-                continue
-            model, wrt = exp.finetune_model(0)
-            runs.append(exp.fit("mo_dpo", model, obj, data, steps=c.run_steps, seed=c.seed + 1, wrt=wrt,
-                                fixed={"weights": w}, desc=f"MO-DPO {i + 1}/{len(weights)}"))
-            diffs.append(exp.scores(runs[-1], test, exp.ref_test))
-        results["mo_dpo"] = summarize(exp, diffs, runs, params_per_run=single, steps_per_run=c.run_steps)
+        # at e_k MO-DPO is DPO on objective k: the single model itself; one run per interior weight
+        interior = [i for i in range(len(weights)) if i not in vertices]
+        runs = dict(zip(interior, exp.run_modpo(weights[interior], singles)))
+        diffs = [ls_diffs[i] if i in vertices else exp.scores(runs[i], test, exp.ref_test) for i in range(len(weights))]
+        results["mo_dpo"] = summarize(exp, diffs, singles + list(runs.values()), params_per_run=single,
+                                      steps_per_run=c.run_steps)
     return results, {"DPO-LS (w = first)": ls_runs[0].losses}
 
 
 def run_t_cos(exp: Experiment) -> tuple[dict[str, Any], Trained, dict[str, np.ndarray]]:
     """T-COS-DPO: one run conditioned on (w, β/‖β‖₁); its front at β·1 and at two unequal temperature vectors."""
     c, k = exp.config, exp.num_objectives
-    model, wrt = exp.finetune_model(2 * k)
-    obj = t_cos_objective(beta=c.beta, label_norm=c.label_norm, num_objectives=k, concentration=c.concentration,
-                          penalty=c.penalty, beta_range=c.tcos_beta_range)
-    tcos = exp.fit("t_cos_dpo", model, obj, exp.train_data, steps=c.cos_steps, seed=c.seed + 1, wrt=wrt,
-                   desc="T-COS-DPO")
+    tcos = exp.train_t_cos()
     zeros = np.zeros_like(exp.ref_test)
 
     def diffs_at(betas: np.ndarray) -> list[np.ndarray]:
-        # served at β = ‖β‖₁·d by Prop. 3.1 from the training scale K·β (see t_cos_objective)
+        # served at β = ‖β‖₁·d by Prop. 3.1 from the training scale K·β (see ltr_cos_dpo_objective)
         conds = [np.concatenate([w, betas / betas.sum()]) for w in exp.weights]
         return [np.asarray(_rescale(exp.scores(tcos, exp.test, exp.ref_test, cond=cond), zeros, k * c.beta,
                                     float(betas.sum()))) for cond in conds]

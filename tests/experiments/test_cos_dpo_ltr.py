@@ -1,4 +1,8 @@
-"""Tests for experiments/cos_dpo_ltr.py and its ``_ltr_*`` modules: objectives, helpers, a --quick smoke run."""
+"""Tests for experiments/cos_dpo_ltr.py and its ``_ltr_*`` modules: helpers, the report, a --quick smoke run.
+
+The LTR objectives are tested in tests/train/test_train_objectives_ranking.py, the simplex helpers in
+tests/test_simplex.py.
+"""
 
 from __future__ import annotations
 
@@ -6,160 +10,21 @@ import dataclasses
 import json
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
-from flax import nnx
 
 from experiments import _ltr_report as R
 from experiments import _ltr_task as T
 from experiments import _ltr_train as TR
 from experiments import cos_dpo_ltr as E
 from experiments._common import cli
-from mojax.losses import listwise_dpo_loss, modpo_loss, sample_simplex_weights
-from mojax.models.ranker import ListRanker, ListRankerConfig
 from mojax.simplex import simplex_weights
 
 MSLR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "mslr-web10k-sample" / \
     "msn1.fold1.train.5k.txt.gz"
 REQUIRED = ("w_cos_dpo", "dpo_ls", "dpo_soup", "mo_dpo")
-
-
-def _batch(rng, b=6, l=5, f=8, k=2, binary=False, pad=True):
-    feats = rng.normal(size=(b, l, f)).astype(np.float32)
-    where = np.ones((b, l), bool)
-    if pad:
-        where[0, -2:] = False  # a padded list
-    if binary:  # one preferred item per list and objective
-        aux = np.eye(l, dtype=np.float32)[rng.integers(0, l, size=(b, k))]
-    else:
-        aux = (4 * rng.random((b, k, l))).astype(np.float32)
-    aux = np.where(where[:, None], aux, 0)
-    return {"features": feats, "where": where, "aux": aux, "main": np.zeros((b, l), np.float32),
-            "ref_scores": rng.normal(size=(b, l)).astype(np.float32)}
-
-
-def _ranker(f=8, cond_dim=0, seed=0):
-    return ListRanker(ListRankerConfig.tiny(num_features=f, cond_dim=cond_dim), rngs=nnx.Rngs(seed))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Objectives
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def test_fixed_weight_objective_vertex_is_single_objective_listwise_dpo():
-    rng = np.random.default_rng(0)
-    batch = _batch(rng)
-    model = _ranker()
-    diff = model(batch["features"], where=batch["where"]) - batch["ref_scores"]
-    obj = TR.fixed_weight_objective(beta=0.7, label_norm="softmax")
-    for k in range(2):
-        w = np.broadcast_to(np.eye(2, dtype=np.float32)[k], (6, 2))
-        loss, metrics = obj(model, batch | {"weights": w}, None)
-        want = listwise_dpo_loss(model(batch["features"], where=batch["where"]), batch["ref_scores"],
-                                 batch["aux"][:, k], beta=0.7, where=batch["where"])
-        np.testing.assert_allclose(loss, want, rtol=1e-5)
-        np.testing.assert_allclose(metrics[f"loss_{k}"], want, rtol=1e-5)
-    # an interior weight is the weighted sum of the two objectives' losses
-    loss, m = obj(model, batch | {"weights": np.full((6, 2), [0.3, 0.7], np.float32)}, None)
-    np.testing.assert_allclose(loss, 0.3 * m["loss_0"] + 0.7 * m["loss_1"], rtol=1e-5)
-    assert np.isfinite(float(loss)) and diff.shape == (6, 5)
-
-
-def test_modpo_objective_equals_pairwise_modpo_on_two_item_lists():
-    # MO-DPO for lists with L = 2, binary labels and l1 normalisation is exactly mojax.losses.modpo_loss (pairs).
-    rng = np.random.default_rng(1)
-    batch = _batch(rng, b=8, l=2, binary=True, pad=False)
-    batch["single_diff"] = rng.normal(size=(8, 2, 2)).astype(np.float32)
-    model = _ranker()
-    beta = 0.5
-    diff = np.asarray(model(batch["features"], where=batch["where"]) - batch["ref_scores"])
-    for w in ([0.3, 0.7], [0.8, 0.2]):
-        w = np.asarray(w, np.float32)
-        k = int(np.argmax(w))
-        loss, _ = TR.modpo_objective(beta=beta, label_norm="l1")(model, batch | {"weights": np.tile(w, (8, 1))}, None)
-        chosen = np.argmax(batch["aux"][:, k], -1)
-        rows = np.arange(8)
-        other = 1 - k
-        single = batch["single_diff"][rows, other]  # [B, 2]
-        margin_other = beta * (single[rows, chosen] - single[rows, 1 - chosen])
-        want = modpo_loss(diff[rows, chosen], diff[rows, 1 - chosen], 0.0, 0.0, margin_other[:, None], w, beta=beta,
-                          objective_index=k)
-        np.testing.assert_allclose(loss, want, rtol=1e-5)
-
-
-def test_modpo_objective_at_vertex_is_dpo_on_that_objective():
-    rng = np.random.default_rng(2)
-    batch = _batch(rng)
-    batch["single_diff"] = rng.normal(size=(6, 2, 5)).astype(np.float32)
-    model = _ranker()
-    w = np.tile(np.asarray([0.0, 1.0], np.float32), (6, 1))
-    loss, _ = TR.modpo_objective(beta=2.0, label_norm="softmax")(model, batch | {"weights": w}, None)
-    want = listwise_dpo_loss(model(batch["features"], where=batch["where"]), batch["ref_scores"], batch["aux"][:, 1],
-                             beta=2.0, where=batch["where"])
-    np.testing.assert_allclose(loss, want, rtol=1e-5)
-
-
-def test_per_objective_losses_depend_on_beta_times_diff_only():
-    # Prop. 3.1's premise, through the experiment's wiring: ℓ(β, f − f_ref) = ℓ(β', (β/β')(f − f_ref)).
-    rng = np.random.default_rng(3)
-    batch = _batch(rng)
-    diff = jnp.asarray(rng.normal(size=(6, 5)), jnp.float32)
-    a = TR.per_objective_losses(diff, batch, 0.5, "softmax")
-    b = TR.per_objective_losses(diff * (0.5 / 2.0), batch, 2.0, "softmax")
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert a.shape == (6, 2)
-    # per-objective temperatures [1, K] score objective k at β_k
-    c = TR.per_objective_losses(diff, batch, jnp.asarray([[0.5, 2.0]]), "softmax")
-    np.testing.assert_allclose(c[:, 0], a[:, 0], rtol=1e-5)
-    np.testing.assert_allclose(c[:, 1], TR.per_objective_losses(diff, batch, 2.0, "softmax")[:, 1], rtol=1e-5)
-
-
-def test_w_cos_objective_conditions_on_the_batch_weight():
-    rng = np.random.default_rng(4)
-    batch = _batch(rng) | {"beta": np.full((6,), 0.8, np.float32)}
-    model = _ranker(cond_dim=2)
-    w = np.asarray([0.3, 0.7], np.float32)
-    obj = TR.w_cos_objective(label_norm="softmax", penalty=0.0, per_example=False)
-    loss, _ = obj(model, batch | {"weights": np.tile(w, (6, 1))}, None)
-    scores = model(batch["features"], where=batch["where"], cond=np.tile(w, (6, 1)))
-    want = sum(w[k] * listwise_dpo_loss(scores, batch["ref_scores"], batch["aux"][:, k], beta=0.8,
-                                        where=batch["where"]) for k in range(2))
-    np.testing.assert_allclose(loss, want, rtol=1e-5)
-    # the penalty lowers the loss by μ·cos(ℓ, w) ∈ (0, 1]
-    pen = TR.w_cos_objective(label_norm="softmax", penalty=0.5, per_example=False)(
-        model, batch | {"weights": np.tile(w, (6, 1))}, None)[0]
-    assert 0 < float(loss - pen) <= 0.5 + 1e-6
-    # one weight per list: list b is conditioned on and scored with its own w_b
-    ws = rng.dirichlet(np.ones(2), size=6).astype(np.float32)
-    loss, _ = TR.w_cos_objective(label_norm="softmax", penalty=0.0, per_example=True)(
-        model, batch | {"weights": ws}, None)
-    scores = model(batch["features"], where=batch["where"], cond=ws)
-    per_list = np.stack([listwise_dpo_loss(scores, batch["ref_scores"], batch["aux"][:, k], beta=0.8,
-                                           where=batch["where"], reduce_fn=None) for k in range(2)], 1)
-    valid = batch["where"].any(-1)
-    np.testing.assert_allclose(loss, np.sum(ws * per_list, 1)[valid].mean(), rtol=1e-5)
-
-
-def test_t_cos_objective_trains_objective_k_at_k_beta_d_k():
-    rng = np.random.default_rng(5)
-    batch = _batch(rng)
-    model = _ranker(cond_dim=4)
-    key = jax.random.PRNGKey(3)
-    obj = TR.t_cos_objective(beta=1.5, label_norm="softmax", num_objectives=2, concentration=1.0, penalty=0.0,
-                            beta_range=(0.5, 2.0))
-    loss, _ = obj(model, batch, key)
-    kw, kb = jax.random.split(key)
-    w = np.asarray(sample_simplex_weights(kw, (), 2))
-    betas = np.exp(np.asarray(jax.random.uniform(kb, (2,), minval=np.log(0.5), maxval=np.log(2.0))))
-    d = betas / betas.sum()
-    scores = model(batch["features"], where=batch["where"], cond=np.tile(np.r_[w, d], (6, 1)))
-    want = sum(w[k] * listwise_dpo_loss(scores, batch["ref_scores"], batch["aux"][:, k], beta=2 * 1.5 * d[k],
-                                        where=batch["where"]) for k in range(2))
-    np.testing.assert_allclose(loss, want, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -288,32 +153,6 @@ def _check_prop31_and_report(quick_run):
     saved = json.loads((run_dir / "config.json").read_text())
     want = dataclasses.asdict(dataclasses.replace(E.get_config(quick=True), out=str(run_dir)))
     assert saved == json.loads(json.dumps(want))
-
-
-@pytest.mark.parametrize("temperature", [False, True])
-def test_cos_objectives_match_the_engines_ltr_cos_dpo_objective(temperature):
-    # Two independent implementations of W/T-COS-DPO for rankers: the experiment's (correction-only, β as a batch
-    # input) and mojax.train's ltr_cos_dpo_objective (full scores against cached reference scores).
-    from mojax.train.objectives import COSDPOSampling, ltr_cos_dpo_objective
-
-    rng = np.random.default_rng(8)
-    batch = _batch(rng, pad=False)
-    model = _ranker(cond_dim=4 if temperature else 2)
-    key = jax.random.PRNGKey(11)
-    engine = ltr_cos_dpo_objective(
-        sampling=COSDPOSampling(num_objectives=2, temperature=temperature, beta_min=0.5, beta_max=2.0),
-        beta=0.6, penalty=0.3, label_norm="softmax", ref_mode="cached")
-    want, _ = engine(model, batch | {"labels": batch["aux"]}, key)
-    if temperature:
-        mine = TR.t_cos_objective(beta=0.6, label_norm="softmax", num_objectives=2, concentration=1.0, penalty=0.3,
-                                 beta_range=(0.5, 2.0))
-        got, _ = mine(model, batch, key)
-    else:
-        # the engine draws w in the step from the key's first half; the experiment reads it from the batch
-        w = np.asarray(sample_simplex_weights(jax.random.split(key)[0], (), 2))
-        mine = TR.w_cos_objective(label_norm="softmax", penalty=0.3, per_example=False)
-        got, _ = mine(model, batch | {"beta": np.full((6,), 0.6, np.float32), "weights": np.tile(w, (6, 1))}, key)
-    np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
 def test_gap_analysis_swaps_the_vertex_points():

@@ -39,7 +39,8 @@ from mojax.train.objectives._common import (CHUNK_SIZE, MIN_CHUNK_LOGITS, REF_MO
 from mojax.train.objectives.preference import (PAIR_LOSSES, bilevel_stable_po_objective, cos_dpo_objective, cpo_pairs,
                                                dpo_objective, dpo_pairs, listwise_dpo_objective, modpo_objective,
                                                sft_objective, simpo_pairs, spo_objective, stable_po_objective)
-from mojax.train.objectives.ranking import ltr_cos_dpo_objective, ltr_listnet_objective, ltr_listwise_dpo_objective
+from mojax.train.objectives.ranking import (ltr_cos_dpo_objective, ltr_listnet_objective, ltr_listwise_dpo_objective,
+                                            ltr_modpo_objective, ltr_scalarized_dpo_objective)
 from mojax.train.objectives.reward import bradley_terry_objective, more_objective
 from mojax.train.step import Objective
 
@@ -47,7 +48,8 @@ __all__ = [
     "AnchoredPolicy", "Batch", "CHUNK_SIZE", "COSDPOSampling", "LMInputs", "LMOpening", "MIN_CHUNK_LOGITS",
     "Objective", "PAIR_LOSSES", "REF_MODES", "bilevel_stable_po_objective", "bradley_terry_objective", "cached_fn",
     "cos_dpo_objective", "cpo_pairs", "dpo_objective", "dpo_pairs", "example_mask", "listwise_dpo_objective",
-    "ltr_cos_dpo_objective", "ltr_listnet_objective", "ltr_listwise_dpo_objective", "modpo_objective",
+    "ltr_cos_dpo_objective", "ltr_listnet_objective", "ltr_listwise_dpo_objective", "ltr_modpo_objective",
+    "ltr_scalarized_dpo_objective", "modpo_objective",
     "more_objective", "policy_logps", "reference_logps", "sample_conditioning", "sft_objective", "simpo_pairs",
     "spo_objective", "stable_po_objective",
 ]
