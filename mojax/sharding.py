@@ -139,7 +139,12 @@ def named_sharding(mesh: Mesh, *logical: str | None, rules: Sequence[tuple[str, 
 
 def constrain(x: jax.Array, *logical: str | None, mesh: Mesh | None = None,
               rules: Sequence[tuple[str, Any]] = LOGICAL_RULES) -> jax.Array:
-    """``with_sharding_constraint`` by logical names; a no-op when no mesh is given or set (single-device code)."""
+    """``with_sharding_constraint`` by logical names; a no-op when no mesh is given or set (single-device code).
+
+    The mesh is ``mesh``, else the one set by ``jax.set_mesh`` while tracing — ``jax.jit(..., in_shardings=...)``
+    alone does not set it, so jitted code must be traced under ``with jax.set_mesh(mesh):`` (as
+    :func:`mojax.train.fit`, the reference-log-prob cache and :func:`mojax.train.make_eval_fn` do) or pass ``mesh``.
+    """
     if mesh is None:
         mesh = _current_mesh()
     if mesh is None or mesh.size == 1:

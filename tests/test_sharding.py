@@ -51,6 +51,17 @@ _SCRIPT = textwrap.dedent("""
     placed = jax.device_put(nnx.state(M(nnx.Rngs(0))), sh)
     assert placed["w"].get_value().sharding.spec == P("fsdp", "tensor")
     assert fit_spec(P(("data", "fsdp")), (6,), mesh) == P("data")
+
+    # constrain() finds the mesh set by jax.set_mesh, or takes it explicitly; without either it is a no-op.
+    import jax.numpy as jnp
+    from mojax.sharding import constrain
+    x = jnp.ones((4, 8))
+    implicit = jax.jit(lambda x: constrain(x, "batch", "mlp"))
+    explicit = jax.jit(lambda x: constrain(x, "batch", "mlp", mesh=mesh))
+    assert "sharding_constraint" not in implicit.lower(x).as_text()
+    assert 'sdy.sharding_constraint %arg0 <@mesh, [{"data", "fsdp"}, {"tensor"}]>' in explicit.lower(x).as_text()
+    with jax.set_mesh(mesh):
+        assert "sdy.sharding_constraint" in implicit.lower(x).as_text()
     print("ok")
 """)
 

@@ -25,8 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding
 
 from mojax.train.objectives import policy_logps
+from mojax.train.state import batch_shardings, replicated
 
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "loss_mask")
 
@@ -89,14 +91,38 @@ def _forward(graphdef: nnx.GraphDef, chunk_size: int | None, model_kwargs: tuple
     return forward
 
 
+def model_mesh(model_or_state: Any) -> Mesh | None:
+    """The mesh a model's arrays are placed on (the first ``NamedSharding`` found), or None."""
+    for leaf in jax.tree.leaves(nnx.state(model_or_state) if isinstance(model_or_state, nnx.Module)
+                                else model_or_state):
+        sharding = getattr(leaf, "sharding", None)
+        if isinstance(sharding, NamedSharding):
+            return sharding.mesh
+    return None
+
+
+def _place(batch: dict[str, np.ndarray], mesh: Mesh | None) -> dict[str, jax.Array]:
+    if mesh is None:
+        return {k: jnp.asarray(v) for k, v in batch.items()}
+    try:  # examples over the "batch" mesh axes when they divide, else replicated
+        return jax.device_put(batch, batch_shardings(batch, mesh))
+    except ValueError:
+        return jax.device_put(batch, replicated(mesh))
+
+
 def compute_logps(model: nnx.Module, examples: Mapping[str, Any], *, batch_size: int = 32,
-                  chunk_size: int | None = 128, **model_kwargs: Any) -> np.ndarray:
-    """Sequence log-probs ``[n, N]`` of every response, in jitted batches (the last one padded and trimmed)."""
+                  chunk_size: int | None = 128, mesh: Mesh | None = None, **model_kwargs: Any) -> np.ndarray:
+    """Sequence log-probs ``[n, N]`` of every response, in jitted batches (the last one padded and trimmed).
+
+    The forward traces under ``jax.set_mesh(mesh)`` (default: the mesh the model's arrays are on), so the model's
+    activation sharding constraints apply; batches are split over the ``"batch"`` axes when they divide.
+    """
     arrays = {k: np.asarray(examples[k]) for k in SEQUENCE_KEYS}
     n = arrays["input_ids"].shape[0]
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     graphdef, state = nnx.split(model)
+    mesh = model_mesh(state) if mesh is None else mesh
     forward = _forward(graphdef, chunk_size, tuple(sorted(model_kwargs.items())))
     out = []
     for start in range(0, n, batch_size):
@@ -104,7 +130,12 @@ def compute_logps(model: nnx.Module, examples: Mapping[str, Any], *, batch_size:
         size = batch["input_ids"].shape[0]
         if size < batch_size:  # pad with copies of the first row: one compiled shape for every batch
             batch = {k: np.concatenate([v, np.repeat(v[:1], batch_size - size, axis=0)]) for k, v in batch.items()}
-        out.append(np.asarray(forward(state, {k: jnp.asarray(v) for k, v in batch.items()}))[:size])
+        if mesh is None:
+            logps = forward(state, _place(batch, None))
+        else:
+            with jax.set_mesh(mesh):
+                logps = forward(state, _place(batch, mesh))
+        out.append(np.asarray(logps)[:size])
     return np.concatenate(out, axis=0).astype(np.float32)
 
 
@@ -124,6 +155,7 @@ def cached_reference_logps(
     tokenizer: Any = None,
     batch_size: int = 32,
     chunk_size: int | None = 128,
+    mesh: Mesh | None = None,
 ) -> tuple[np.ndarray, list[bool]]:
     """Log-probs of every example's N responses under each reference model, from the cache when possible.
 
@@ -133,6 +165,7 @@ def cached_reference_logps(
       cache_dir: where ``<fingerprint>.npy`` files live.
       tokenizer: the tokenizer (or an identity string) the tokens came from; part of the key.
       batch_size, chunk_size: of the forward pass when computing.
+      mesh: the mesh the forward traces under (default: each model's own, see :func:`compute_logps`).
 
     Returns:
       ``(logps, hits)``: ``[n, N]`` for one model or ``[R, n, N]`` for a list, and per model whether it was read
@@ -150,7 +183,7 @@ def cached_reference_logps(
             tables.append(np.load(path))
             hits.append(True)
             continue
-        table = compute_logps(model, examples, batch_size=batch_size, chunk_size=chunk_size)
+        table = compute_logps(model, examples, batch_size=batch_size, chunk_size=chunk_size, mesh=mesh)
         if jax.process_index() == 0:
             _atomic_save(path, table)
         tables.append(table)

@@ -76,6 +76,73 @@ def _lora_dpo_losses(mesh):
     return losses, sorted({str(x.sharding.spec) for x in jax.tree.leaves(state.rest)})
 
 
+def mesh_constraints(dump_dir: str) -> None:
+    """LoRA-DPO on the real tiny Decoder on a (data=2, tensor=2) mesh of 4 host devices vs one device.
+
+    Prints JSON: the number of sharding constraints in the lowered step traced with and without ``jax.set_mesh``,
+    the numbers in the pre-optimisation HLO that ``fit`` and the reference cache compiled (from ``--xla_dump_to``),
+    and the losses / parameters / reference log-probs on both meshes.
+    """
+    import glob
+    import os
+
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from mojax.models import Decoder, DecoderConfig, LoRAConfig, add_lora
+    from mojax.train import (MeshConfig, OptimizerConfig, TrainConfig, create_train_state, dpo_objective, fit,
+                             jit_train_step, make_mesh, make_optimizer, make_train_step)
+    from mojax.train.ref_cache import compute_logps
+
+    cfg = DecoderConfig.tiny(num_layers=1)
+    rs = np.random.RandomState(0)
+    batches = []
+    for _ in range(3):
+        ids = rs.randint(1, cfg.vocab_size, size=(8, 2, 8)).astype(np.int32)
+        loss_mask = np.zeros((8, 2, 8), bool)
+        loss_mask[..., 3:] = True
+        batches.append({"input_ids": ids, "attention_mask": np.ones_like(ids), "loss_mask": loss_mask})
+    build = lambda: add_lora(Decoder(cfg, rngs=nnx.Rngs(0)), LoRAConfig(rank=2), rngs=nnx.Rngs(1))  # noqa: E731
+    objective = dpo_objective(beta=0.5, ref_mode="lora")
+    grid = make_mesh(MeshConfig(data=2, fsdp=1, tensor=2))
+    one = make_mesh(MeshConfig(), devices=jax.devices()[:1])
+
+    def count(text):  # Shardy's lowered form, and XLA's HLO form in the dumps
+        return text.count("sdy.sharding_constraint") + text.count('custom_call_target="Sharding"')
+
+    tx = make_optimizer(OptimizerConfig(learning_rate=1e-2))
+    graphdef, state, shardings = create_train_state(build, tx, mesh=grid, wrt=nnx.LoRAParam,
+                                                    hparams=objective.initial_hparams())
+    step = jit_train_step(make_train_step(graphdef, objective, tx), shardings, batches[0], grid)
+    without = count(step.lower(state, batches[0], state.rng).as_text())
+    with jax.set_mesh(grid):
+        lowered = count(step.lower(state, batches[0], state.rng).as_text())
+
+    def run(mesh):
+        config = TrainConfig(steps=3, log_every=1, progress=False)
+        result = fit(build, objective, iter(batches), config=config, optimizer=OptimizerConfig(learning_rate=1e-2),
+                     mesh=mesh, wrt=nnx.LoRAParam)
+        model = result.model()
+        ref = compute_logps(model, {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}, batch_size=8,
+                            chunk_size=None, use_lora=False)
+        return result, ref
+
+    grid_result, grid_ref = run(grid)
+    dumped = {}
+    for path in glob.glob(os.path.join(dump_dir, "*before_optimizations.txt")):
+        name = os.path.basename(path)
+        kind = "train_step" if "train_step" in name else "forward" if "forward" in name else None
+        if kind:
+            dumped[kind] = max(dumped.get(kind, 0), count(open(path).read()))
+    one_result, one_ref = run(one)
+    params = lambda r: [np.asarray(x).tolist() for x in jax.tree.leaves(r.state.params)]  # noqa: E731
+    print(json.dumps({"devices": jax.device_count(), "lowered_without_mesh": without, "lowered_with_mesh": lowered,
+                      "dumped": dumped, "grid_losses": grid_result.metrics("loss").tolist(),
+                      "one_losses": one_result.metrics("loss").tolist(), "grid_params": params(grid_result),
+                      "one_params": params(one_result), "grid_ref": grid_ref.tolist(), "one_ref": one_ref.tolist()}))
+
+
 def _sharded_losses(mesh, local: bool):
     """3 steps (accumulation 2) of TinyLM on a mesh; ``local``: feed this process's share of each global batch."""
     import jax

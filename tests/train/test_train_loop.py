@@ -159,3 +159,27 @@ def test_fit_leaves_the_callers_module_intact_and_continues_a_result():
     more = fit(first, nll_objective, _grain_pairs(), config=TrainConfig(steps=4, log_every=1, progress=False))
     assert more.start_step == 2 and int(more.state.step) == 4 and [h["step"] for h in more.history] == [3, 4]
     assert int(first.state.step) == 2  # the earlier result is still readable (the continuation copied it)
+
+
+def test_fit_and_ref_cache_trace_under_the_mesh_and_match_one_device(tmp_path):
+    """Issue 10 §1: on a (data=2, tensor=2) mesh of 4 host devices the step lowered without ``jax.set_mesh`` has no
+    sharding constraint (``constrain`` cannot see the mesh), traced under it has the model's; the programs fit()
+    and the reference-log-prob cache actually compiled hold them (XLA's pre-optimisation dump); and losses,
+    parameters and reference log-probs equal a one-device run's."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count=4 --xla_dump_to={tmp_path} --xla_dump_hlo_as_text"}
+    out = subprocess.run([sys.executable, str(Path(__file__).parent / "_train_worker.py"), "mesh_constraints",
+                          str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["devices"] == 4
+    assert got["lowered_without_mesh"] == 0 and got["lowered_with_mesh"] > 0
+    assert got["dumped"]["train_step"] == got["lowered_with_mesh"] and got["dumped"]["forward"] > 0
+    assert abs(got["grid_losses"][0] - np.log(2)) < 1e-6  # LoRA starts at its base, the reference
+    np.testing.assert_allclose(got["grid_losses"], got["one_losses"], rtol=1e-5)
+    for a, b in zip(got["grid_params"], got["one_params"]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got["grid_ref"], got["one_ref"], rtol=1e-5, atol=1e-5)
