@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -177,6 +178,21 @@ class OptimizerConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
 
+    def __post_init__(self):
+        # A NaN/inf here would make every update non-finite (the step would skip them all) or, before the update
+        # guard, write NaN parameters: refuse it with one line instead (issue 14 §3).
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"optimizer.{f.name} must be finite, got {value}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"optimizer.learning_rate must be positive, got {self.learning_rate}")
+        if not (0 <= self.b1 < 1 and 0 <= self.b2 < 1) or self.eps <= 0:
+            raise ValueError(f"optimizer needs 0 <= b1, b2 < 1 and eps > 0, got b1={self.b1}, b2={self.b2}, "
+                             f"eps={self.eps}")
+        if self.weight_decay < 0 or self.max_grad_norm < 0 or self.end_learning_rate_ratio < 0:
+            raise ValueError("optimizer.weight_decay, max_grad_norm and end_learning_rate_ratio must be >= 0")
+
 
 def make_schedule(config: OptimizerConfig) -> optax.Schedule:
     """The learning-rate schedule of ``config`` (warmup → cosine decay, or constant)."""
@@ -307,9 +323,14 @@ def make_train_step(
         # per-leaf `where(finite, new, old)` fusion: 18.1k HLO instructions instead of 9.6k and ~60 MiB more compile
         # memory on the tiny DPO benchmark (docs/benchmarks.md).
         grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(grad_norm) & jnp.isfinite(metrics["loss"])
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        # The update and the new parameters too: finite gradients can still give an inf update (an inf learning
+        # rate of a hand-built optax chain) or overflowing parameters (a 1e38 learning rate): nothing non-finite is
+        # ever written. Norms again: non-finite iff an entry is, or the sum of squares overflows float32
+        # (|x| > ~1e19, no usable parameter).
+        finite = (jnp.isfinite(grad_norm) & jnp.isfinite(metrics["loss"]) & jnp.isfinite(optax.tree.norm(updates))
+                  & jnp.isfinite(optax.tree.norm(params)))
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
         skipped = state.skipped + (~finite).astype(jnp.int32)
         new_state = state.replace(

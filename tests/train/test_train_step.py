@@ -106,6 +106,47 @@ def test_non_finite_update_is_skipped_and_counted():
     assert max(moved) > 1e-4
 
 
+@pytest.mark.parametrize("learning_rate", [float("inf"), float("nan"), 1e38])
+def test_guard_covers_the_update_and_new_parameters(learning_rate):
+    """Finite loss and gradients but an inf/NaN learning rate (a hand-built optax chain: the config refuses them) or
+    one so large the parameters overflow: the update is skipped and counted, nothing non-finite is written."""
+    name = {1e38: "huge"}.get(learning_rate, str(learning_rate))
+    if name != "huge":
+        with pytest.raises(ValueError, match="learning_rate must be finite"):
+            OptimizerConfig(learning_rate=learning_rate)
+    tx = optax.sgd(learning_rate)
+    mesh, graphdef, state, shardings = _setup(tx)
+    batch = make_batch(2)
+    before = jax.tree.map(np.asarray, state.params)
+    step = jit_train_step(make_train_step(graphdef, nll_objective, tx), shardings, batch, mesh)
+    state, m = step(state, batch, state.rng)
+    assert np.isfinite(float(m["loss"])) and np.isfinite(float(m["grad_norm"]))  # only the update is bad
+    assert float(m["finite"]) == 0.0 and int(state.skipped) == 1
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.params)):
+        np.testing.assert_array_equal(a, b)
+    # Without the update/parameter checks the 1e38 step would have been applied: it overflows the parameters.
+    raw = optax.apply_updates(before, tx.update(jax.tree.map(jnp.ones_like, before), tx.init(before))[0])
+    assert not np.isfinite(float(optax.tree.norm(raw)))
+
+
+def test_huge_beta_is_skipped_and_counted_with_parameters_finite():
+    """β = 1e30 is finite (accepted) but its gradients overflow: every step is skipped and counted, parameters
+    stay as they were; a non-finite β is refused when the run starts."""
+    from mojax.train import TrainConfig, dpo_objective, fit
+
+    rs = np.random.RandomState(0)
+    batches = [{**make_batch(s), "ref_logps": rs.normal(-8, 1, (8, 2)).astype(np.float32)} for s in range(2)]
+    objective = dpo_objective()
+    config = TrainConfig(steps=2, log_every=1, progress=False)
+    result = fit(lambda: TinyLM(rngs=nnx.Rngs(0)), objective, iter(batches), config=config, hparams={"beta": 1e30})
+    start = fit(lambda: TinyLM(rngs=nnx.Rngs(0)), objective, iter(batches), config=TrainConfig(steps=0))
+    assert result.skipped == 2 and result.metrics("skipped").tolist() == [1, 2]
+    for a, b in zip(jax.tree.leaves(start.state.params), jax.tree.leaves(result.state.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match="finite"):
+        fit(lambda: TinyLM(rngs=nnx.Rngs(0)), objective, iter(batches), config=config, hparams={"beta": np.inf})
+
+
 def test_stateful_objective_carries_extras_through_microbatches():
     def fn(model, batch, rng, extras):
         loss, metrics = nll_objective(model, batch, rng)
