@@ -34,6 +34,15 @@ The laptop default (a tiny Llama-style decoder, LoRA rank 4, 256 synthetic pairs
 one CPU core. Multi-host: start the same command on every host with ``--distributed.coordinator-address``,
 ``--distributed.num-processes`` and ``--distributed.process-id`` (or ``MOJAX_*`` environment variables); each process
 then loads its share of every global batch. Resuming is automatic: rerun the same command with the same run directory.
+
+A run directory belongs to one run (:mod:`mojax.train.run_dir`): without ``--train.run-dir`` each run gets a new
+``runs/<method>-<UTC time>``; rerunning in an existing directory resumes it ("resumed from step N of M") only if the
+fingerprint recorded there matches — method, every option that changes the math, the data files' content and seed,
+the model path, the shapes — else the run is refused in one line naming the differing fields, before anything is
+written. ``--train.steps`` may grow (and ``--allow-changes FIELD ...`` lets named fields differ: only for changes
+known to be safe); ``--train.steps`` below the checkpoint's step is an error. A corrupt newest checkpoint is reported
+in one line and the newest good one is restored. A run whose recent steps are mostly skipped (non-finite loss or
+gradients) stops with exit status 3. User errors exit with status 2 and one line (``--debug``: the traceback).
 """
 
 from __future__ import annotations
@@ -72,6 +81,9 @@ class RunConfig:
       objective_index: the label row (preference dimension) the pairwise methods train on for multi-objective data;
         ``cos-dpo`` uses all of them.
       save_hf: merge LoRA and write the trained model to ``<run_dir>/hf`` at the end (only with a model path).
+      allow_changes: fingerprint fields that may differ from the run directory's recorded run besides ``steps``
+        (dotted names as printed in the refusal message; ``*`` adopts any directory).
+      debug: show the traceback of a user error instead of the one-line message.
       data: the shared real-data block (files, format, model and tokenizer paths, lengths, held-out share).
       train, optimizer, mesh, checkpoint, distributed: the engine's configs (``train.batch_size``: examples per
         step per process).
@@ -87,8 +99,10 @@ class RunConfig:
     data_seed: int = 0
     objective_index: int = 0
     save_hf: bool = True
+    allow_changes: tuple[str, ...] = ()
+    debug: bool = False
     data: DataConfig = DataConfig(max_length=512, max_prompt_length=256)
-    train: TrainConfig = TrainConfig(steps=50, batch_size=8, run_dir="runs/train")
+    train: TrainConfig = TrainConfig(steps=50, batch_size=8)
     optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-3)
     mesh: MeshConfig = MeshConfig()
     checkpoint: CheckpointConfig = CheckpointConfig(every_steps=25)
@@ -97,8 +111,34 @@ class RunConfig:
     def __post_init__(self):
         if self.objective_index < 0:
             raise ValueError(f"objective_index must be >= 0, got {self.objective_index}")
-        if self.train.run_dir is None:
-            raise ValueError("the command line trains into a run directory: give --train.run-dir")
+
+
+def _check_finite(config: Any, prefix: str) -> None:
+    """Refuse a NaN/inf float anywhere in a (nested) config: ``--optimizer.learning-rate nan`` must not train."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        name = f"{prefix}{field.name}"
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, name + ".")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{name.replace('_', '-')} must be finite, got {value}")
+
+
+# Config fields that do not change what is computed: left out of the run's fingerprint (everything else is in it,
+# so a new field is checked by default). fit adds the objective, optimizer, steps, batch shape and seed itself.
+_NOT_IN_FINGERPRINT = ("save_hf", "allow_changes", "debug", "train", "optimizer", "mesh", "checkpoint",
+                       "distributed", "data.data_paths", "data.eval_fraction")
+
+
+def _fingerprint(config: RunConfig) -> dict[str, Any]:
+    """The CLI's fields of the run's identity (see :func:`mojax.train.fit`'s ``fingerprint``)."""
+    from mojax.train.run_dir import data_fingerprint, make_fingerprint
+
+    fields = make_fingerprint(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
+    fields = {k: v for k, v in fields.items() if not any(k == n or k.startswith(n + ".") for n in _NOT_IN_FINGERPRINT)}
+    fields["data.files"] = data_fingerprint(config.data.data_paths)["files"]
+    fields["data.eval_fraction"] = config.data.eval_fraction  # which examples train
+    return fields
 
 
 def _objective(config: RunConfig, num_objectives: int):
@@ -271,6 +311,14 @@ def run(config: RunConfig) -> TrainResult:
     initialize(config.distributed)  # before anything touches a device
 
     import jax
+
+    if config.train.run_dir is None:
+        if jax.process_count() > 1:
+            raise ValueError("a multi-process run needs the same --train.run-dir on every process")
+        from mojax.train.run_dir import new_run_dir
+
+        config = dataclasses.replace(config, train=dataclasses.replace(
+            config.train, run_dir=str(new_run_dir("runs", config.method))))
     from flax import nnx
 
     from mojax.data import PipelineConfig, make_iterator
@@ -330,7 +378,8 @@ def run(config: RunConfig) -> TrainResult:
               f"{config.data.model_path or 'tiny random decoder'}, run dir {config.train.run_dir}")
     result = fit(model, objective, iterator, config=config.train, optimizer=config.optimizer, mesh=mesh,
                  wrt=_trainable(config), eval_fn=eval_fn, run_config=config, data_report=data.report,
-                 checkpoint=config.checkpoint, stop_flag=install_sigterm_flag())
+                 checkpoint=config.checkpoint, stop_flag=install_sigterm_flag(), fingerprint=_fingerprint(config),
+                 allow_changes=("steps", *config.allow_changes))
     if config.data.model_path and config.save_hf and not result.stopped:
         out = export_hf(result, result.run_dir / "hf", tokenizer=tokenizer)
         if primary:
@@ -349,9 +398,24 @@ def main(argv: list[str] | None = None) -> TrainResult:
     import tyro
 
     from mojax.data import DataError
+    from mojax.train import distributed
+    from mojax.train.checkpoint import CheckpointError
+    from mojax.train.run_dir import SkippedStepsError
 
+    config = None
     try:
-        return run(tyro.cli(RunConfig, args=argv))
-    except (ValueError, FileNotFoundError, DataError) as e:
+        config = tyro.cli(RunConfig, args=argv)
+        _check_finite(config, "")
+        return run(config)
+    except SkippedStepsError as e:  # the run itself failed (not its input): its own status
+        distributed.mark_failed()
+        if config is not None and config.debug:
+            raise
+        print(f"mojax.train: {e}".splitlines()[0], file=sys.stderr)
+        raise SystemExit(3) from None
+    except (ValueError, FileNotFoundError, DataError, CheckpointError, distributed.DistributedInitError) as e:
+        distributed.mark_failed()  # peers of a multi-process run stop now instead of waiting in a collective
+        if config is not None and config.debug:
+            raise
         print(f"mojax.train: error: {e}".splitlines()[0], file=sys.stderr)
         raise SystemExit(2) from None

@@ -40,8 +40,9 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from mojax.train.checkpoint import CheckpointConfig, Checkpointer, StopFlag
-from mojax.train.distributed import shard_batch
+from mojax.train.distributed import note_progress, shard_batch
 from mojax.train.mesh import MeshConfig, check_global_batch, make_mesh
+from mojax.train.run_dir import DEFAULT_ALLOW, SkipMonitor, check_resume_step, claim_for_fit
 from mojax.train.state import TrainState, batch_axis, create_train_state, replicated, step_key
 from mojax.train.step import (COUNT, Objective, OptimizerConfig, StatefulObjective, as_objective, init_extras,
                               jit_train_step, make_optimizer, make_train_step)
@@ -283,6 +284,8 @@ def fit(
     data_report: Any = None,
     checkpoint: CheckpointConfig = CheckpointConfig(),
     stop_flag: StopFlag | None = None,
+    fingerprint: Mapping[str, Any] | None = None,
+    allow_changes: Sequence[str] = DEFAULT_ALLOW,
 ) -> TrainResult:
     """Train for ``config.steps`` steps with one compiled step, in memory or in a run directory (with resume).
 
@@ -309,6 +312,15 @@ def fit(
       data_report: a ``mojax.data.DataReport`` (or dict) written to ``data_report.json``.
       checkpoint: checkpointing and resume (only with a run directory).
       stop_flag: a :class:`~mojax.train.StopFlag` (``install_sigterm_flag()``): when set, save and return.
+      fingerprint: the caller's fields of the run's identity (model, data, lengths), added to the objective,
+        hyper-parameters, optimizer and shapes that fit records; a run directory holding another run is refused
+        before anything is written (:mod:`mojax.train.run_dir`).
+      allow_changes: fingerprint fields that may differ from the run directory's recorded run (default ``steps``).
+
+    Raises:
+      mojax.train.run_dir.RunMismatchError: ``run_dir`` belongs to another run.
+      mojax.train.run_dir.SkippedStepsError: most recent steps were skipped (non-finite loss or gradients).
+      ValueError: ``config.steps`` is below the run directory's checkpoint.
 
     Returns:
       A :class:`TrainResult`.
@@ -325,6 +337,10 @@ def fit(
                         f"{type(optimizer)!r}")
     path = None
     if run_dir is not None:
+        # A run directory belongs to one run: checked before anything is written into it (issue 14 §1).
+        claim_for_fit(run_dir, objective=objective, hparams=obj.initial_hparams(hparams), optimizer=optimizer,
+                      config=config, extra=fingerprint, allow=allow_changes,
+                      checkpoint_dir=checkpoint.directory or None, write=jax.process_index() == 0)
         path = prepare_run_dir(run_dir, config=run_config if run_config is not None else config,
                                data_report=data_report)
     start_hparams = obj.initial_hparams(hparams)
@@ -345,8 +361,12 @@ def fit(
     if path is not None:
         ckpt_dir = Path(checkpoint.directory) if checkpoint.directory else path / "checkpoints"
         checkpointer = Checkpointer(ckpt_dir, checkpoint)
+        note_progress(checkpoint_dir=str(ckpt_dir))  # for the message if a peer process dies
         if checkpoint.resume:
             state, start_step = _resume(checkpointer, state, batches, hparams, start_step)
+            resumed = check_resume_step(checkpointer.restored_step, config.steps)
+            if resumed and jax.process_index() == 0:
+                print(f"mojax: {resumed}", flush=True)
 
     writer = MetricsWriter(path, tensorboard=config.tensorboard, enabled=path is not None and jax.process_index() == 0)
     history: list[dict[str, Any]] = []
@@ -361,6 +381,7 @@ def fit(
     step = start_step
     seconds = 0.0
     last_time, last_step = time.perf_counter(), start_step
+    skips = SkipMonitor(start_step=start_step, start_skipped=int(state.skipped), total_steps=config.steps)
     try:
         if eval_fn is not None and config.eval_at_start and step == 0:
             _evaluate(eval_fn, graphdef, state, step, writer, history, mesh)
@@ -388,6 +409,11 @@ def fit(
                 host["examples_per_s"] = host.get("count", 0.0) * host["steps_per_s"]
                 writer.write(step, host)
                 history.append({"step": step, **host})
+                note_progress(step=step)
+                newly = skips.update(step, int(host.get("skipped", 0)))  # raises SkippedStepsError when most are
+                if newly and bar is None and jax.process_index() == 0:
+                    print(f"mojax: step {step}: {newly} step(s) skipped since the last log line (non-finite loss or "
+                          f"gradients), {int(host.get('skipped', 0))} in all", flush=True)
                 if bar is not None:
                     bar.set_postfix(loss=f"{host['loss']:.4f}", it_s=f"{host['steps_per_s']:.2f}",
                                     skipped=int(host.get("skipped", 0)))

@@ -276,6 +276,23 @@ def fit_fingerprint(*, objective: Any, hparams: Mapping[str, Any], optimizer: An
     return make_fingerprint(**fields)
 
 
+def claim_for_fit(run_dir: str | os.PathLike, *, objective: Any, hparams: Mapping[str, Any], optimizer: Any,
+                  config: Any, extra: Mapping[str, Any] | None = None, allow: Iterable[str] = DEFAULT_ALLOW,
+                  checkpoint_dir: str | os.PathLike | None = None, write: bool = True) -> Claim:
+    """What :func:`mojax.train.fit` runs before it writes into ``run_dir``: the steps check, then the fingerprint.
+
+    Raises:
+      ValueError: ``config.steps`` is below the newest checkpoint's step.
+      RunMismatchError: see :func:`check_or_claim`.
+    """
+    ckpts = Path(checkpoint_dir) if checkpoint_dir else Path(run_dir) / "checkpoints"
+    steps = [int(p.name) for p in ckpts.iterdir() if p.name.isdigit()] if ckpts.is_dir() else []
+    if steps:
+        check_resume_step(max(steps), config.steps)
+    return check_or_claim(run_dir, fit_fingerprint(objective=objective, hparams=hparams, optimizer=optimizer,
+                                                   config=config, extra=extra), allow=allow, write=write)
+
+
 class SkippedStepsError(RuntimeError):
     """Most recent steps were skipped (non-finite loss or gradients): the run stopped; the message names the causes."""
 

@@ -153,3 +153,65 @@ def test_fit_fingerprint_names_the_math():
     assert fp["objective"].endswith("dpo_fn") and fp["hparams.beta"] == 0.1 and fp["steps"] == 5
     assert fp["optimizer.learning_rate"] == 1e-3 and fp["shapes.batch_size"] == 8 and fp["model"] == "m"
     assert "log_every" not in json.dumps(fp)
+
+
+# --- through fit: the claim happens before anything is written; resume line; steps check; mostly-skipped runs ---
+
+
+def _fit(run_dir, steps, *, lr=1e-2, batches=None, **kwargs):
+    import sys
+    from pathlib import Path
+
+    from flax import nnx
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _train_tiny import TinyLM, nll_objective
+    from _train_worker import _grain_pairs
+    from mojax.train.checkpoint import CheckpointConfig
+    from mojax.train.loop import TrainConfig, fit
+    from mojax.train.mesh import MeshConfig, make_mesh
+    from mojax.train.step import OptimizerConfig
+
+    return fit(lambda: TinyLM(rngs=nnx.Rngs(0)), nll_objective, _grain_pairs() if batches is None else batches,
+               optimizer=OptimizerConfig(learning_rate=lr), mesh=make_mesh(MeshConfig()),
+               config=TrainConfig(steps=steps, log_every=1, run_dir=None if run_dir is None else str(run_dir),
+                                  progress=False),
+               checkpoint=CheckpointConfig(every_steps=3, async_save=False), **kwargs)
+
+
+def test_fit_refuses_another_run_before_writing_checks_steps_and_says_resumed(tmp_path, capsys):
+    run = tmp_path / "run"
+    _fit(run, 3, fingerprint={"data": "pairs-v1"})
+    before = _snapshot(run)
+    with pytest.raises(RunMismatchError, match="optimizer.learning_rate 0.01 → 0.02"):
+        _fit(run, 3, lr=2e-2, fingerprint={"data": "pairs-v1"})
+    with pytest.raises(RunMismatchError, match='data "pairs-v1" → "pairs-v2"'):
+        _fit(run, 3, fingerprint={"data": "pairs-v2"})
+    with pytest.raises(ValueError, match="checkpoint is at step 3 but steps=2"):
+        _fit(run, 2, fingerprint={"data": "pairs-v1"})
+    assert _snapshot(run) == before  # config.json, metrics, fingerprint, checkpoints: untouched
+    capsys.readouterr()
+    result = _fit(run, 5, fingerprint={"data": "pairs-v1"})
+    assert result.start_step == 3 and int(result.state.step) == 5
+    assert "mojax: resumed from step 3 of 5" in capsys.readouterr().out
+
+
+def test_fit_stops_a_run_whose_steps_are_mostly_skipped():
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    from mojax.train.run_dir import SkippedStepsError
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _train_tiny import make_batch
+
+    def batches():  # a non-finite loss scale from step 3 on: every later update is dropped by the step's guard
+        for i in range(100):
+            batch = make_batch(i)
+            batch["scale"] = np.full(batch["input_ids"].shape[0], np.nan if i >= 2 else 1.0, np.float32)
+            yield batch
+
+    with pytest.raises(SkippedStepsError, match="stopped at step 20: 18 of the last 20 steps were skipped"):
+        _fit(None, 40, batches=batches())

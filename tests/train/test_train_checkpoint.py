@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from _train_tiny import TinyLM
+from _train_tiny import TinyLM, nll_objective
 from mojax.train.checkpoint import (CheckpointConfig, Checkpointer, flatten_state, install_sigterm_flag,
                                     unflatten_state)
 from mojax.train.mesh import MeshConfig, make_mesh
@@ -280,3 +280,32 @@ def test_save_refuses_non_finite_parameters(tmp_path):
         ckpt.save(3, bad)
     ckpt.close()
     assert Checkpointer(tmp_path).all_steps() == []
+
+
+def test_fit_resumes_past_a_corrupt_checkpoint_bit_for_bit(tmp_path, capsys):
+    """Issue 14 §2's case: 6 steps with checkpoints every 2; 64 bytes flipped in the middle of the largest data file
+    of checkpoint 6; the same run to 8 steps reports it in one line, restores checkpoint 4, and ends bit-equal to an
+    uninterrupted 8-step run."""
+    import sys
+
+    sys.path.insert(0, str(HERE))
+    from _train_worker import _grain_pairs
+    from mojax.train.loop import TrainConfig, fit
+
+    def run(run_dir, steps):  # hidden=256: the MLP weights and their moments are most of the checkpoint's bytes
+        return fit(lambda: TinyLM(rngs=nnx.Rngs(0), hidden=256), nll_objective, _grain_pairs(),
+                   optimizer=OptimizerConfig(learning_rate=1e-2), mesh=make_mesh(MeshConfig()),
+                   config=TrainConfig(steps=steps, log_every=1, run_dir=str(run_dir), progress=False),
+                   checkpoint=CheckpointConfig(every_steps=2, max_to_keep=2))
+
+    reference = run(tmp_path / "reference", 8)
+    run(tmp_path / "run", 6)
+    _flip(_largest_data_file(tmp_path / "run" / "checkpoints" / "6"))
+    capsys.readouterr()
+    resumed = run(tmp_path / "run", 8)
+    out, err = capsys.readouterr()
+    reports = [line for line in err.splitlines() if "checkpoint 6 is corrupt" in line]
+    assert len(reports) == 1 and "trying checkpoint 4" in reports[0], err[-2000:]
+    assert resumed.start_step == 4 and "resumed from step 4 of 8" in out
+    for a, b in zip(jax.tree.leaves(reference.state), jax.tree.leaves(resumed.state)):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
