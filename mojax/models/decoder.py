@@ -23,7 +23,8 @@ class KVCache(NamedTuple):
     """Keys and values of every layer for ``S`` slots, filled left to right.
 
     Attributes:
-      keys, values: per layer ``[B, S, K, h]`` (a tuple over layers).
+      keys, values: per layer ``[B, S, K, h]``: a tuple over layers, or (scanned models, ``config.scanned``) one
+        stacked ``[L, B, S, K, h]`` array each; ``keys[i]`` is layer i's either way.
       key_mask: bool ``[B, S]``, True for slots holding a real (non-padding) token.
       index: int32 scalar, the next free slot.
       lengths: int32 ``[B]``, real tokens seen so far per row (the next token's position).
@@ -86,14 +87,93 @@ class Decoder(nnx.Module):
         c = self.config
         dtype = c.dtype if dtype is None else dtype
         shape = (batch_size, max_length, c.kv_heads, c.head_size)
-        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(c.num_layers))
-        return KVCache(keys=zeros, values=tuple(jnp.zeros(shape, dtype) for _ in range(c.num_layers)),
+        if c.scanned:  # one [L, B, S, K, h] array per side: the scan reads and writes it without restacking
+            keys, values = jnp.zeros((c.num_layers,) + shape, dtype), jnp.zeros((c.num_layers,) + shape, dtype)
+        else:
+            keys = tuple(jnp.zeros(shape, dtype) for _ in range(c.num_layers))
+            values = tuple(jnp.zeros(shape, dtype) for _ in range(c.num_layers))
+        return KVCache(keys=keys, values=values,
                        key_mask=jnp.zeros((batch_size, max_length), bool), index=jnp.zeros((), jnp.int32),
                        lengths=jnp.zeros((batch_size,), jnp.int32))
 
+    def _can_scan(self) -> bool:
+        # Blocks holding state other than parameters (a LoRA dropout's RNG stream) would need it threaded through
+        # the scan per layer; they run unrolled instead (the same result, a bigger program).
+        return self.config.scanned and not jax.tree.leaves(nnx.state(self.blocks, nnx.Not(nnx.Param)))
+
+    def _remat(self, fn, *, nnx_module: bool):
+        name = self.config.remat_policy_name
+        if name == "none":
+            return fn
+        policy = getattr(jax.checkpoint_policies, name)
+        if nnx_module:
+            return nnx.remat(fn, policy=policy)
+        return jax.checkpoint(fn, policy=policy, prevent_cse=False)  # inside scan CSE cannot merge layers
+
+    def _loop_blocks(self, x, pos, attn_mask, local_mask, kv_in, index, layer_prefixes, *, use_lora, causal):
+        """The blocks in a Python loop (a program that grows with depth)."""
+        c = self.config
+
+        def apply(block, x, pos, mask, kv, index, prefix_kv, window):
+            return block(x, pos, mask, kv, index, use_lora=use_lora, prefix_kv=prefix_kv, causal=causal,
+                         window=window)
+
+        apply = self._remat(apply, nnx_module=True)
+        new_keys, new_values = [], []
+        for i, block in enumerate(self.blocks):
+            kv = None if kv_in is None else (kv_in[0][i], kv_in[1][i])
+            local = c.sliding_layers[i]
+            x, new_kv = apply(block, x, pos, local_mask if local else attn_mask, kv, index,
+                              None if layer_prefixes is None else layer_prefixes[i],
+                              c.sliding_window if local else None)
+            if new_kv is not None:
+                new_keys.append(new_kv[0])
+                new_values.append(new_kv[1])
+        if kv_in is None:
+            return x, None
+        if not isinstance(kv_in[0], (tuple, list)):  # a stacked cache stays stacked
+            return x, (jnp.stack(new_keys), jnp.stack(new_values))
+        return x, (tuple(new_keys), tuple(new_values))
+
+    def _scan_blocks(self, x, pos, attn_mask, local_mask, kv_in, index, layer_prefixes, *, use_lora, causal):
+        """The blocks under one ``lax.scan`` over their stacked parameters: one compiled block whatever the depth.
+
+        The per-layer parameters (``blocks.{i}``, the layout import/export, LoRA and checkpoints address) are
+        stacked here, inside the traced step; a layer's sliding window and rotary base are scanned inputs (a flag
+        per layer), not Python branches.
+        """
+        c = self.config
+        graphdef, _ = nnx.split(self.blocks[0])  # blocks differ only in `local`, overridden by the scanned flag
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.state(b) for b in self.blocks])
+        flags = jnp.asarray(c.sliding_layers)
+        mixed = len(set(c.sliding_layers)) > 1
+        window = c.sliding_window if all(c.sliding_layers) else None
+        stack = lambda t: t if not isinstance(t, (tuple, list)) else jnp.stack(t)  # noqa: E731
+        kv = None if kv_in is None else (stack(kv_in[0]), stack(kv_in[1]))
+        prefixes = None if layer_prefixes is None else (stack([p[0] for p in layer_prefixes]),
+                                                        stack([p[1] for p in layer_prefixes]))
+
+        def body(x, xs):
+            state, flag, kv_i, prefix_i = xs
+            block = nnx.merge(graphdef, state)
+            if mixed:
+                mask = jnp.where(flag, local_mask, attn_mask)
+            else:
+                mask = local_mask if c.sliding_layers[0] else attn_mask
+            return block(x, pos, mask, kv_i, index, use_lora=use_lora, prefix_kv=prefix_i,
+                         local=flag if mixed else None, causal=causal, window=window)
+
+        x, new_kv = jax.lax.scan(self._remat(body, nnx_module=False), x, (stacked, flags, kv, prefixes))
+        if kv_in is None:
+            return x, None
+        if isinstance(kv_in[0], (tuple, list)):
+            return x, (tuple(new_kv[0]), tuple(new_kv[1]))
+        return x, new_kv
+
     def __call__(self, input_ids: jax.Array, *, attention_mask: jax.Array | None = None,
                  positions: jax.Array | None = None, prefix_embeds: jax.Array | None = None,
-                 return_hidden: bool = False, use_lora: bool = True, cache: KVCache | None = None):
+                 return_hidden: bool = False, use_lora: bool = True, cache: KVCache | None = None,
+                 layer_prefixes: tuple | None = None, segment_ids: jax.Array | None = None):
         """Run the model.
 
         Args:
@@ -110,6 +190,12 @@ class Decoder(nnx.Module):
           use_lora: apply LoRA adapters if present; ``False`` gives the base (reference) model.
           cache: a :class:`KVCache` (2-D inputs only): the new tokens are appended at ``cache.index`` and attend to
             every earlier real slot; the call then returns ``(output, new_cache)``.
+          layer_prefixes: optional per-layer ``(keys, values)`` ``[B, P, K, h]`` read by every query through a
+            separate softmax (a conditioning's deep prefix; see :class:`mojax.models.layers.Attention`). None (the
+            default) leaves every family's computation unchanged.
+          segment_ids: optional int ``[*lead, T]`` for packed rows (several sequences per row): a token attends only
+            to earlier tokens of its own segment, and default positions restart at 0 in each segment. Not with a
+            cache or a prefix.
         Returns:
           logits float32 ``[*lead, T, V]`` (or hidden ``[*lead, T, D]``), plus the new cache when one was given.
         """
@@ -140,8 +226,18 @@ class Decoder(nnx.Module):
             prefix = jnp.broadcast_to(prefix, tuple(lead) + prefix_embeds.shape[-2:]).reshape(B, P, c.d_model)
             mask = jnp.concatenate([jnp.ones((B, P), bool), mask], axis=1)
 
+        seg = None
+        if segment_ids is not None:
+            if cache is not None or P:
+                raise ValueError("segment_ids cannot be combined with a KV cache or prefix_embeds")
+            if segment_ids.shape != input_ids.shape:
+                raise ValueError(f"segment_ids shape {segment_ids.shape} != input_ids shape {input_ids.shape}")
+            seg = segment_ids.reshape(-1, T)
         offset = jnp.zeros((B,), jnp.int32) if cache is None else cache.lengths
-        if positions is None:
+        if positions is None and seg is not None:  # real tokens before this one in its own segment
+            same = (seg[:, :, None] == seg[:, None, :]) & jnp.tril(jnp.ones((T, T), bool))[None] & mask[:, None, :]
+            pos = jnp.maximum(jnp.sum(same, axis=-1, dtype=jnp.int32) - 1, 0)
+        elif positions is None:
             pos = positions_from_mask(mask, offset)
         else:
             tok_pos = positions.reshape(-1, T).astype(jnp.int32) + P + offset[:, None]
@@ -168,25 +264,20 @@ class Decoder(nnx.Module):
         k_idx = jnp.arange(S, dtype=jnp.int32)
         allowed = k_idx[None, :] <= q_idx[:, None]  # [L, S] causal by slot
         attn_mask = allowed[None] & key_mask[:, None, :]  # [B, L, S]
+        if seg is not None:  # packed rows: a token sees only its own segment
+            attn_mask = attn_mask & (seg[:, :, None] == seg[:, None, :])
+        local_mask = None
         if any(c.sliding_layers):
             window = k_idx[None, :] > q_idx[:, None] - c.sliding_window
-            local_mask = (allowed & window)[None] & key_mask[:, None, :]
-            if all(c.sliding_layers):
-                attn_mask = local_mask
+            local_mask = attn_mask & window[None]
 
-        def apply(block, x, pos, attn_mask, kv, index):
-            return block(x, pos, attn_mask, kv, index, use_lora=use_lora)
-
-        if c.remat:  # recompute each block's activations in the backward pass instead of storing them
-            apply = nnx.remat(apply)
-        new_keys, new_values = [], []
-        for i, block in enumerate(self.blocks):
-            kv = None if cache is None else (cache.keys[i], cache.values[i])
-            mask_i = local_mask if c.sliding_layers[i] else attn_mask
-            x, new_kv = apply(block, x, pos, mask_i, kv, index)
-            if new_kv is not None:
-                new_keys.append(new_kv[0])
-                new_values.append(new_kv[1])
+        if layer_prefixes is not None and len(layer_prefixes) != c.num_layers:
+            raise ValueError(f"layer_prefixes must have one (keys, values) per layer ({c.num_layers}), got "
+                             f"{len(layer_prefixes)}")
+        kv_in = None if cache is None else (cache.keys, cache.values)
+        run = self._scan_blocks if self._can_scan() else self._loop_blocks
+        x, new_kv = run(x, pos, attn_mask, local_mask, kv_in, index, layer_prefixes, use_lora=use_lora,
+                        causal=cache is None)
         x = self.final_norm(x[:, P:])
         if return_hidden:
             out = x.reshape(tuple(lead) + (T, c.d_model))
@@ -198,6 +289,6 @@ class Decoder(nnx.Module):
             out = logits.reshape(tuple(lead) + (T, c.vocab_size))
         if cache is None:
             return out
-        new_cache = KVCache(keys=tuple(new_keys), values=tuple(new_values), key_mask=key_mask, index=index + L,
+        new_cache = KVCache(keys=new_kv[0], values=new_kv[1], key_mask=key_mask, index=index + L,
                             lengths=cache.lengths + jnp.sum(mask, axis=1, dtype=jnp.int32))
         return out, new_cache

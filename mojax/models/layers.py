@@ -137,6 +137,79 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq, attention_scaling: 
     return jnp.concatenate([x_rot * cos + rotated * sin, x_pass], axis=-1)
 
 
+ATTENTION_IMPLS = ("einsum", "fused", "auto")
+
+
+def attention_impl(config: DecoderConfig) -> str:
+    """The implementation a config's attention runs: ``"einsum"`` (the reference) or ``"fused"``
+    (:func:`jax.nn.dot_product_attention`). ``"auto"`` is fused unless the family soft-caps its attention scores
+    (Gemma 2), which the fused kernel cannot express."""
+    if config.attention_impl == "auto":
+        return "einsum" if config.attn_logit_softcap is not None else "fused"
+    return config.attention_impl
+
+
+def fused_backend(dtype) -> str | None:
+    """The ``implementation=`` given to :func:`jax.nn.dot_product_attention`: cuDNN flash attention on a GPU in
+    bfloat16/float16 (cuDNN's only dtypes), else ``None`` (JAX's XLA path: CPU, TPU, float32)."""
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    return "cudnn" if half and jax.default_backend() == "gpu" else None
+
+
+def _scale(c: DecoderConfig) -> float:
+    h = c.head_size
+    return 1.0 / math.sqrt(h) if c.query_pre_attn_scalar is None else c.query_pre_attn_scalar ** -0.5
+
+
+def attention_core(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, config: DecoderConfig,
+                   causal: bool = False, window: int | None = None,
+                   prefix_kv: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+    """``softmax(scale · q·kᵀ [soft-capped] masked) · v`` with grouped-query heads, by the config's
+    :func:`attention_impl`.
+
+    Args:
+      q: ``[B, T, H, h]``; k, v: ``[B, S, K, h]`` (same dtype as ``q``).
+      mask: bool ``[B, T, S]``, True = may attend; it alone defines the result. A fully masked row (a padding
+        query) gives the uniform average of ``v`` in both implementations.
+      causal, window: static hints for the fused kernel that ``mask`` already includes the top-left-aligned causal
+        mask (``k ≤ q``, no KV cache) and the sliding window ``k > q - window``; they let cuDNN skip masked blocks.
+      prefix_kv: optional ``(keys, values)`` ``[B, P, K, h]`` attended through a separate, unmasked softmax whose
+        output is added (a conditioning's per-layer prefix).
+    Returns:
+      ``[B, T, H, h]`` in ``v``'s dtype.
+    """
+    c = config
+    B, T, H, h = q.shape
+    K = k.shape[2]
+    G = H // K
+    scale = _scale(c)
+    if attention_impl(c) == "fused":
+        impl = fused_backend(q.dtype)
+        win = (window - 1, 0) if (causal and window is not None) else None
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], scale=scale, is_causal=causal,
+                                           local_window_size=win, implementation=impl)
+        if prefix_kv is not None:
+            pk, pv = prefix_kv
+            out = out + jax.nn.dot_product_attention(q, pk.astype(q.dtype), pv.astype(q.dtype), scale=scale,
+                                                     implementation=impl).astype(out.dtype)
+        return out.astype(v.dtype)
+    qg = q.reshape(B, T, K, G, h)
+    scores = jnp.einsum("BTKGh,BSKh->BKGTS", qg, k, preferred_element_type=jnp.float32)
+    scores = scores * scale if c.query_pre_attn_scalar is not None else scores / math.sqrt(h)
+    if c.attn_logit_softcap is not None:
+        scores = jnp.tanh(scores / c.attn_logit_softcap) * c.attn_logit_softcap
+    scores = jnp.where(mask[:, None, None, :, :], scores, _NEG)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("BKGTS,BSKh->BTKGh", probs, v)
+    if prefix_kv is not None:  # separate softmax: the prefix's share never dilutes the tokens' attention
+        pk, pv = prefix_kv
+        ps = jnp.einsum("BTKGh,BPKh->BKGTP", qg, pk.astype(qg.dtype), preferred_element_type=jnp.float32)
+        ps = ps / math.sqrt(h) if c.query_pre_attn_scalar is None else ps * c.query_pre_attn_scalar ** -0.5
+        out = out + jnp.einsum("BKGTP,BPKh->BTKGh", jax.nn.softmax(ps, axis=-1).astype(v.dtype),
+                               pv.astype(v.dtype))
+    return out.reshape(B, T, H, h)
+
+
 class Attention(nnx.Module):
     """Multi-head attention with grouped-query heads (K key/value heads shared by G = H/K query heads), rotary
     positions and an optional KV cache.
@@ -163,11 +236,22 @@ class Attention(nnx.Module):
 
     def __call__(self, x: jax.Array, *, positions: jax.Array, mask: jax.Array,
                  kv_cache: tuple[jax.Array, jax.Array] | None = None, cache_index: jax.Array | None = None,
-                 use_lora: bool = True) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+                 use_lora: bool = True, prefix_kv: tuple[jax.Array, jax.Array] | None = None,
+                 local: jax.Array | None = None, causal: bool = False, window: int | None = None
+                 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
         """Args:
-          x: ``[B, T, D]``; positions ``[B, T]``; mask: bool ``[B, T, S]`` (True = may attend).
+          x: ``[B, T, D]``; positions ``[B, T]``; mask: bool ``[B, T, S]`` (True = may attend): the whole mask
+            (causality, padding, window, segments), so the einsum reference needs nothing else.
+          local: a traced bool scalar overriding ``self.local`` for the rotary base (scanned layers, where a Python
+            attribute cannot vary per layer); ``None``: ``self.local``.
+          causal, window: static hints for the fused kernel that ``mask`` already contains the top-left-aligned
+            causal mask (no KV cache) and, when ``window`` is set, the sliding window of that size, so a kernel
+            (cuDNN) can skip masked blocks; they never change the result.
           kv_cache: ``(keys, values)`` each ``[B, S, K, h]``; the new keys/values are written at slot
             ``cache_index`` and attention runs over all S slots. Without a cache, S = T.
+          prefix_kv: optional ``(keys, values)`` each ``[B, P, K, h]`` (a conditioning's per-layer prefix,
+            :mod:`mojax.models.conditioning`): every query also attends to them through *their own* softmax, whose
+            output is added; values scaled by a gate of 0 leave the layer exactly unchanged (zero-init gating).
         Returns:
           ``([B, T, D], updated (keys, values) or None)``.
         """
@@ -182,9 +266,7 @@ class Attention(nnx.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if c.positional == "rope":
-            inv_freq, scaling = c.rope_inv_freq(local=self.local)
-            q = apply_rope(q, positions, inv_freq, scaling)
-            k = apply_rope(k, positions, inv_freq, scaling)
+            q, k = self._rope(q, k, positions, local)
         new_cache = None
         if kv_cache is not None:
             ck, cv = kv_cache
@@ -192,21 +274,22 @@ class Attention(nnx.Module):
             cv = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
             new_cache = (ck, cv)
             k, v = ck.astype(q.dtype), cv.astype(q.dtype)
-        K, h = c.kv_heads, c.head_size
-        G = c.num_heads // K
-        qg = q.reshape(B, T, K, G, h)
-        scores = jnp.einsum("BTKGh,BSKh->BKGTS", qg, k, preferred_element_type=jnp.float32)
-        if c.query_pre_attn_scalar is None:
-            scores = scores / math.sqrt(h)
-        else:
-            scores = scores * c.query_pre_attn_scalar ** -0.5
-        if c.attn_logit_softcap is not None:
-            scores = jnp.tanh(scores / c.attn_logit_softcap) * c.attn_logit_softcap
-        scores = jnp.where(mask[:, None, None, :, :], scores, _NEG)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        out = jnp.einsum("BKGTS,BSKh->BTKGh", probs, v).reshape(B, T, c.num_heads, h)
+        out = attention_core(q, k, v, mask, config=c, causal=causal and kv_cache is None, window=window,
+                             prefix_kv=prefix_kv)
         out = constrain(out, "batch", "seq", "heads", "head_dim")
         return self.o_proj(out, use_lora=use_lora), new_cache
+
+    def _rope(self, q, k, positions, local):
+        c = self.config
+        if local is None or c.rope_local_theta is None:  # the local and global rotary are the same unless set
+            inv_freq, scaling = c.rope_inv_freq(local=self.local if local is None else False)
+            return apply_rope(q, positions, inv_freq, scaling), apply_rope(k, positions, inv_freq, scaling)
+        rotated = []
+        for is_local in (False, True):  # both bases, then a per-layer select (a traced flag: no Python branch)
+            inv_freq, scaling = c.rope_inv_freq(local=is_local)
+            rotated.append((apply_rope(q, positions, inv_freq, scaling), apply_rope(k, positions, inv_freq, scaling)))
+        (qg, kg), (ql, kl) = rotated
+        return jnp.where(local, ql, qg), jnp.where(local, kl, kg)
 
 
 class MLP(nnx.Module):
@@ -247,9 +330,12 @@ class Block(nnx.Module):
 
     def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
                  kv_cache: tuple[jax.Array, jax.Array] | None = None, cache_index: jax.Array | None = None,
-                 *, use_lora: bool = True):
+                 *, use_lora: bool = True, prefix_kv: tuple[jax.Array, jax.Array] | None = None,
+                 local: jax.Array | None = None, causal: bool = False, window: int | None = None):
+        """One block; the arguments are :class:`Attention`'s. Returns ``(x [B, T, D], new (keys, values) or None)``."""
         a, new_cache = self.attn(self.attn_norm(x), positions=positions, mask=mask, kv_cache=kv_cache,
-                                 cache_index=cache_index, use_lora=use_lora)
+                                 cache_index=cache_index, use_lora=use_lora, prefix_kv=prefix_kv, local=local,
+                                 causal=causal, window=window)
         if self.post_attn_norm is not None:
             a = self.post_attn_norm(a)
         h = x if self.parallel else x + a  # the MLP reads the block input (parallel) or the attention's sum

@@ -83,10 +83,14 @@ class LoRAAdapter(nnx.Module):
         return jnp.tensordot(self.lora_a[...], self.lora_b[...], axes=1) * self.scale
 
 
-def _targets(model: nnx.Module, names: tuple[str, ...]):
+def lora_targets(model: nnx.Module, names: tuple[str, ...] = LORA_TARGETS):
+    """``(path, Dense)`` of every projection of ``model`` named in ``names`` (the places adapters go)."""
     for path, module in nnx.iter_modules(model):
         if isinstance(module, Dense) and path and path[-1] in names:
             yield path, module
+
+
+_targets = lora_targets
 
 
 def add_lora(model: nnx.Module, config: LoRAConfig, *, rngs: nnx.Rngs) -> nnx.Module:
