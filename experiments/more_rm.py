@@ -5,9 +5,9 @@ Run::
     python -m experiments.more_rm                    # synthetic task, a few minutes on 2 CPU cores
     python -m experiments.more_rm --quick            # seconds-long smoke preset (CI)
     H=../shared/data/hh-rlhf
-    python -m experiments.more_rm --data-paths $H/helpful-base-test-part1.jsonl.gz \\
+    python -m experiments.more_rm --data.data-paths $H/helpful-base-test-part1.jsonl.gz \\
         $H/harmless-base-test-part1.jsonl.gz $H/helpful-online-test.jsonl.gz \\
-        $H/helpful-rejection-sampled-test.jsonl.gz --tokenizer-path ../shared/data/gpt2-bpe
+        $H/helpful-rejection-sampled-test.jsonl.gz --data.tokenizer-path ../shared/data/gpt2-bpe
 
 Protocol (Zeng et al., "Diverse preferences ... MORE", paper ``more-diversified-preferences.md``). K preference
 datasets that genuinely disagree: on the synthetic task, dataset k holds base-distribution pairs labelled by
@@ -40,14 +40,11 @@ Outputs: ``config.json``, ``metrics.json`` (``{"methods": {name: {"overall": {..
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
-import matplotlib.pyplot as plt
 import numpy as np
 from flax import nnx
 
@@ -58,75 +55,78 @@ from experiments._common import (
     command_line,
     make_run_dir,
     plot_curves,
+    plot_histograms,
     save_config,
     save_metrics,
     write_report,
 )
+from experiments._rm_common import (
+    make_reward_model,
+    mixture_names,
+    pair_rewards,
+    plot_reliability,
+    score_predictions,
+    synthetic_datasets,
+)
 from mojax.data import synthetic_lm
-from mojax.data.readers import TokenizedExample
 from mojax.data.synthetic_lm import SyntheticLMConfig
-from mojax.metrics import expected_calibration_error
-from mojax.models import Decoder, DecoderConfig, RewardModel, load_tokenizer
+from mojax.train import DataConfig, Objective
 from mojax.train.objectives import bradley_terry_objective, more_objective
-from mojax.train.step import StatefulObjective
 
 METHOD_LABELS = {"more": "MORE", "hybrid": "hybrid", "sequential": "sequential", "ensemble": "ensemble"}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
-    """MORE reward-model experiment settings (defaults: a few minutes on 2 CPU cores).
-
-    Attributes:
-      task, model, sft: the synthetic task, the tiny decoder and its SFT; the SFT policy π_0 is the reward model's
-        backbone (see :mod:`experiments._lm_common`).
-      mixtures: K rows of weights over ``synthetic_lm.OBJECTIVES`` (class_a, class_b, topic, brevity); dataset k is
-        labelled by Bradley–Terry (temperature ``task.temperature``) on ``mixtures[k] · R``. Default: a shared
-        preference (topic) plus a different dataset-specific one each (class_a, class_b — which conflict — and
-        brevity), the paper's "shared preference + dataset bias" picture. One-hot rows label by single rewards.
-      train: optimisation shared by every method (``steps`` = total steps of a pooled run).
-      num_train_pairs, num_eval_pairs: pairs per dataset.
-      methods: which of ``METHOD_LABELS`` to run.
-      ema_decay: MORE's EMA of the head gradients (None = raw gradients); normalize: L2-normalise them before the QP.
-      ece_bins: the ECE bin counts reported (the first is used by the reliability diagram's bin count).
-      data_paths: real preference files, one dataset each (e.g. the four HH-RLHF subsets); with them,
-        ``tokenizer_path`` (or ``model.model_path``) gives the tokenizer and the backbone is ``model.model_path`` or
-        a tiny decoder of the tokenizer's vocabulary (no SFT); there are no true rewards.
-      max_length, max_prompt_length, max_pairs_per_dataset, eval_fraction: real-data tokenisation and split.
-      cache_dir: SFT / compilation cache. seed: data and head seed. progress: tqdm bars. out: run directory.
-    """
+    """MORE reward-model experiment settings (defaults: a few minutes on 2 CPU cores)."""
 
     task: SyntheticLMConfig = SyntheticLMConfig()
+    """The synthetic task (true rewards; see :mod:`mojax.data.synthetic_lm`)."""
     model: lm.ModelConfig = lm.ModelConfig()
+    """The tiny decoder of the backbone (the SFT policy π_0 shared with the other LM experiments)."""
     sft: lm.SFTConfig = lm.SFTConfig()
-    train: lm.TrainConfig = lm.TrainConfig(steps=300, batch_size=48, learning_rate=3e-3, warmup_steps=10,
-                                           eval_every=0)
+    """SFT of π_0 (cached)."""
+    train: lm.TrainConfig = lm.TrainConfig(steps=300, batch_size=48)
+    """Optimisation shared by every method (``steps`` = total steps of a pooled run)."""
+    optimizer: lm.OptimizerConfig = lm.OptimizerConfig(learning_rate=3e-3, warmup_steps=10)
+    """AdamW of every method."""
     # Rows of 4 (a fixed-length inner tuple lets tyro parse `--mixtures 1 0 0 0 0 1 0 0` as K = 2 rows).
     mixtures: tuple[tuple[float, float, float, float], ...] = (
         (0.5, 0.0, 0.5, 0.0), (0.0, 0.5, 0.5, 0.0), (0.0, 0.0, 0.5, 0.5))
+    """K rows of weights over ``synthetic_lm.OBJECTIVES`` (class_a, class_b, topic, brevity); dataset k is labelled
+    by Bradley–Terry (temperature ``task.temperature``) on ``mixtures[k] · R``. Default: a shared preference (topic)
+    plus a different dataset-specific one each (class_a, class_b — which conflict — and brevity), the paper's
+    "shared preference + dataset bias" picture. One-hot rows label by single rewards."""
     num_train_pairs: int = 1024
+    """Training pairs per synthetic dataset."""
     num_eval_pairs: int = 512
+    """Held-out pairs per synthetic dataset."""
     methods: tuple[str, ...] = tuple(METHOD_LABELS)
+    """Which of ``METHOD_LABELS`` to run."""
     ema_decay: float | None = 0.99
+    """MORE's EMA of the head gradients (weight of the old average; None = raw gradients)."""
     normalize: bool = True
+    """L2-normalise MORE's gradient rows before the QP."""
     ece_bins: tuple[int, ...] = (10, 5, 20)
-    data_paths: tuple[str, ...] = ()
-    tokenizer_path: str | None = None
-    max_length: int = 128
-    max_prompt_length: int = 96
-    max_pairs_per_dataset: int | None = 400
-    eval_fraction: float = 0.25
+    """The ECE bin counts reported (the first also sets the reliability diagram's bins)."""
+    data: DataConfig = DataConfig(max_examples=400, eval_fraction=0.25)
+    """Real preference files instead, one dataset each (e.g. the four HH-RLHF subsets); the backbone is
+    ``data.model_path`` or a tiny decoder of the tokenizer's vocabulary (no SFT); no true rewards there."""
     cache_dir: str | None = None
+    """SFT / compilation cache (default ``runs/_cache`` or ``$MOJAX_CACHE``)."""
     seed: int = 0
+    """Data and head seed."""
     progress: bool = True
+    """Progress bars."""
     out: str | None = None
+    """Run directory (default ``runs/more_rm/<UTC time>``)."""
 
     def __post_init__(self):
         unknown = set(self.methods) - set(METHOD_LABELS)
         if unknown or not self.methods:
             raise ValueError(f"unknown or no methods {sorted(unknown)}; choose from {sorted(METHOD_LABELS)}")
-        k = len(self.data_paths) if self.data_paths else len(self.mixtures)
-        if not self.data_paths and any(len(m) != len(synthetic_lm.OBJECTIVES) or not any(m) for m in self.mixtures):
+        k = len(self.data.data_paths) if self.data.real else len(self.mixtures)
+        if not self.data.real and any(len(m) != len(synthetic_lm.OBJECTIVES) or not any(m) for m in self.mixtures):
             raise ValueError(f"each mixture needs {len(synthetic_lm.OBJECTIVES)} weights (over "
                              f"{synthetic_lm.OBJECTIVES}), not all zero; got {self.mixtures}")
         if k < 2:
@@ -136,96 +136,18 @@ class Config:
                              "ensemble give each dataset steps // K)")
         if not self.ece_bins or min(self.ece_bins) < 1:
             raise ValueError(f"ece_bins must be positive bin counts, got {self.ece_bins}")
+        lm.check_real_data(self.data)
         if self.num_train_pairs < self.train.batch_size or self.num_eval_pairs < 1:
             raise ValueError("num_train_pairs must be >= train.batch_size and num_eval_pairs >= 1")
-        if self.data_paths and self.tokenizer_path is None and self.model.model_path is None:
-            raise ValueError("real data (--data-paths) needs --tokenizer-path (or --model.model-path)")
 
 
 def get_config(quick: bool = False) -> Config:
     """The default run, or with ``quick`` the CI smoke preset (tiny model, few steps; numbers not meaningful)."""
     if not quick:
         return Config()
-    return Config(model=lm.QUICK_MODEL,
-                  sft=lm.QUICK_SFT,
-                  train=lm.TrainConfig(steps=6, batch_size=24, learning_rate=1e-3, warmup_steps=0, eval_every=0),
-                  num_train_pairs=48, num_eval_pairs=32, progress=False)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Calibration
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """σ(x) in float64 without overflow."""
-    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, np.float64)))
-
-
-def pairwise_ece(prob_chosen: np.ndarray, *, num_bins: int = 10) -> float:
-    """Classification-style ECE of pairwise predictions (Guo et al. 2017), via
-    :func:`mojax.metrics.expected_calibration_error`.
-
-    .. math:: \\mathrm{ECE} = \\sum_m \\frac{|B_m|}{N}\\,|\\mathrm{acc}(B_m) - \\mathrm{conf}(B_m)|
-
-    with confidence ``c = max(p, 1 − p)`` of the predicted winner and correctness ``[p > ½]`` (``p = ½`` counts as
-    half right), ``num_bins`` equal-width bins of ``c`` over [0, 1] (right-closed; bins below ½ stay empty). The
-    labelled chosen response is always first here, so the ``p``-vs-label form would compare every bin with 1.
-
-    Args:
-      prob_chosen: ``[N]`` predicted ``P(chosen ≻ rejected) = σ(r_w − r_l)``.
-    """
-    p = np.asarray(prob_chosen, np.float64)
-    if p.ndim != 1 or p.size == 0:
-        raise ValueError(f"prob_chosen must be a non-empty 1-D array, got shape {p.shape}")
-    conf = np.maximum(p, 1.0 - p)
-    correct = np.where(p > 0.5, 1.0, np.where(p == 0.5, 0.5, 0.0))
-    return float(expected_calibration_error(conf.astype(np.float32), correct.astype(np.float32), num_bins=num_bins))
-
-
-def reliability_bins(prob_chosen: np.ndarray, true_prob: np.ndarray, *, num_bins: int = 10) -> dict[str, np.ndarray]:
-    """Predicted vs true preference probability, both orientations of every pair (so bins cover [0, 1]).
-
-    Returns per bin of the predicted ``p``: ``count``, ``predicted`` (mean p), ``true`` (mean of the true
-    ``q = σ(ΔR/τ)``), ``observed`` (frequency of the labelled winner), and ``error`` = Σ |B|/N·|predicted − true|
-    (a true-probability ECE: 0 iff the reward model's probabilities equal the labelling process's in every bin).
-    """
-    p = np.asarray(prob_chosen, np.float64)
-    q = np.asarray(true_prob, np.float64)
-    if p.shape != q.shape or p.ndim != 1:
-        raise ValueError(f"prob_chosen and true_prob must be equal-length 1-D arrays, got {p.shape}, {q.shape}")
-    pp, qq = np.concatenate([p, 1 - p]), np.concatenate([q, 1 - q])
-    obs = np.concatenate([np.ones_like(p), np.zeros_like(p)])
-    bins = np.clip(np.floor(pp * num_bins).astype(int), 0, num_bins - 1)
-    out = {name: np.full(num_bins, np.nan) for name in ("predicted", "true", "observed")}
-    out["count"] = np.bincount(bins, minlength=num_bins)
-    err = 0.0
-    for m in range(num_bins):
-        sel = bins == m
-        if sel.any():
-            out["predicted"][m], out["true"][m], out["observed"][m] = pp[sel].mean(), qq[sel].mean(), obs[sel].mean()
-            err += sel.sum() / pp.size * abs(out["predicted"][m] - out["true"][m])
-    out["error"] = np.float64(err)
-    return out
-
-
-def score_predictions(margin: np.ndarray, *, ece_bins: Sequence[int], true_prob: np.ndarray | None,
-                      true_margin: np.ndarray | None) -> dict[str, float]:
-    """Accuracy, ECEs and (given the truth) true-probability calibration of reward margins ``r_w − r_l`` ``[N]``."""
-    margin = np.asarray(margin, np.float64)
-    p = sigmoid(margin)
-    out = {"num_pairs": int(margin.size),
-           "accuracy": float(np.mean(np.where(margin > 0, 1.0, np.where(margin == 0, 0.5, 0.0))))}
-    for m in ece_bins:
-        out[f"ece_{m}"] = pairwise_ece(p, num_bins=m)
-    if true_prob is not None:
-        q = np.asarray(true_prob, np.float64)
-        out["true_prob_mae"] = float(np.mean(np.abs(p - q)))
-        out["true_prob_ece"] = float(reliability_bins(p, q, num_bins=ece_bins[0])["error"])
-    if true_margin is not None:
-        strict = true_margin != 0
-        out["true_order_accuracy"] = float(np.mean(np.sign(margin[strict]) == np.sign(true_margin[strict])))
-    return out
+    return Config(model=lm.QUICK_MODEL, sft=lm.QUICK_SFT, train=lm.TrainConfig(steps=6, batch_size=24),
+                  optimizer=lm.OptimizerConfig(learning_rate=1e-3), num_train_pairs=48, num_eval_pairs=32,
+                  progress=False)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -245,90 +167,28 @@ class Setup:
     info: dict[str, Any]
 
 
-def mixture_names(mixtures: Sequence[Sequence[float]]) -> list[str]:
-    """Readable dataset names, e.g. ``"0.5 topic + 0.5 class_a"`` (nonzero weights of :data:`OBJECTIVES`)."""
-    return [" + ".join(f"{w:g} {n}" if w != 1 else n for w, n in zip(mix, synthetic_lm.OBJECTIVES) if w)
-            for mix in mixtures]
-
-
-def synthetic_datasets(task: SyntheticLMConfig, mixtures: Sequence[Sequence[float]], *, num_pairs: int, seed: int
-                       ) -> tuple[lm.PairData, np.ndarray]:
-    """K labelled datasets, concatenated: dataset k = base pairs labelled by Bradley–Terry on ``R^(k) = m_k · R``.
-
-    ``R`` = every true reward of :data:`mojax.data.synthetic_lm.OBJECTIVES` (class_a, class_b, topic, brevity),
-    ``m_k = mixtures[k]``; independent prompts per dataset; ``P(y_0 ≻ y_1) = σ((R^(k)(y_0) − R^(k)(y_1))/τ)``.
-    Chosen first, ``dataset_id = k``, ``true_prob [E, 1]`` = the BT probability of the chosen response.
-
-    Returns:
-      ``(data, true_margin [E])`` with ``true_margin = R^(k)(y_w) − R^(k)(y_l)``.
-    """
-    full = dataclasses.replace(task, objectives=synthetic_lm.OBJECTIVES)
-    examples, true_prob, margins, rewards = [], [], [], []
-    for k, mix in enumerate(mixtures):
-        pairs = synthetic_lm.make_pairs(full, num_pairs=num_pairs,
-                                        seed=int(np.random.default_rng([seed, k]).integers(2**31)))
-        r = pairs.rewards.astype(np.float64) @ np.asarray(mix, np.float64)  # [n, 2]
-        wins, prob = synthetic_lm.bradley_terry_labels(r[:, 0], r[:, 1], task.temperature,
-                                                       np.random.default_rng([seed, k, 1]))
-        for i, ex in enumerate(pairs.examples):
-            o = [0, 1] if wins[i] else [1, 0]
-            examples.append(TokenizedExample(prompt_ids=ex.prompt_ids, response_ids=[ex.response_ids[j] for j in o],
-                                             labels=np.array([[1.0, 0.0]], np.float32), dataset_id=k))
-            true_prob.append(prob[i] if wins[i] else 1.0 - prob[i])
-            margins.append(r[i, o[0]] - r[i, o[1]])
-            rewards.append(pairs.rewards[i][o])
-    arrays = lm.collate_pairs(examples, width=lm._synthetic_width(task), pad_id=synthetic_lm.PAD)
-    data = lm.PairData(arrays=arrays, prompts=[ex.prompt_ids for ex in examples],
-                       rewards=np.asarray(rewards, np.float32), true_prob=np.asarray(true_prob)[:, None])
-    return data, np.asarray(margins)
-
-
-def _pad_width(arrays: dict[str, np.ndarray], width: int) -> dict[str, np.ndarray]:
-    extra = width - arrays["input_ids"].shape[-1]
-    if extra == 0:
-        return arrays
-    pad = lambda x: np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, extra)])  # noqa: E731 (PAD id and masks are 0)
-    return {k: pad(v) if k in ("input_ids", "attention_mask", "loss_mask") else v for k, v in arrays.items()}
-
-
 def real_datasets(config: Config) -> tuple[nnx.Module, lm.PairData, lm.PairData, list[str], dict[str, Any]]:
-    """One dataset per file (chosen-first pairs, ``dataset_id`` = file index), split per file; the backbone."""
-    tokenizer = load_tokenizer(config.tokenizer_path if config.tokenizer_path is not None else config.model.model_path)
-    parts, reports = [], {}
-    for k, path in enumerate(config.data_paths):
-        data, report = lm.real_pairs(path, tokenizer, max_length=config.max_length,
-                                     max_prompt_length=config.max_prompt_length,
-                                     max_examples=config.max_pairs_per_dataset)
-        data = dataclasses.replace(data, arrays={**data.arrays,
-                                                 "dataset_id": np.full(len(data), k, np.int32)})
-        parts.append(lm.split_pairs(data, eval_fraction=config.eval_fraction, seed=config.seed + k))
-        reports[Path(path).name] = report.summary()
-    width = max(p.width for pair in parts for p in pair)
+    """One dataset per file (chosen-first pairs, ``dataset_id`` = file index), split per file; the backbone (no SFT:
+    ``data.model_path``, or a tiny decoder of the tokenizer's full vocabulary)."""
+    k = len(config.data.data_paths)
+    backbone, info, splits = lm.real_policy(config.data, config.model, dataclasses.replace(config.sft, steps=0),
+                                            objectives=[0] * k, seed=config.seed, compact_vocab=False,
+                                            cache_dir=config.cache_dir, progress=config.progress)
 
-    def concat(items: list[lm.PairData]) -> lm.PairData:
-        arrays = [_pad_width(dict(d.arrays), width) for d in items]
-        return lm.PairData(arrays={key: np.concatenate([a[key] for a in arrays]) for key in arrays[0]},
-                           prompts=[p for d in items for p in d.prompts])
+    def tag(d: lm.PairData, i: int) -> lm.PairData:
+        return dataclasses.replace(d, arrays={**d.arrays, "dataset_id": np.full(len(d), i, np.int32)})
 
-    train, held = concat([p[0] for p in parts]), concat([p[1] for p in parts])
-    if config.model.model_path is not None:
-        backbone = lm.load_model(config.model.model_path)
-    else:
-        m = config.model
-        backbone = Decoder(DecoderConfig(model_type="llama", vocab_size=len(tokenizer), d_model=m.d_model,
-                                         num_layers=m.num_layers, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
-                                         max_positions=max(2 * width, 128), bos_token_id=tokenizer.bos_token_id,
-                                         eos_token_id=tokenizer.eos_token_id, pad_token_id=0),
-                           rngs=nnx.Rngs(config.seed))
-    names = [Path(p).name.split(".")[0] for p in config.data_paths]
-    return backbone, train, held, names, {"data_reports": reports, "width": width}
+    train = lm.concat_pairs([tag(t, i) for i, (t, _) in enumerate(splits)])
+    held = lm.concat_pairs([tag(h, i) for i, (_, h) in enumerate(splits)])
+    names = [Path(p).name.split(".")[0] for p in config.data.data_paths]
+    return backbone, train, held, names, {"data_reports": info["data_reports"], "width": train.width}
 
 
 def build_setup(config: Config) -> Setup:
     """Backbone and train / held-out multi-dataset pairs, synthetic or real."""
-    if not config.data_paths:
-        backbone, sft_info = lm.sft_policy(config.task, config.model, config.sft, cache_dir=config.cache_dir,
-                                           progress=config.progress)
+    if not config.data.real:
+        backbone, sft_info = lm.sft_policy(config.task, config.model, config.sft, model_path=config.data.model_path,
+                                           cache_dir=config.cache_dir, progress=config.progress)
         train, _ = synthetic_datasets(config.task, config.mixtures, num_pairs=config.num_train_pairs,
                                       seed=config.seed)
         held, true_margin = synthetic_datasets(config.task, config.mixtures, num_pairs=config.num_eval_pairs,
@@ -339,60 +199,29 @@ def build_setup(config: Config) -> Setup:
     return Setup(backbone=backbone, train=train, held=held, names=names, true_margin=None, info=info)
 
 
-def make_reward_model(backbone: nnx.Module, *, seed: int) -> RewardModel:
-    """A one-head :class:`RewardModel` on a copy of ``backbone`` (the head: N(0, 0.02²), transformers' init)."""
-    return RewardModel(lm.copy_model(backbone), 1, d_model=backbone.config.d_model, rngs=nnx.Rngs(seed))
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _rewards_jit(graphdef, state, input_ids, attention_mask):
-    return nnx.merge(graphdef, state)(input_ids, attention_mask=attention_mask)[..., 0]
-
-
-def pair_rewards(model: RewardModel, data: lm.PairData, *, batch_size: int = 256) -> np.ndarray:
-    """Rewards ``[E, 2]`` of every response of ``data`` (chunks padded by repetition: one compiled shape)."""
-    graphdef, state = nnx.split(model)
-    n, bs = len(data), min(batch_size, len(data))
-    out = []
-    for start in range(0, n, bs):
-        index = np.arange(start, start + bs) % n
-        r = _rewards_jit(graphdef, state, data.arrays["input_ids"][index], data.arrays["attention_mask"][index])
-        out.append(np.asarray(r)[: min(bs, n - start)])
-    return np.concatenate(out).astype(np.float64)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Methods
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def train_rm(model: nnx.Module, objective: Any, data: lm.PairData, cfg: lm.TrainConfig, *, desc: str,
-             progress: bool, **overrides: Any) -> tuple[nnx.Module, lm.History]:
-    """One reward-model run through :func:`experiments._lm_common.train_policy` (``overrides`` replace fields of
-    ``cfg``, e.g. ``steps``, ``seed``). Runs that pass the *same* ``objective`` object reuse one compiled step
-    (``train_policy`` caches it), so the K-run baselines compile once. The batch is capped at the data size: a
-    per-dataset subset can be smaller than the mixture's batch."""
-    cfg = dataclasses.replace(cfg, **overrides)
-    cfg = dataclasses.replace(cfg, batch_size=min(cfg.batch_size, len(data)))
-    return lm.train_policy(model, objective, data, cfg, desc=desc, progress=progress)
+def train_rm(model: nnx.Module, objective: Objective, data: lm.PairData, config: Config, *, desc: str,
+             **overrides: Any) -> tuple[nnx.Module, lm.History]:
+    """One reward-model run through :func:`experiments._lm_common.train` (``overrides`` replace fields of
+    ``config.train``, e.g. ``steps``, ``seed``); the batch is cut to a per-dataset subset's size when smaller."""
+    run = dataclasses.replace(config.train, **overrides)
+    return lm.train(model, objective, data, run, config.optimizer, desc=desc, progress=config.progress)
 
 
-def logged_more_objective(*, num_datasets: int, ema_decay: float | None, normalize: bool) -> StatefulObjective:
-    """:func:`mojax.train.objectives.more_objective` that also reports its QP input as the metric ``qp_rows``.
+def with_qp_rows(objective: Objective) -> Objective:
+    """``objective`` (:func:`mojax.train.objectives.more_objective` with an EMA) also reporting its QP input as the
+    metric ``qp_rows [K, P_head]``: the EMA head-gradient rows λ was computed from (before the optional row
+    normalisation), i.e. ``λ = min_norm_weights(qp_rows, normalize=normalize)`` — logged so tests can re-solve it."""
 
-    ``qp_rows [K, P_head]`` are the (EMA-averaged) head-gradient rows λ was computed from (before the optional row
-    normalisation), i.e. ``λ = min_norm_weights(qp_rows, normalize=normalize)``; with ``ema_decay=None`` the engine
-    keeps no gradient state and the rows are not reported.
-    """
-    inner = more_objective(num_datasets=num_datasets, ema_decay=ema_decay, normalize=normalize)
+    def fn(model, batch, rng, hparams, extras):
+        loss, metrics, new_extras = objective.fn(model, batch, rng, hparams, extras)
+        return loss, {**metrics, "qp_rows": new_extras["ema"]}, new_extras
 
-    def fn(model, batch, rng, extras):
-        loss, metrics, new_extras = inner.fn(model, batch, rng, extras)
-        if ema_decay is not None:
-            metrics = {**metrics, "qp_rows": new_extras["ema"]}
-        return loss, metrics, new_extras
-
-    return StatefulObjective(fn=fn, init_extras=inner.init_extras)
+    return dataclasses.replace(objective, fn=fn)
 
 
 def _subset(data: lm.PairData, k: int) -> lm.PairData:
@@ -406,30 +235,30 @@ def run_method(method: str, setup: Setup, config: Config, bt_objective: Any = No
     compiled step (see :func:`train_rm`).
     """
     k = len(setup.names)
-    cfg = config.train
     rm = make_reward_model(setup.backbone, seed=config.seed)
     if method == "more":
-        objective = logged_more_objective(num_datasets=k, ema_decay=config.ema_decay, normalize=config.normalize)
-        model, hist = train_rm(rm, objective, setup.train, cfg, desc="MORE", progress=config.progress)
+        objective = more_objective(num_datasets=k, ema_decay=config.ema_decay, normalize=config.normalize)
+        objective = objective if config.ema_decay is None else with_qp_rows(objective)
+        model, hist = train_rm(rm, objective, setup.train, config, desc="MORE")
         return {"rewards": pair_rewards(model, setup.held), "seconds": hist.seconds, "history": [hist]}
     bt = bt_objective if bt_objective is not None else bradley_terry_objective()
     if method == "hybrid":
-        model, hist = train_rm(rm, bt, setup.train, cfg, desc="hybrid", progress=config.progress)
+        model, hist = train_rm(rm, bt, setup.train, config, desc="hybrid")
         return {"rewards": pair_rewards(model, setup.held), "seconds": hist.seconds, "history": [hist]}
-    per = cfg.steps // k
+    per = config.train.steps // k
     if method == "sequential":
         model, hists = rm, []
         for d in range(k):
-            model, hist = train_rm(model, bt, _subset(setup.train, d), cfg, steps=per, seed=cfg.seed + d,
-                                   desc=f"sequential {d}", progress=config.progress)
+            model, hist = train_rm(model, bt, _subset(setup.train, d), config, steps=per,
+                                   seed=config.train.seed + d, desc=f"sequential {d}")
             hists.append(hist)
         return {"rewards": pair_rewards(model, setup.held), "seconds": sum(h.seconds for h in hists), "history": hists}
     if method == "ensemble":
         members, hists = [], []
         for d in range(k):
             member, hist = train_rm(make_reward_model(setup.backbone, seed=config.seed + d), bt,
-                                    _subset(setup.train, d), cfg, steps=per, seed=cfg.seed + d,
-                                    desc=f"ensemble {d}", progress=config.progress)
+                                    _subset(setup.train, d), config, steps=per, seed=config.train.seed + d,
+                                    desc=f"ensemble {d}")
             members.append(pair_rewards(member, setup.held))
             hists.append(hist)
         return {"rewards": np.mean(members, axis=0), "member_rewards": np.stack(members),
@@ -462,42 +291,10 @@ def evaluate(rewards: np.ndarray, setup: Setup, config: Config) -> dict[str, Any
 
 def plot_reward_distributions(path: Path, rewards: dict[str, np.ndarray]) -> Path:
     """Histograms of held-out reward values (chosen and rejected) and of the margins, one colour per method."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, r in rewards.items():
-        axes[0].hist(r.ravel(), bins=40, histtype="step", density=True, label=METHOD_LABELS[name])
-        axes[1].hist(r[:, 0] - r[:, 1], bins=40, histtype="step", density=True, label=METHOD_LABELS[name])
-    axes[0].set_xlabel("reward r(x, y), held-out responses")
-    axes[1].set_xlabel("margin r(y_w) − r(y_l)")
-    for ax in axes:
-        ax.set_ylabel("density")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_reliability(path: Path, rewards: dict[str, np.ndarray], true_prob: np.ndarray, *, num_bins: int) -> Path:
-    """Reliability diagram per method: mean true probability q and labelled-winner frequency per bin of p."""
-    fig, axes = plt.subplots(1, len(rewards), figsize=(3.6 * len(rewards), 3.6), squeeze=False)
-    for ax, (name, r) in zip(axes[0], rewards.items()):
-        b = reliability_bins(sigmoid(r[:, 0] - r[:, 1]), true_prob, num_bins=num_bins)
-        ok = b["count"] > 0
-        ax.plot([0, 1], [0, 1], color="gray", lw=0.8, ls="--")
-        ax.plot(b["predicted"][ok], b["true"][ok], "o-", label="true q = σ(ΔR/τ)")
-        ax.plot(b["predicted"][ok], b["observed"][ok], "s:", ms=3, label="observed label freq.")
-        ax.set_title(f"{METHOD_LABELS[name]} (err {float(b['error']):.3f})", fontsize=9)
-        ax.set_xlabel("predicted p = σ(Δr)")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel("probability")
-    axes[0, 0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    panels = {"": {METHOD_LABELS[n]: r for n, r in rewards.items()},
+              " ": {METHOD_LABELS[n]: r[:, 0] - r[:, 1] for n, r in rewards.items()}}
+    return plot_histograms(path, panels, xlabels=["reward r(x, y), held-out responses", "margin r(y_w) − r(y_l)"],
+                           step=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -556,9 +353,8 @@ def main(config: Config) -> Path:
     run_dir = make_run_dir("more_rm", config.out)
     save_config(run_dir, config)
     setup = build_setup(config)
-    ece_key = f"ece_{config.ece_bins[0]}"
     results: dict[str, dict[str, Any]] = {}
-    bt = bradley_terry_objective()
+    bt = bradley_terry_objective()  # one objective for hybrid, sequential and ensemble: one compiled step
     for method in config.methods:
         with Timer() as t:
             results[method] = run_method(method, setup, config, bt)
@@ -592,13 +388,19 @@ def main(config: Config) -> Path:
     plot_reward_distributions(run_dir / "reward_distributions.png", rewards)
     plots.append(("reward_distributions.png", "held-out reward distributions"))
     if setup.held.true_prob is not None:
-        plot_reliability(run_dir / "reliability.png", rewards, setup.held.true_prob[:, 0],
-                         num_bins=config.ece_bins[0])
+        plot_reliability(run_dir / "reliability.png", {METHOD_LABELS[m]: r for m, r in rewards.items()},
+                         setup.held.true_prob[:, 0], num_bins=config.ece_bins[0])
         plots.append(("reliability.png", "reliability against the true preference probability"))
-    claim, summary = claim_paragraph(metrics, rewards, ece_key)
+    claim, summary = claim_paragraph(metrics, rewards, f"ece_{config.ece_bins[0]}")
     metrics["claim"] = {"text": claim, **summary}
     save_metrics(run_dir, metrics)
+    write_more_report(run_dir, config, setup, metrics, plots)
+    return run_dir
 
+
+def write_more_report(run_dir: Path, config: Config, setup: Setup, metrics: dict[str, Any],
+                      plots: Sequence[tuple[str, str]]) -> Path:
+    """``report.md`` from ``metrics`` (the plots must already be in ``run_dir``)."""
     cols = ["accuracy", *[f"ece_{m}" for m in config.ece_bins]]
     if setup.held.true_prob is not None:
         cols += ["true_prob_mae", "true_prob_ece", "true_order_accuracy"]
@@ -610,17 +412,17 @@ def main(config: Config) -> Path:
     tables: dict[str, Any] = {"Overall (held-out pairs of every dataset)": overall, "Per dataset": per_ds}
     if "bayes_accuracy" in metrics:
         tables["Bayes accuracy (ceiling set by the label noise)"] = [metrics["bayes_accuracy"]]
-    source = ("synthetic task: dataset k labelled by Bradley–Terry on " + "; ".join(setup.names)
-              if not config.data_paths else "real files: " + ", ".join(setup.names))
-    what = (f"One reward model (1 head on the {'SFT policy π_0' if not config.data_paths else 'given'} backbone) "
+    real = config.data.real
+    source = ("real files: " + ", ".join(setup.names) if real
+              else "synthetic task: dataset k labelled by Bradley–Terry on " + "; ".join(setup.names))
+    what = (f"One reward model (1 head on the {'given' if real else 'SFT policy π_0'} backbone) "
             f"trained on {len(setup.names)} preference datasets ({source}); {len(setup.train)} training and "
             f"{len(setup.held)} held-out pairs; {config.train.steps} steps of batch {config.train.batch_size} "
             f"(sequential/ensemble: {config.train.steps // len(setup.names)} steps per dataset), AdamW lr "
-            f"{config.train.learning_rate}. Methods: " + ", ".join(METHOD_LABELS[m] for m in config.methods)
+            f"{config.optimizer.learning_rate}. Methods: " + ", ".join(METHOD_LABELS[m] for m in config.methods)
             + f". MORE: EMA {config.ema_decay}, normalised rows {config.normalize}.")
-    write_report(run_dir, title="MORE: multi-dataset reward modelling", what_ran=what, command=command_line(),
-                 tables=tables, plots=plots, claim=claim)
-    return run_dir
+    return write_report(run_dir, title="MORE: multi-dataset reward modelling", what_ran=what,
+                        command=command_line(), tables=tables, plots=plots, claim=metrics["claim"]["text"])
 
 
 if __name__ == "__main__":

@@ -6,9 +6,10 @@ Run::
     python -m experiments.spo                   # synthetic task: class_a, then the conflicting class_b
     python -m experiments.spo --quick           # seconds-long smoke preset (CI)
     python -m experiments.spo --alphas 0.05 0.1 0.3     # several SPO constraint strengths (a small front)
-    python -m experiments.spo --data-paths ../shared/data/pku-saferlhf-sample/alpaca7b-test-first15.jsonl \\
-        --tokenizer-path ../shared/data/gpt2-bpe    # real pairs: PKU better (helpful), then safer (harmless)
-    python -m experiments.spo --data-paths <helpful.jsonl.gz> <harmless.jsonl.gz> --tokenizer-path <tok>   # HH
+    python -m experiments.spo --data.data-paths ../shared/data/pku-saferlhf-sample/alpaca7b-test-first15.jsonl \\
+        --data.tokenizer-path ../shared/data/gpt2-bpe   # real pairs: PKU better (helpful), then safer (harmless)
+    python -m experiments.spo --data.data-paths <helpful.jsonl.gz> <harmless.jsonl.gz> \\
+        --data.tokenizer-path <tok>                     # HH: helpful-base, then harmless-base
 
 Protocol (synthetic default). π_0 is the SFT'd tiny decoder (cached, shared with the other LM experiments).
 Dimension 1 pairs are labelled by Bradley–Terry on the true reward ``class_a``, dimension 2 pairs on ``class_b``,
@@ -39,22 +40,22 @@ from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
-import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments import _lm_common as lm
 from experiments._common import (
-    Timer,
     cli,
     command_line,
     make_run_dir,
     plot_curves,
+    plot_histograms,
     plot_pareto_fronts,
     save_config,
     save_metrics,
     write_report,
 )
 from mojax.data.synthetic_lm import SyntheticLMConfig
+from mojax.train import DataConfig
 from mojax.losses import spo_loss
 from mojax.metrics import pareto_front
 from mojax.train.objectives import dpo_objective, spo_objective
@@ -62,72 +63,66 @@ from mojax.train.objectives import dpo_objective, spo_objective
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
-    """SPO experiment settings (defaults: a few minutes on 2 CPU cores).
-
-    Attributes:
-      task, model, sft: the synthetic task, the tiny decoder and its SFT (see :mod:`experiments._lm_common`).
-      round1, round2: optimisation of round 1 (DPO on dimension 1) and round 2 (SPO / S-DPO on dimension 2);
-        DPO-Mix runs ``round1.steps + round2.steps`` steps with round 1's other settings.
-      dimensions: the two preference dimensions (indices into ``task.objectives``), in alignment order.
-      num_pairs: training pairs per dimension; ``num_samples``: held-out prompts sampled for evaluation.
-      beta: β of every DPO-type loss. alphas: SPO constraint strengths α = λβ (one round-2 run each; S-DPO is α = 0).
-      sample_temperature: sampling temperature of the evaluation.
-      data_paths, tokenizer_path: real pairs instead: one file (PKU-SafeRLHF: its objectives 0 = better, then
-        1 = safer) or two files (dimension 1, dimension 2; e.g. HH helpful-base then harmless-base, objective 0 of
-        each). No true rewards exist there: the evaluation is held-out preference accuracy per dimension under the
-        policies' implicit rewards against π_0.
-      max_real_pairs: cap on pairs read per real file. max_length, max_prompt_length: real-text token limits.
-      cache_dir: SFT / compilation cache. compile_cache: turn on JAX's persistent compilation cache under it (a
-        process-wide setting; off in the quick preset). seed: data seed. progress: tqdm bars. out: run directory.
-    """
+    """SPO experiment settings (defaults: a few minutes on 2 CPU cores)."""
 
     task: SyntheticLMConfig = SyntheticLMConfig()
+    """The synthetic task (true rewards; see :mod:`mojax.data.synthetic_lm`)."""
     model: lm.ModelConfig = lm.ModelConfig()
+    """The tiny decoder π_0 is made of."""
     sft: lm.SFTConfig = lm.SFTConfig()
-    round1: lm.TrainConfig = lm.TrainConfig(steps=200, batch_size=32, learning_rate=1e-3, warmup_steps=10,
-                                            eval_every=0)
-    round2: lm.TrainConfig = lm.TrainConfig(steps=200, batch_size=32, learning_rate=1e-3, warmup_steps=10,
-                                            eval_every=0, seed=1)
+    """SFT of π_0 (cached, shared with the other LM experiments)."""
+    round1: lm.TrainConfig = lm.TrainConfig(steps=200, batch_size=32)
+    """Round 1: DPO on dimension 1 (DPO-Mix runs ``round1.steps + round2.steps`` steps with round 1's seed)."""
+    round2: lm.TrainConfig = lm.TrainConfig(steps=200, batch_size=32, seed=1)
+    """Round 2: SPO / S-DPO on dimension 2, from π_1."""
+    optimizer: lm.OptimizerConfig = lm.OptimizerConfig(learning_rate=1e-3, warmup_steps=10)
+    """AdamW of every run."""
     dimensions: tuple[int, int] = (0, 1)
+    """The two preference dimensions (indices into ``task.objectives``), in alignment order."""
     num_pairs: int = 2048
+    """Training pairs per dimension."""
     num_samples: int = 512
+    """Held-out prompts sampled for the evaluation."""
     beta: float = 0.1
+    """β of every DPO-type loss."""
     alphas: tuple[float, ...] = (0.1, 0.5)
+    """SPO constraint strengths α = λβ, one round-2 run each (S-DPO is α = 0)."""
     sample_temperature: float = 1.0
-    data_paths: tuple[str, ...] = ()
-    tokenizer_path: str | None = None
-    max_real_pairs: int | None = None
-    max_length: int = 128
-    max_prompt_length: int = 96
+    """Sampling temperature of the evaluation."""
+    data: DataConfig = DataConfig(eval_fraction=0.2)
+    """Real pairs instead of the synthetic task: one file (PKU-SafeRLHF: objective 0 = better, then 1 = safer) or
+    two files (dimension 1, dimension 2, objective 0 of each; e.g. HH helpful-base then harmless-base). No true
+    rewards there: each policy is scored by held-out implicit-reward accuracy per dimension against π_0."""
     cache_dir: str | None = None
+    """SFT / compilation cache (default ``runs/_cache`` or ``$MOJAX_CACHE``)."""
     compile_cache: bool = True
+    """Turn on JAX's persistent compilation cache under ``cache_dir`` (process-wide; off in the quick preset)."""
     seed: int = 0
+    """Data seed."""
     progress: bool = True
+    """Progress bars."""
     out: str | None = None
+    """Run directory (default ``runs/spo/<UTC time>``)."""
 
     def __post_init__(self):
         if len(self.dimensions) != 2 or len(set(self.dimensions)) != 2:
             raise ValueError(f"dimensions must be two distinct objective indices, got {self.dimensions}")
-        if not self.data_paths and not all(0 <= d < self.task.num_objectives for d in self.dimensions):
+        if not self.data.real and not all(0 <= d < self.task.num_objectives for d in self.dimensions):
             raise ValueError(f"dimensions {self.dimensions} out of range for {self.task.num_objectives} objectives")
         if not self.beta > 0:
             raise ValueError(f"beta must be positive, got {self.beta}")
         if not self.alphas or any(a <= 0 for a in self.alphas):
             raise ValueError(f"alphas must be a non-empty tuple of positive values (S-DPO is α = 0), got {self.alphas}")
-        if len(self.data_paths) > 2:
-            raise ValueError("data_paths takes one file (two objectives) or two files (one per dimension)")
-        if self.data_paths and self.tokenizer_path is None and self.model.model_path is None:
-            raise ValueError("real data needs --tokenizer-path (or a --model.model-path with a tokenizer)")
+        lm.check_real_data(self.data, max_files=2)  # one file (two objectives) or two (one per dimension)
 
 
 def get_config(quick: bool = False) -> Config:
     """The default run, or with ``quick`` the CI smoke preset (tiny model, few steps; numbers not meaningful)."""
     if not quick:
         return Config()
-    small = lm.TrainConfig(steps=6, batch_size=16, learning_rate=1e-3, warmup_steps=0, eval_every=0)
-    return Config(model=lm.QUICK_MODEL,
-                  sft=lm.QUICK_SFT,
-                  round1=small, round2=dataclasses.replace(small, seed=1), num_pairs=64, num_samples=32, alphas=(0.1,),
+    small = lm.TrainConfig(steps=6, batch_size=16)
+    return Config(model=lm.QUICK_MODEL, sft=lm.QUICK_SFT, round1=small, round2=dataclasses.replace(small, seed=1),
+                  optimizer=lm.OptimizerConfig(learning_rate=1e-3), num_pairs=64, num_samples=32, alphas=(0.1,),
                   compile_cache=False, progress=False)
 
 
@@ -143,9 +138,9 @@ def alpha_name(alpha: float) -> str:
 
 def build_data(config: Config) -> dict[str, Any]:
     """π_0 and per-dimension train pairs (synthetic: plus held-out prompts; real: plus held-out pairs)."""
-    if not config.data_paths:
-        policy, info = lm.sft_policy(config.task, config.model, config.sft, cache_dir=config.cache_dir,
-                                     progress=config.progress)
+    if not config.data.real:
+        policy, info = lm.sft_policy(config.task, config.model, config.sft, model_path=config.data.model_path,
+                                     cache_dir=config.cache_dir, progress=config.progress)
         d1, d2 = config.dimensions
         pairs = [lm.synthetic_pairs(config.task, dimension=d, num_pairs=config.num_pairs, seed=config.seed + 10 * i)
                  for i, d in enumerate((d1, d2))]
@@ -153,34 +148,15 @@ def build_data(config: Config) -> dict[str, Any]:
                                      seed=config.seed + 99).prompts
         names = [config.task.objectives[d] for d in (d1, d2)]
         return {"policy": policy, "sft_info": info, "train": pairs, "held": None, "prompts": prompts, "names": names}
-    files = config.data_paths if len(config.data_paths) == 2 else config.data_paths * 2
-    objectives = (0, 0) if len(config.data_paths) == 2 else (0, 1)
-    tokenizer = lm.load_tokenizer(config.tokenizer_path or config.model.model_path)
-    data2, _ = lm.real_pairs(files[1], tokenizer, objective=objectives[1], max_length=config.max_length,
-                             max_prompt_length=config.max_prompt_length, max_examples=config.max_real_pairs)
-    policy, info, train1, held1 = lm.real_setup(files[0], tokenizer_path=config.tokenizer_path, model=config.model,
-                                                sft=config.sft, objective=objectives[0], seed=config.seed,
-                                                cache_dir=config.cache_dir, progress=config.progress,
-                                                compact_vocab=True, vocab_extra=[data2],
-                                                max_examples=config.max_real_pairs, max_length=config.max_length,
-                                                max_prompt_length=config.max_prompt_length)
-    if info["vocab"] is not None:
-        data2 = lm.remap_tokens(data2, info["vocab"])
-    train2, held2 = lm.split_pairs(data2, eval_fraction=0.2, seed=config.seed)
-    width = max(train1.width, train2.width)
-    train = [lm.pad_width(train1, width), lm.pad_width(train2, width)]
-    names = [f"{Path(files[0]).stem}[{objectives[0]}]", f"{Path(files[1]).stem}[{objectives[1]}]"]
-    return {"policy": policy, "sft_info": info, "train": train, "held": [held1, held2], "prompts": None,
-            "names": names}
-
-
-def concat_pairs(a: lm.PairData, b: lm.PairData) -> lm.PairData:
-    """The union of two pair sets (DPO-Mix); label rows must agree in count (K = 1 each)."""
-    width = max(a.width, b.width)
-    a, b = lm.pad_width(a, width), lm.pad_width(b, width)
-    keys = set(a.arrays) & set(b.arrays)
-    arrays = {k: np.concatenate([a.arrays[k], b.arrays[k]]) for k in keys}
-    return lm.PairData(arrays=arrays, prompts=list(a.prompts) + list(b.prompts))
+    one = len(config.data.data_paths) == 1  # one file: its two label rows; two files: label row 0 of each
+    data = dataclasses.replace(config.data, data_paths=config.data.data_paths * 2) if one else config.data
+    objectives = (0, 1) if one else (0, 0)
+    policy, info, splits = lm.real_policy(data, config.model, config.sft, objectives=objectives, seed=config.seed,
+                                          cache_dir=config.cache_dir, progress=config.progress)
+    width = max(d.width for pair in splits for d in pair)
+    names = [f"{Path(f).stem}[{k}]" for f, k in zip(data.data_paths, objectives)]
+    return {"policy": policy, "sft_info": info, "train": [lm.pad_width(t, width) for t, _ in splits],
+            "held": [h for _, h in splits], "prompts": None, "names": names}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -190,10 +166,10 @@ def concat_pairs(a: lm.PairData, b: lm.PairData) -> lm.PairData:
 
 def phi_per_pair(logps: np.ndarray, prev: np.ndarray, *, beta: float, alpha: float) -> np.ndarray:
     """Per-pair SPO gradient weight ``ϕ [E]`` from policy log-probs ``[E, 2]`` and ``prev [E, 2(π_0, π_1), 2]``,
-    through :func:`mojax.losses.spo_loss` (``return_phi``)."""
+    through :func:`mojax.losses.spo_loss` (``return_metrics``)."""
     _, metrics = spo_loss(jnp.asarray(logps[:, 0]), jnp.asarray(logps[:, 1]),
                           jnp.asarray(np.moveaxis(prev[:, :, 0], 1, 0)), jnp.asarray(np.moveaxis(prev[:, :, 1], 1, 0)),
-                          beta=beta, alpha=alpha, return_phi=True)
+                          beta=beta, alpha=alpha, return_metrics=True)
     return np.asarray(metrics["phi"], np.float64)
 
 
@@ -223,9 +199,9 @@ def main(config: Config) -> Path:
     models: dict[str, Any] = {"sft": pi0}
     seconds: dict[str, float] = {"sft": 0.0}
     histories: dict[str, lm.History] = {}
+    run = dict(optimizer=config.optimizer, progress=config.progress)
 
-    pi1, hist1 = lm.train_policy(pi0, dpo, train1, lm.clamp_batch(config.round1, len(train1)), desc="round 1: DPO dim 1",
-                                 progress=config.progress)
+    pi1, hist1 = lm.train(pi0, dpo, train1, config.round1, desc="round 1: DPO dim 1", **run)
     models["dpo_dim1"], seconds["dpo_dim1"] = pi1, hist1.seconds
 
     # Round 2 data: dimension-2 pairs with the cached log-probs of every earlier model, row r = π_r.
@@ -233,20 +209,19 @@ def main(config: Config) -> Path:
     prev = train2.arrays["ref_logps"]  # [E, 2, 2]
     delta_u = (prev[:, 1, 0] - prev[:, 0, 0]) - (prev[:, 1, 1] - prev[:, 0, 1])
     phi: dict[str, Any] = {}
+    spo = spo_objective(beta=config.beta)  # α is a traced hyper-parameter: one compiled step serves every run
     for alpha in (0.0, *config.alphas):
         name = "s_dpo" if alpha == 0 else alpha_name(alpha)
-        model, hist = lm.train_policy(pi1, spo_objective(beta=config.beta, alpha=alpha), train2,
-                                      lm.clamp_batch(config.round2, len(train2)),
-                                      desc=f"round 2: {name}", progress=config.progress)
+        model, hist = lm.train(pi1, spo, train2, config.round2, hparams={"alpha": alpha}, desc=f"round 2: {name}",
+                               **run)
         models[name], seconds[name], histories[name] = model, seconds["dpo_dim1"] + hist.seconds, hist
         end = phi_per_pair(lm.pair_logps(model, train2), prev, beta=config.beta, alpha=alpha)
         start = phi_per_pair(prev[:, 1], prev, beta=config.beta, alpha=alpha)  # θ = π_1
         phi[name] = {"start": phi_split(start, delta_u), "end": phi_split(end, delta_u), "values_end": end}
 
-    mix = lm.with_ref_logps(concat_pairs(data["train"][0], data["train"][1]), [pi0])
-    mix_cfg = lm.clamp_batch(dataclasses.replace(config.round1, steps=config.round1.steps + config.round2.steps),
-                             len(mix))
-    models["dpo_mix"], hist_mix = lm.train_policy(pi0, dpo, mix, mix_cfg, desc="DPO-Mix", progress=config.progress)
+    mix = lm.with_ref_logps(lm.concat_pairs(data["train"]), [pi0])
+    mix_run = dataclasses.replace(config.round1, steps=config.round1.steps + config.round2.steps)
+    models["dpo_mix"], hist_mix = lm.train(pi0, dpo, mix, mix_run, desc="DPO-Mix", **run)
     seconds["dpo_mix"] = hist_mix.seconds
 
     metrics = evaluate(config, data, models, seconds, phi, delta_u, train2)
@@ -325,22 +300,9 @@ def claim_summary(config: Config, out: dict[str, Any]) -> dict[str, Any]:
 
 def plot_phi(path: Path, phi: dict[str, Any], delta_u: np.ndarray) -> Path:
     """Histograms of ϕ at the end of round 2 for agreeing (Δu > 0) and conflicting (Δu < 0) pairs, per run."""
-    names = list(phi)
-    fig, axes = plt.subplots(1, len(names), figsize=(4.4 * len(names), 3.8), squeeze=False)
-    bins = np.linspace(0, 1, 26)
-    for ax, n in zip(axes.flat, names):
-        v = phi[n]["values_end"]
-        ax.hist(v[delta_u > 0], bins=bins, alpha=0.6, label="agreeing (Δu > 0)", density=True)
-        ax.hist(v[delta_u < 0], bins=bins, alpha=0.6, label="conflicting (Δu < 0)", density=True)
-        ax.set_title(n)
-        ax.set_xlabel("ϕ at the end of round 2")
-        ax.grid(alpha=0.3)
-    axes.flat[0].set_ylabel("density")
-    axes.flat[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    panels = {n: {"agreeing (Δu > 0)": v["values_end"][delta_u > 0],
+                  "conflicting (Δu < 0)": v["values_end"][delta_u < 0]} for n, v in phi.items()}
+    return plot_histograms(path, panels, xlabels="ϕ at the end of round 2", bins=np.linspace(0, 1, 26))
 
 
 LABELS = {"sft": "SFT (π_0)", "dpo_dim1": "DPO dim 1 (π_1)", "s_dpo": "S-DPO", "dpo_mix": "DPO-Mix"}
@@ -390,11 +352,11 @@ def write_spo_report(run_dir: Path, config: Config, metrics: dict[str, Any]) -> 
          "Δu > 0 (end)": v["end"]["agree_mean"], "Δu < 0 (end)": v["end"]["conflict_mean"],
          "pairs Δu > 0": v["end"]["agree_count"], "pairs Δu < 0": v["end"]["conflict_count"]}
         for n, v in metrics["phi"].items()]
-    info = (f"π_0: {'a tiny decoder' if config.model.model_path is None else f'`{config.model.model_path}`'} "
+    info = (f"π_0: {'a tiny decoder' if config.data.model_path is None else f'`{config.data.model_path}`'} "
             "fitted by SFT. "
             + (f"{config.num_pairs} pairs per dimension labelled by Bradley–Terry on `{names[0]}` then `{names[1]}`; "
                f"{config.num_samples} held-out prompts sampled at temperature {config.sample_temperature}. "
-               if metrics["synthetic"] else f"Real pairs: {', '.join(config.data_paths)}. ")
+               if metrics["synthetic"] else f"Real pairs: {', '.join(config.data.data_paths)}. ")
             + f"Round 1: {config.round1.steps} steps, round 2: {config.round2.steps} steps, DPO-Mix: "
               f"{config.round1.steps + config.round2.steps} steps; β = {config.beta}, α ∈ {list(config.alphas)}.")
     sections = {"Front over α": f"S-DPO and the SPO runs as points ({names[0]}, {names[1]}): hypervolume "

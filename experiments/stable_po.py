@@ -5,9 +5,9 @@ Run::
     python -m experiments.stable_po                 # synthetic task, a few minutes on 2 CPU cores
     python -m experiments.stable_po --quick         # seconds-long smoke preset (CI)
     python -m experiments.stable_po --penalty 5.0   # a stronger hinge
-    python -m experiments.stable_po --model.model-path ../shared/data/tinyllamas-stories260K/stories260K.bin
-    python -m experiments.stable_po --data-path ../shared/data/hh-rlhf/helpful-base-test-part1.jsonl.gz \\
-        --tokenizer-path ../shared/data/gpt2-bpe   # real pairs (a tiny GPT-2-vocabulary policy, SFT on them)
+    python -m experiments.stable_po --data.model-path ../shared/data/tinyllamas-stories260K/stories260K.bin
+    python -m experiments.stable_po --data.data-paths ../shared/data/hh-rlhf/helpful-base-test-part1.jsonl.gz \\
+        --data.tokenizer-path ../shared/data/gpt2-bpe   # real pairs (a tiny GPT-2-vocabulary policy, SFT on them)
 
 Protocol. π_0 is the tiny decoder fitted by SFT to the synthetic task's base responses (cached, shared with the
 other LM experiments). Preference pairs are two base responses per prompt labelled by Bradley–Terry on one true
@@ -38,7 +38,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments import _lm_common as lm
@@ -47,12 +46,14 @@ from experiments._common import (
     cli,
     command_line,
     make_run_dir,
+    plot_curve_panels,
     plot_curves,
     save_config,
     save_metrics,
     write_report,
 )
 from mojax.data.synthetic_lm import SyntheticLMConfig
+from mojax.train import DataConfig
 from mojax.train.objectives import bilevel_stable_po_objective, dpo_objective, stable_po_objective
 
 METHOD_LABELS = {
@@ -67,58 +68,59 @@ SIMPO_FAMILY = ("simpo", "simpo_stable")
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
-    """Stable PO experiment settings (defaults: a few minutes on 2 CPU cores).
-
-    Attributes:
-      task, model, sft: the synthetic task, the tiny decoder and its SFT (see :mod:`experiments._lm_common`).
-      train: preference fine-tuning (same for every method).
-      dimension: which true reward labels the pairs (index into ``task.objectives``).
-      num_train_pairs, num_eval_pairs: training and held-out pairs; ``num_samples``: held-out prompts sampled.
-      beta: DPO temperature β. penalty: the Stable PO hinge weight λ (1.0, the engine's default: not tuned).
-        penalty_sweep: extra Stable PO (penalty form) runs at these λ, reported as ``stable_po_l<λ>`` (the
-        trade-off between keeping the chosen likelihood and accuracy). inner_lr: the bilevel inner SFT step η.
-      simpo_beta, simpo_gamma: SimPO's β and margin γ (SimPO paper's usual γ/β = 0.5).
-      methods: which of ``METHOD_LABELS`` to run.
-      sample_temperature: sampling temperature for the true-reward evaluation.
-      data_path, tokenizer_path: real preference pairs (HH-RLHF / PKU-SafeRLHF / …) and their tokenizer; the policy
-        is then ``model.model_path`` (a Hugging Face directory) or a tiny decoder of the tokenizer's vocabulary, SFT
-        on the training pairs' chosen responses; there are no true rewards, so no sampling evaluation.
-      real_objective: the label row of real data (PKU-SafeRLHF: 0 better, 1 safer). max_real_pairs: cap on the
-        pairs read from the file. max_length, max_prompt_length: real-text token limits (prompt cut from the left,
-        responses from the right).
-      cache_dir: SFT / compilation cache (default ``runs/_cache`` or ``$MOJAX_CACHE``). compile_cache: turn on
-        JAX's persistent compilation cache under it (a process-wide setting; off in the quick preset).
-      seed: data seed. progress: tqdm bars. out: run directory (default ``runs/stable_po/<UTC time>``).
-    """
+    """Stable PO experiment settings (defaults: a few minutes on 2 CPU cores)."""
 
     task: SyntheticLMConfig = SyntheticLMConfig()
+    """The synthetic task (true rewards; see :mod:`mojax.data.synthetic_lm`)."""
     model: lm.ModelConfig = lm.ModelConfig()
+    """The tiny decoder π_0 is made of."""
     sft: lm.SFTConfig = lm.SFTConfig()
-    train: lm.TrainConfig = lm.TrainConfig(steps=300, batch_size=32, learning_rate=1e-3, warmup_steps=10,
-                                           eval_every=20)
+    """SFT of π_0 (cached, shared with the other LM experiments)."""
+    train: lm.TrainConfig = lm.TrainConfig(steps=300, batch_size=32, eval_every=20)
+    """Preference fine-tuning, the same for every method (``eval_every``: the held-out trajectories' interval)."""
+    optimizer: lm.OptimizerConfig = lm.OptimizerConfig(learning_rate=1e-3, warmup_steps=10)
+    """AdamW of every method."""
     dimension: int = 0
+    """Which true reward labels the pairs (index into ``task.objectives``)."""
     num_train_pairs: int = 2048
+    """Synthetic training pairs."""
     num_eval_pairs: int = 512
+    """Synthetic held-out pairs."""
     num_samples: int = 512
+    """Held-out prompts sampled for the true-reward evaluation."""
     beta: float = 0.1
+    """DPO temperature β."""
     penalty: float = 1.0
+    """The Stable PO hinge weight λ (1.0, the engine's default: not tuned)."""
     penalty_sweep: tuple[float, ...] = (0.1,)
+    """Extra Stable PO (penalty form) runs at these λ, reported as ``stable_po_l<λ>`` (the trade-off between
+    keeping the chosen likelihood and accuracy)."""
     inner_lr: float = 0.05
+    """The bilevel form's inner SFT step η."""
     simpo_beta: float = 2.0
+    """SimPO's β."""
     simpo_gamma: float = 1.0
+    """SimPO's margin γ (the SimPO paper's usual γ/β = 0.5)."""
     methods: tuple[str, ...] = tuple(METHOD_LABELS)
+    """Which of ``METHOD_LABELS`` to run."""
     sample_temperature: float = 1.0
-    data_path: str | None = None
-    tokenizer_path: str | None = None
+    """Sampling temperature of the true-reward evaluation."""
+    data: DataConfig = DataConfig(eval_fraction=0.2)
+    """Real preference pairs instead (one file; HH-RLHF / PKU-SafeRLHF / …): the policy is ``data.model_path`` or a
+    tiny decoder of the tokenizer's vocabulary, SFT on the training pairs' chosen responses; no true rewards, so no
+    sampling evaluation."""
     real_objective: int = 0
-    max_real_pairs: int | None = None
-    max_length: int = 128
-    max_prompt_length: int = 96
+    """The label row of real data (PKU-SafeRLHF: 0 better, 1 safer)."""
     cache_dir: str | None = None
+    """SFT / compilation cache (default ``runs/_cache`` or ``$MOJAX_CACHE``)."""
     compile_cache: bool = True
+    """Turn on JAX's persistent compilation cache under ``cache_dir`` (process-wide; off in the quick preset)."""
     seed: int = 0
+    """Data seed."""
     progress: bool = True
+    """Progress bars."""
     out: str | None = None
+    """Run directory (default ``runs/stable_po/<UTC time>``)."""
 
     def __post_init__(self):
         unknown = set(self.methods) - set(METHOD_LABELS)
@@ -134,19 +136,16 @@ class Config:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if any(lam <= 0 for lam in self.penalty_sweep):
             raise ValueError(f"penalty_sweep values must be positive, got {self.penalty_sweep}")
-        if self.data_path is not None and self.tokenizer_path is None and self.model.model_path is None:
-            raise ValueError("real data (--data-path) needs --tokenizer-path (and optionally --model.model-path)")
+        lm.check_real_data(self.data, max_files=1)
 
 
 def get_config(quick: bool = False) -> Config:
     """The default run, or with ``quick`` the CI smoke preset (tiny model, few steps; numbers not meaningful)."""
     if not quick:
         return Config()
-    return Config(model=lm.QUICK_MODEL,
-                  sft=lm.QUICK_SFT,
-                  train=lm.TrainConfig(steps=6, batch_size=16, learning_rate=1e-3, warmup_steps=0, eval_every=3),
-                  num_train_pairs=64, num_eval_pairs=32, num_samples=32, penalty_sweep=(), compile_cache=False,
-                  progress=False)
+    return Config(model=lm.QUICK_MODEL, sft=lm.QUICK_SFT, train=lm.TrainConfig(steps=6, batch_size=16, eval_every=3),
+                  optimizer=lm.OptimizerConfig(learning_rate=1e-3), num_train_pairs=64, num_eval_pairs=32,
+                  num_samples=32, penalty_sweep=(), compile_cache=False, progress=False)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -166,7 +165,7 @@ def method_label(method: str) -> str:
     return METHOD_LABELS[method]
 
 
-def make_objective(method: str, config: Config):
+def objective_for(method: str, config: Config):
     """The engine objective of one method (reference = the cached π_0 log-probs in every batch)."""
     if method.startswith("stable_po_l"):
         lam = float(method[len("stable_po_l"):])
@@ -215,9 +214,9 @@ def pair_metrics(logps: np.ndarray, ref_logps: np.ndarray, lengths: np.ndarray,
 
 def build_setup(config: Config) -> dict[str, Any]:
     """π_0, training pairs (with π_0 log-probs attached) and held-out pairs, synthetic or real."""
-    if config.data_path is None:
-        policy, sft_info = lm.sft_policy(config.task, config.model, config.sft, cache_dir=config.cache_dir,
-                                         progress=config.progress)
+    if not config.data.real:
+        policy, sft_info = lm.sft_policy(config.task, config.model, config.sft, model_path=config.data.model_path,
+                                         cache_dir=config.cache_dir, progress=config.progress)
         train = lm.synthetic_pairs(config.task, dimension=config.dimension, num_pairs=config.num_train_pairs,
                                    seed=config.seed)
         held = lm.synthetic_pairs(config.task, dimension=config.dimension, num_pairs=config.num_eval_pairs,
@@ -225,16 +224,9 @@ def build_setup(config: Config) -> dict[str, Any]:
         true_margin = held.rewards[:, 0, config.dimension] - held.rewards[:, 1, config.dimension]
         names = list(config.task.objectives)
     else:
-        policy, sft_info, train, held = lm.real_setup(config.data_path, tokenizer_path=config.tokenizer_path,
-                                                      model=config.model, sft=config.sft,
-                                                      objective=config.real_objective,
-                                                      eval_fraction=config.num_eval_pairs /
-                                                      (config.num_eval_pairs + config.num_train_pairs),
-                                                      seed=config.seed, cache_dir=config.cache_dir,
-                                                      progress=config.progress, compact_vocab=True,
-                                                      max_examples=config.max_real_pairs,
-                                                      max_length=config.max_length,
-                                                      max_prompt_length=config.max_prompt_length)
+        policy, sft_info, [(train, held)] = lm.real_policy(config.data, config.model, config.sft,
+                                                           objectives=[config.real_objective], seed=config.seed,
+                                                           cache_dir=config.cache_dir, progress=config.progress)
         true_margin = None
         names = [f"objective_{config.real_objective}"]
     return {"policy": policy, "sft_info": sft_info, "train": lm.with_ref_logps(train, [policy]),
@@ -255,7 +247,7 @@ def main(config: Config) -> Path:
     setup = build_setup(config)
     policy, held, held_ref = setup["policy"], setup["held"], setup["held_ref"]
     lengths = held.arrays["loss_mask"].sum(-1)
-    synthetic = config.data_path is None
+    synthetic = not config.data.real
 
     def eval_fn(model):
         return pair_metrics(lm.pair_logps(model, held), held_ref, lengths, setup["true_margin"])
@@ -268,14 +260,14 @@ def main(config: Config) -> Path:
                                                temperature=config.sample_temperature)[1]
         sft_rewards = sample(policy)
 
-    train_cfg = lm.clamp_batch(config.train, len(setup["train"]))  # a small real sample: one batch = all of it
     results: dict[str, dict[str, Any]] = {}
     runs = list(config.methods) + ([sweep_name(lam) for lam in config.penalty_sweep]
                                    if "stable_po" in config.methods else [])
     for method in runs:
         with Timer() as timer:
-            trained, hist = lm.train_policy(policy, make_objective(method, config), setup["train"], train_cfg,
-                                            eval_fn=eval_fn, desc=method_label(method), progress=config.progress)
+            trained, hist = lm.train(policy, objective_for(method, config), setup["train"], config.train,
+                                     config.optimizer, eval_fn=eval_fn, desc=method_label(method),
+                                     progress=config.progress)
         acc_key = "simpo" if method in SIMPO_FAMILY else "dpo"
         final = hist.evals[-1]
         row: dict[str, Any] = {
@@ -346,24 +338,10 @@ def claim_summary(results: dict[str, dict[str, Any]], *, n_eval: int, penalty: f
 
 
 def plot_trajectories(path: Path, results: dict[str, dict[str, Any]]) -> Path:
-    """Held-out mean chosen (solid) and rejected (dashed) log-probs over training, one colour per method."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (m, r) in enumerate(results.items()):
-        t = r["trajectory"]
-        c = colors[i % len(colors)]
-        axes[0].plot(t["step"], t["chosen_logps"], color=c, label=method_label(m))
-        axes[1].plot(t["step"], t["rejected_logps"], color=c, ls="--", label=method_label(m))
-    for ax, what, sym in zip(axes, ("chosen", "rejected"), ("w", "l")):
-        ax.set_xlabel("step")
-        ax.set_ylabel(f"mean log π(y_{sym}|x), held-out")
-        ax.set_title(f"{what} responses")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    """Held-out mean chosen and rejected log-probs over training, one colour per method."""
+    panels = {f"{what} responses": {method_label(m): (r["trajectory"]["step"], r["trajectory"][f"{what}_logps"])
+                                    for m, r in results.items()} for what in ("chosen", "rejected")}
+    return plot_curve_panels(path, panels, ylabels=["mean log π(y_w|x), held-out", "mean log π(y_l|x), held-out"])
 
 
 def write_outputs(run_dir: Path, config: Config, metrics: dict[str, Any], synthetic: bool) -> None:
@@ -384,13 +362,13 @@ def write_outputs(run_dir: Path, config: Config, metrics: dict[str, Any], synthe
             row[f"win rate vs SFT ({metrics['objectives'][k]})"] = r["win_rate_vs_sft"][k]
         row["train s"] = r["train_seconds"]
         rows.append(row)
-    what = (f"π_0: {'a tiny decoder' if config.model.model_path is None else f'`{config.model.model_path}`'} "
+    what = (f"π_0: {'a tiny decoder' if config.data.model_path is None else f'`{config.data.model_path}`'} "
             f"fitted by SFT (held-out NLL {sft['nll_before']:.3f} → {sft['nll_after']:.3f} nats/token"
             f"{', cached' if sft.get('cached') else ''}). "
             + (f"{config.num_train_pairs} training and {config.num_eval_pairs} held-out synthetic pairs labelled by "
                f"Bradley–Terry on `{metrics['objectives'][k]}` (temperature {config.task.temperature}). "
-               if synthetic else f"Real pairs from `{config.data_path}`. ")
-            + f"Each method: {config.train.steps} AdamW steps (lr {config.train.learning_rate}, batch "
+               if synthetic else f"Real pairs from `{config.data.data_paths[0]}`. ")
+            + f"Each method: {config.train.steps} AdamW steps (lr {config.optimizer.learning_rate}, batch "
               f"{config.train.batch_size}) from π_0; β = {config.beta}, λ = {config.penalty} (sweep: "
               f"{list(config.penalty_sweep)}), η = {config.inner_lr}, "
               f"SimPO β = {config.simpo_beta}, γ = {config.simpo_gamma}. Δ = held-out mean log-prob after training "

@@ -16,6 +16,8 @@ from flax import nnx
 
 from experiments import _lm_common as lm
 from experiments import cos_dpo_llm as cd
+from mojax.train import DataConfig
+from mojax.train.objectives.preference import scalarized_dpo_objective
 from mojax.data import synthetic_lm
 
 TINY = lm.ModelConfig(d_model=16, num_layers=1, num_heads=2, mlp_dim=32)
@@ -93,14 +95,16 @@ def _randomize_lora(model, seed):
 
 
 def test_scalarized_dpo_objective_matches_numpy():
-    """Σ_k w_k·DPO_k with each objective's own chosen response, against float64 NumPy on the model's log-probs."""
+    """DPO-LS (the library's scalarized_dpo_objective, w a traced hyper-parameter): Σ_k w_k·DPO_k with each
+    objective's own chosen response, against float64 NumPy on the model's log-probs."""
     _, pi0, data = _tiny_setup()
     model = _randomize_lora(cd.lora_policy(pi0, cd.Config().lora, seed=1), seed=2)
     w = np.array([0.3, 0.7], np.float32)
-    batch = cd._with_weights(data, w).batch(np.arange(len(data)))
-    objective = cd.scalarized_dpo_objective(beta=0.5, chunk_size=None)
+    batch = data.batch(np.arange(len(data)))
+    objective = scalarized_dpo_objective(beta=0.5, weights=(0.5, 0.5), chunk_size=None)
     graphdef, state = nnx.split(model)
-    loss, metrics = jax.jit(lambda st, b: objective(nnx.merge(graphdef, st), b, jax.random.key(0)))(state, batch)
+    loss, metrics = jax.jit(lambda st, b: objective(nnx.merge(graphdef, st), b, jax.random.key(0),
+                                                    hparams={"weights": jnp.asarray(w)}))(state, batch)
     logps = lm.pair_logps(model, data).astype(np.float64)
     ref = data.arrays["ref_logps"][:, 0].astype(np.float64)
     labels = data.arrays["labels"]  # [E, 2, 2]
@@ -131,9 +135,9 @@ def test_soup_interpolates_the_two_fine_tuned_models():
     assert not np.allclose(lm.pair_logps(a, data), lm.pair_logps(b, data))
 
 
-def test_swap_to_first_orders_by_the_objective():
+def test_chosen_first_orders_by_the_objective():
     _, _, data = _tiny_setup(num_pairs=30)
-    swapped = cd.swap_to_first(data, 1)
+    swapped = lm.chosen_first(data, 1)
     labels = swapped.arrays["labels"]
     assert (labels[:, 1, 0] == 1).all() and (labels[:, 1, 1] == 0).all()
     moved = data.arrays["labels"][:, 1, 0] == 0
@@ -151,7 +155,7 @@ def test_fixed_weight_view_equals_the_conditioned_call():
     w = np.array([0.2, 0.8], np.float32)
     ids = jnp.asarray(batch["input_ids"][:, 0])
     mask = jnp.asarray(batch["attention_mask"][:, 0])
-    g_view, s_view = nnx.split(cd.at_weight(model, w))
+    g_view, s_view = nnx.split(lm.at_weight(model, w))
     g_model, s_model = nnx.split(model)
     via_view = jax.jit(lambda st: nnx.merge(g_view, st)(ids, attention_mask=mask))(s_view)
     direct = jax.jit(lambda st: nnx.merge(g_model, st)(ids, weights=jnp.tile(w, (4, 1)), attention_mask=mask))(s_model)
@@ -166,23 +170,4 @@ def test_config_validation():
     with pytest.raises(ValueError, match="out of range"):
         cd.Config(objectives=(0, 5))
     with pytest.raises(ValueError, match="tokenizer"):
-        cd.Config(data_path="x.jsonl")
-
-
-def test_batch_weights_modpo_equals_the_engine_objective():
-    """MO-DPO with w from the batch equals mojax.train's modpo_objective with w baked in, at two weights."""
-    from mojax.train.objectives import modpo_objective
-
-    _, pi0, data = _tiny_setup()
-    other = _randomize_lora(cd.lora_policy(pi0, cd.Config().lora, seed=1), seed=5)
-    policy = _randomize_lora(cd.lora_policy(pi0, cd.Config().lora, seed=1), seed=6)
-    data = cd.swap_to_first(lm.with_ref_logps(data, [pi0, other]), 0)
-    graphdef, state = nnx.split(policy)
-    for w in ([0.3, 0.7], [0.9, 0.1]):
-        batch = cd._with_weights(data, np.array(w, np.float32)).batch(np.arange(len(data)))
-        ours = cd.batch_weights_modpo_objective(beta=0.2)
-        engine = modpo_objective(beta=0.2, weights=tuple(w), objective_index=0)
-        a = jax.jit(lambda st, b: ours(nnx.merge(graphdef, st), b, None)[0])(state, batch)
-        b = jax.jit(lambda st, b: engine(nnx.merge(graphdef, st), b, None)[0])(state, batch)
-        assert float(a) == pytest.approx(float(b), rel=1e-6, abs=1e-6)
-        assert float(a) > 0
+        cd.Config(data=DataConfig(data_paths=("x.jsonl",)))

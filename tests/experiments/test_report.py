@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import time
 import warnings
 
 import matplotlib.image as mpimg

@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 
-import experiments._lm_common as L
 from experiments import spo as S
 
 
@@ -65,19 +64,6 @@ def test_phi_per_pair_matches_the_closed_form():
     split = S.phi_split(want, delta_u)
     assert split["agree_mean"] == pytest.approx(want[delta_u > 0].mean())
     assert split["agree_count"] + split["conflict_count"] == 50
-
-
-def test_concat_pairs_pads_and_keeps_every_pair():
-    task = S.get_config(quick=True).task
-    a = L.synthetic_pairs(task, dimension=0, num_pairs=3, seed=0)
-    b = L.pad_width(L.synthetic_pairs(task, dimension=1, num_pairs=2, seed=1), a.width + 8)
-    both = S.concat_pairs(a, b)
-    assert len(both) == 5 and both.width == a.width + 8
-    np.testing.assert_array_equal(both.arrays["input_ids"][:3, :, :a.width], a.arrays["input_ids"])
-    assert not both.arrays["attention_mask"][:3, :, a.width:].any()  # the padding is masked
-    np.testing.assert_array_equal(both.arrays["input_ids"][3:], b.arrays["input_ids"])
-    with pytest.raises(ValueError, match="pad"):
-        L.pad_width(b, a.width)
 
 
 def test_bad_config_is_rejected():

@@ -68,8 +68,8 @@ def test_penalty_zero_stable_po_is_dpo_and_the_hinge_adds_lambda_times_the_drop(
         data, arrays={**data.arrays, "ref_logps": ref[:, None, :]}).batch(np.arange(8)).items()}
     cfg = dataclasses.replace(quick, beta=0.3, penalty=0.0)
     lam = 2.0
-    objectives = [S.make_objective("stable_po", cfg), S.make_objective("dpo", cfg),
-                  S.make_objective("stable_po", dataclasses.replace(cfg, penalty=lam))]
+    objectives = [S.objective_for("stable_po", cfg), S.objective_for("dpo", cfg),
+                  S.objective_for("stable_po", dataclasses.replace(cfg, penalty=lam))]
     graphdef, state = nnx.split(model)
     # One jitted evaluation of the three objectives (eager op-by-op dispatch is slow on a shared 2-core CPU).
     plain, dpo, pen = jax.jit(lambda st, b: [f(nnx.merge(graphdef, st), b, jax.random.key(0))[0]
