@@ -181,7 +181,7 @@ def main(config: BenchConfig) -> float:
     def dpo_ls() -> Front:
         seed = c.seed + 1 + SEED_STRIDE * rounds["dpo_ls"]
         rounds["dpo_ls"] += 1
-        exp.drop_compiled("dpo_ls")
+        exp.drop_compiled()
         runs = exp.run_dpo_ls(weights, seed=seed)
         return Front(len(runs) * c.run_steps, sum(r.seconds for r in runs), sum(r.compile_seconds for r in runs),
                      sum(r.cpu_seconds for r in runs), sum(r.compile_cpu_seconds for r in runs),
@@ -190,7 +190,7 @@ def main(config: BenchConfig) -> float:
     def w_cos() -> list[Front]:
         seed = c.seed + 1 + SEED_STRIDE * rounds["w_cos_dpo"]
         rounds["w_cos_dpo"] += 1
-        exp.drop_compiled("w_cos_dpo")
+        exp.drop_compiled()
         curve, trained, totals, steps = [], None, np.zeros(4), 0
         while steps < max_steps:
             chunk = min(config.chunk_steps, max_steps - steps)

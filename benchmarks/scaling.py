@@ -35,16 +35,17 @@ from flax import nnx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from experiments._common import cli, make_run_dir, markdown_table  # noqa: E402
-from experiments._ltr_train import _compile_options, ranker_config  # noqa: E402
+from experiments._ltr_train import compiler_options, ranker_config  # noqa: E402
 from experiments.cos_dpo_ltr import Config as ExperimentConfig  # noqa: E402
 from mojax.models.ranker import AugmentedRanker, ListRanker  # noqa: E402
 from mojax.simplex import simplex_sampler  # noqa: E402
+from mojax.train.loop import TrainConfig  # noqa: E402
+from mojax.train.mesh import MeshConfig, make_mesh  # noqa: E402
 from mojax.train.objectives import (  # noqa: E402
     COSDPOSampling,
     ltr_cos_dpo_objective,
     ltr_scalarized_dpo_objective,
 )
-from mojax.train.mesh import MeshConfig, make_mesh  # noqa: E402
 from mojax.train.state import create_train_state  # noqa: E402
 from mojax.train.step import OptimizerConfig, jit_train_step, make_optimizer, make_train_step  # noqa: E402
 
@@ -106,8 +107,10 @@ def step_time(method: str, *, b: int, l: int, k: int, cfg: Config, mesh) -> tupl
                                                     hparams=objective.initial_hparams())
     key = np.asarray(jax.random.PRNGKey(0))
     t0 = time.perf_counter()
-    jitted = jit_train_step(make_train_step(graphdef, objective, tx), shardings, batch, mesh)
-    step = jitted.lower(state, batch, key).compile(compiler_options=_compile_options())
+    options = TrainConfig(compiler_options=compiler_options()).compiler_options_dict()
+    jitted = jit_train_step(make_train_step(graphdef, objective, tx), shardings, batch, mesh, compiler_options=options)
+    with jax.set_mesh(mesh):  # traced under the mesh, as mojax.train.fit traces its step
+        step = jitted.lower(state, batch, key).compile()
     compile_s = time.perf_counter() - t0
     for _ in range(cfg.warmup):
         state, _ = step(state, batch, key)

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
 
 from experiments._common import Timer
 from experiments._ltr_task import Task, load_task
@@ -25,6 +23,7 @@ from mojax.losses import rescale_temperature
 from mojax.metrics import ndcg
 from mojax.models.ranker import AugmentedRanker, ListRanker, ListRankerConfig, num_params
 from mojax.simplex import simplex_sampler, simplex_weights
+from mojax.train import OptimizerConfig, TrainConfig, TrainResult, clear_step_cache, fit
 from mojax.train.mesh import MeshConfig, make_mesh
 from mojax.train.objectives import (
     COSDPOSampling,
@@ -34,38 +33,79 @@ from mojax.train.objectives import (
     ltr_scalarized_dpo_objective,
 )
 from mojax.train.objectives.ranking import correction
-from mojax.train.state import create_train_state
-from mojax.train.step import Objective, OptimizerConfig, jit_train_step, make_optimizer, make_train_step
+from mojax.train.step import Objective
 
 # Training batches hold ``features [B,L,F]``, ``where [B,L]``, ``labels [B,K,L]`` (the auxiliary objectives; the
 # base's ``[B,1,L]`` is the main relevance label), ``ref_scores [B,L]`` and, per method, ``weights [B,K]``
 # (W-COS-DPO, drawn on the host) or ``single_diffs [B,K,L]`` (MO-DPO). The objectives are mojax.train's ``ltr_*``.
 
 
+LOG_EVERY = 10  # steps between metric fetches (the loss curves): fetching every step would sync the host each step
+
+
 def ranker_config(config: Any, num_features: int, *, d_model: int, cond_dim: int = 0) -> ListRankerConfig:
+    """The ranker shape of the experiment's ``config`` (layers, heads, MLP) at width ``d_model``."""
     return ListRankerConfig(num_features=num_features, d_model=d_model, num_layers=config.num_layers,
                             num_heads=config.num_heads, mlp_dim=config.mlp_dim, cond_dim=cond_dim)
 
 
 @dataclasses.dataclass
 class Trained:
-    """A finished run: the model's graph and train state, the train-loss curve and its wall time (compile included)."""
+    """A finished run: ``mojax.train.fit``'s result, its train-loss curve (every ``LOG_EVERY`` steps) and its wall
+    and process-CPU time (model placement and the step's compilation included; ``compile_*`` the compiling part,
+    0 when the method's step was already compiled)."""
 
-    graphdef: Any
-    state: Any
+    result: TrainResult
     losses: np.ndarray
     seconds: float
-    compile_seconds: float = 0.0  # the part of ``seconds`` spent compiling the step (first run of a method only)
-    cpu_seconds: float = 0.0  # process CPU time of the run (steadier than wall time on a shared machine)
+    compile_seconds: float = 0.0
+    cpu_seconds: float = 0.0  # steadier than wall time on a shared machine
     compile_cpu_seconds: float = 0.0
 
     @property
+    def graphdef(self) -> Any:
+        return self.result.graphdef
+
+    @property
+    def state(self) -> Any:
+        return self.result.state
+
+    @property
     def params(self) -> Any:
-        return self.state.params
+        return self.result.state.params
 
     @property
     def rest(self) -> Any:
-        return self.state.rest
+        return self.result.state.rest
+
+
+def compiler_options() -> tuple[str, ...]:
+    """XLA options for the train steps on CPU: LLVM at -O1 without its expensive passes, legacy fusion emitters.
+
+    Measured on 2 cores (docs/benchmarks-pareto-cost.md, DPO-LS step): 1.7 s CPU to compile and 2.0–2.3 ms per
+    step, against 4.3 s and 2.5 ms at XLA's defaults and 1.9 s and 7.6 ms at backend level 0 (the earlier choice,
+    whose unoptimised kernels made every step 3× slower). These tiny steps run ~230 small kernels, so compile time is
+    per-kernel code generation and -O1 is enough for the kernels. Numerics are unchanged (same loss to 1e-6). Other
+    backends keep their defaults.
+    """
+    if jax.default_backend() != "cpu":
+        return ()
+    return ("xla_backend_optimization_level=1", "xla_llvm_disable_expensive_passes=True",
+            "xla_cpu_use_fusion_emitters=False")
+
+
+def host_batches(data: Mapping[str, np.ndarray], *, steps: int, batch_size: int, seed: int,
+                 sampler: Callable[[np.random.Generator, int], Mapping[str, np.ndarray]] | None = None
+                 ) -> Iterator[dict[str, np.ndarray]]:
+    """``steps`` batches of per-query arrays ``data``, epoch by epoch in a ``seed``ed order, plus ``sampler``'s
+    per-step host draws (W-COS-DPO's weights, from their own stream of the same seed)."""
+    num = len(next(iter(data.values())))
+    rng = np.random.default_rng(seed)
+    order = np.concatenate([rng.permutation(num) for _ in range(-(-steps * batch_size // num))])
+    draws = np.random.default_rng([seed, 2])
+    for i in range(steps):
+        idx = order[i * batch_size:(i + 1) * batch_size]
+        yield {k: v[idx] for k, v in data.items()} | (dict(sampler(draws, batch_size)) if sampler else {})
 
 
 class Experiment:
@@ -81,79 +121,47 @@ class Experiment:
         self.weights = simplex_weights(self.num_objectives, config.num_weights, seed=config.seed).astype(np.float32)
         # f_θ − f_ref: the augmentation network's correction itself, or a fresh ranker against the cached base scores
         self.ref_mode = "model" if config.conditioning == "augment" else "cached"
-        self.tx = make_optimizer(OptimizerConfig(learning_rate=config.learning_rate))
-        self._txs: dict[int, Any] = {}
-        self._steps: dict[tuple[str, Any], Callable] = {}
 
-    def finetune_tx(self, steps: int):
+    def finetune_optimizer(self, steps: int) -> OptimizerConfig:
         """The fine-tuning optimizer of a run of ``steps`` steps: constant, or cosine-decayed over that budget.
 
-        One object per budget, so the runs of a method that share a budget share its compiled step.
+        Equal configs share a compiled step (``fit``'s cache keys on the config's value), so every run of a method
+        with the same budget reuses one compile.
         """
-        if self.config.lr_schedule == "constant":
-            return self.tx
-        if steps not in self._txs:
-            self._txs[steps] = make_optimizer(OptimizerConfig(learning_rate=self.config.learning_rate,
-                                                              decay_steps=steps))
-        return self._txs[steps]
+        decay = steps if self.config.lr_schedule == "cosine" else 0
+        return OptimizerConfig(learning_rate=self.config.learning_rate, decay_steps=decay)
 
     # -- training ---------------------------------------------------------------------------------------------
 
-    def fit(self, name: str, model: nnx.Module, objective: Objective, data: Mapping[str, np.ndarray], *,
-            steps: int, seed: int, wrt: Any = nnx.Param, tx=None, hparams: Mapping[str, Any] | None = None,
-            sampler: Callable[[np.random.Generator, int], Mapping[str, np.ndarray]] | None = None,
-            desc: str = "", resume: Trained | None = None) -> Trained:
-        """Train ``model`` for ``steps`` steps with the engine's step, jitted once per (``name``, optimizer) and reused.
+    def fit(self, model: nnx.Module | None, objective: Objective, data: Mapping[str, np.ndarray], *, steps: int,
+            seed: int, wrt: Any = nnx.Param, optimizer: OptimizerConfig | None = None,
+            hparams: Mapping[str, Any] | None = None,
+            sampler: Callable[[np.random.Generator, int], Mapping[str, np.ndarray]] | None = None, desc: str = "",
+            resume: Trained | None = None) -> Trained:
+        """Train ``model`` for ``steps`` steps with :func:`mojax.train.fit` (in memory; one compiled step per
+        objective, optimizer and batch shape, reused by every run of a method).
 
-        ``data`` holds per-query arrays (batches are drawn epoch by epoch in a seeded order); ``hparams`` overrides
-        the objective's hyper-parameters (the weight of a DPO-LS run), traced inputs of the same step;
-        ``sampler(rng, batch_size)`` draws per-step entries on the host (W-COS-DPO's weights), seeded from ``seed``.
-        ``tx`` defaults to :meth:`finetune_tx` of ``steps``. ``resume`` continues an earlier run of the same method
-        with a constant step size (its state is donated: the earlier ``Trained`` is spent); ``model`` and ``wrt``
-        are then ignored.
+        ``data`` holds per-query arrays (see :func:`host_batches`; ``sampler`` adds per-step host draws);
+        ``hparams`` sets the objective's traced hyper-parameters for this run (a DPO-LS weight, a β). ``optimizer``
+        defaults to :meth:`finetune_optimizer` of ``steps``. ``resume`` continues an earlier run with a constant
+        step size (``model`` and ``wrt`` are then ignored).
         """
         c = self.config
-        if resume is not None and tx is None and c.lr_schedule != "constant":
+        if resume is not None and optimizer is None and c.lr_schedule != "constant":
             raise ValueError("resume continues a constant-step-size run; a decaying schedule ends with its run "
                              "(train one run of the whole budget instead)")
-        tx = (self.tx if resume is not None else self.finetune_tx(steps)) if tx is None else tx
+        optimizer = optimizer or self.finetune_optimizer(steps)
+        batch_size = min(c.batch_size, len(next(iter(data.values()))))
+        start = 0 if resume is None else int(resume.state.step)
+        config = TrainConfig(steps=start + steps, batch_size=batch_size, seed=seed, log_every=LOG_EVERY,
+                             progress=c.progress, progress_desc=desc, compiler_options=compiler_options())
+        batches = host_batches(data, steps=steps, batch_size=batch_size, seed=seed, sampler=sampler)
         with Timer() as timer:
-            if resume is None:
-                graphdef, state, shardings = create_train_state(model, tx, mesh=self.mesh, rng=seed, wrt=wrt,
-                                                                hparams=objective.initial_hparams(hparams))
-            else:
-                if (name, tx) not in self._steps:
-                    raise ValueError(f"resume needs the step of {name!r} compiled by an earlier run")
-                graphdef, state, shardings = resume.graphdef, resume.state, None
-            batch_size = min(c.batch_size, len(next(iter(data.values()))))
-            num = len(next(iter(data.values())))
-            rng = np.random.default_rng(seed)
-            order = np.concatenate([rng.permutation(num) for _ in range(-(-steps * batch_size // num))])
-            # Raw threefry keys drawn on the host: any uint32 pair is a valid key, and jax.random.split(key, steps)
-            # would compile a new program for every distinct run length (~0.25 s each, inside the timed run).
-            keys = np.random.default_rng([seed, 1]).integers(0, 2**32, size=(steps, 2), dtype=np.uint32)
-            draws = np.random.default_rng([seed, 2])
-            sample = (lambda: sampler(draws, batch_size)) if sampler is not None else dict
-            compile_timer = Timer()
-            if (name, tx) not in self._steps:
-                with compile_timer:
-                    example = {k: v[:batch_size] for k, v in data.items()} | (
-                        sampler(np.random.default_rng(0), batch_size) if sampler is not None else {})
-                    jitted = jit_train_step(make_train_step(graphdef, objective, tx), shardings, example, self.mesh)
-                    # Compiled ahead of time, once per method and optimizer; every run of the method with the same
-                    # budget (every DPO-LS weight) reuses it.
-                    self._steps[name, tx] = jitted.lower(state, example, keys[0]).compile(
-                        compiler_options=_compile_options())
-            step_fn = self._steps[name, tx]
-            losses = []
-            for i in tqdm(range(steps), desc=desc or name, leave=False, disable=not c.progress, file=sys.stderr):
-                idx = order[i * batch_size:(i + 1) * batch_size]
-                batch = {k: v[idx] for k, v in data.items()} | sample()
-                state, metrics = step_fn(state, batch, keys[i])
-                losses.append(metrics["loss"])
-            jax.block_until_ready(state)
-        return Trained(graphdef, state, np.asarray(jax.device_get(losses)), timer.seconds, compile_timer.total,
-                       timer.cpu_seconds, compile_timer.cpu_total)
+            result = fit(model if resume is None else resume.result, objective, batches, config=config,
+                         optimizer=optimizer, mesh=self.mesh, hparams=hparams, wrt=wrt, run_dir=None)
+            jax.block_until_ready(result.state)
+        return Trained(result, result.metrics("loss"), timer.seconds, result.compile_seconds, timer.cpu_seconds,
+                       result.compile_cpu_seconds)
 
     # -- the base ranker and the fine-tuning models ----------------------------------------------------------
 
@@ -161,15 +169,15 @@ class Experiment:
         """Train the base ranker (ListNet on the main relevance label) and cache its scores as ``f_ref``."""
         c = self.config
         model = ListRanker(ranker_config(c, self.num_features, d_model=c.base_d_model), rngs=nnx.Rngs(c.seed))
-        base_tx = make_optimizer(OptimizerConfig(learning_rate=c.base_learning_rate))
         self.train_data = {"features": self.train.features, "where": self.train.where, "labels": self.train.aux}
         base_data = self.train_data | {"labels": self.train.main[:, None]}
-        self.base = self.fit("base", model, ltr_listnet_objective(), base_data, steps=c.base_steps, seed=c.seed,
-                             tx=base_tx, desc="base (ListNet)")
+        self.base = self.fit(model, ltr_listnet_objective(), base_data, steps=c.base_steps, seed=c.seed,
+                             optimizer=OptimizerConfig(learning_rate=c.base_learning_rate), desc="base (ListNet)")
         self.base_model = nnx.merge(self.base.graphdef, self.base.params, self.base.rest)
         ref_fn = jax.jit(lambda f, w: self.base_model(f, where=w))
-        self.ref_train = np.asarray(ref_fn(self.train.features, self.train.where))
-        self.ref_test = np.asarray(ref_fn(self.test.features, self.test.where))
+        with jax.set_mesh(self.mesh):
+            self.ref_train = np.asarray(ref_fn(self.train.features, self.train.where))
+            self.ref_test = np.asarray(ref_fn(self.test.features, self.test.where))
         self.train_data["ref_scores"] = self.ref_train
         self.base_point, self.base_main = self.evaluate(np.zeros_like(self.ref_test), self.ref_test)
         self._initial: dict[int, tuple[Any, Any, Any]] = {}
@@ -197,9 +205,11 @@ class Experiment:
         graphdef, state, wrt = self._initial[cond_dim]
         return nnx.merge(graphdef, jax.tree.map(np.array, state)), wrt
 
-    def drop_compiled(self, name: str) -> None:
-        """Forget the compiled steps of method ``name``, so its next run compiles again (cold-start timing)."""
-        self._steps = {key: fn for key, fn in self._steps.items() if key[0] != name}
+    @staticmethod
+    def drop_compiled() -> None:
+        """Forget every compiled train step (``mojax.train.clear_step_cache``): the next run of each method
+        compiles again (cold-start timing)."""
+        clear_step_cache()
 
     def run_dpo_ls(self, weights: np.ndarray, *, seed: int | None = None, steps: int | None = None) -> list[Trained]:
         """DPO-LS: one run of ``run_steps`` (or ``steps``) per weight, all from the same initialisation and data order.
@@ -213,7 +223,7 @@ class Experiment:
         runs = []
         for i, w in enumerate(weights):
             model, wrt = self.finetune_model(0)
-            runs.append(self.fit("dpo_ls", model, obj, self.train_data, steps=steps or c.run_steps, seed=seed, wrt=wrt,
+            runs.append(self.fit(model, obj, self.train_data, steps=steps or c.run_steps, seed=seed, wrt=wrt,
                                  hparams={"weights": w}, desc=f"DPO-LS {i + 1}/{len(weights)}"))
         return runs
 
@@ -227,7 +237,7 @@ class Experiment:
         runs = []
         for i, w in enumerate(weights):
             model, wrt = self.finetune_model(0)
-            runs.append(self.fit("mo_dpo", model, obj, data, steps=c.run_steps, seed=c.seed + 1, wrt=wrt,
+            runs.append(self.fit(model, obj, data, steps=c.run_steps, seed=c.seed + 1, wrt=wrt,
                                  hparams={"weights": w}, desc=f"MO-DPO {i + 1}/{len(weights)}"))
         return runs
 
@@ -249,7 +259,7 @@ class Experiment:
         sampler = lambda rng, size: {"weights": draw(rng, size)}  # noqa: E731
         # a resumed chunk draws a fresh data order and fresh weights (another seed), as a longer run would
         seed = (c.seed + 1 if seed is None else seed) + (0 if resume is None else int(resume.state.step))
-        return self.fit("w_cos_dpo", model, obj, self.train_data, steps=steps or c.cos_steps, seed=seed, wrt=wrt,
+        return self.fit(model, obj, self.train_data, steps=steps or c.cos_steps, seed=seed, wrt=wrt,
                         hparams={"beta": beta}, sampler=sampler, desc=f"W-COS-DPO β={beta:g}",
                         resume=resume)
 
@@ -263,7 +273,7 @@ class Experiment:
         obj = ltr_cos_dpo_objective(sampling=sampling, beta=c.beta, penalty=c.penalty, label_norm=c.label_norm,
                                     ref_mode=self.ref_mode)
         model, wrt = self.finetune_model(2 * k)
-        return self.fit("t_cos_dpo", model, obj, self.train_data, steps=c.cos_steps, seed=c.seed + 1, wrt=wrt,
+        return self.fit(model, obj, self.train_data, steps=c.cos_steps, seed=c.seed + 1, wrt=wrt,
                         desc="T-COS-DPO")
 
     def w_cos_diffs(self, trained: Trained, weights: np.ndarray) -> list[np.ndarray]:
@@ -286,30 +296,27 @@ class Experiment:
                params: Any = None) -> np.ndarray:
         """``f_θ − f_ref`` on every list of ``split`` ``[Q, L]`` (``cond`` ``[C]`` broadcast to all queries)."""
         conds = None if cond is None else np.broadcast_to(np.asarray(cond, np.float32), (len(split), len(cond)))
-        return np.asarray(_diff_scores(trained.graphdef, trained.params if params is None else params, trained.rest,
-                                       split.features, split.where, ref, conds, self.ref_mode))
+        with jax.set_mesh(self.mesh):
+            return np.asarray(_diff_scores(trained.graphdef, trained.params if params is None else params,
+                                           trained.rest, split.features, split.where, ref, conds, self.ref_mode))
+
+    def soup(self, weights: np.ndarray, singles: list[Trained]) -> Any:
+        """DPO Soup's parameters at ``weights``: the single-objective runs' parameters mixed leaf by leaf."""
+        with jax.set_mesh(self.mesh):
+            return _soup(jnp.asarray(weights), [s.params for s in singles])
+
+    def rescale(self, diff: np.ndarray, beta_from: float, beta_to: float) -> np.ndarray:
+        """Prop. 3.1: the correction ``f − f_ref`` of a model trained at ``beta_from`` served at ``beta_to``."""
+        with jax.set_mesh(self.mesh):
+            return np.asarray(_rescale(diff, np.zeros_like(diff), beta_from, beta_to))
 
     def evaluate(self, diff: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, float]:
         """Mean test NDCG@k of each auxiliary label ``[K]`` and of the main label, for scores ``ref + diff``."""
         t = self.test
-        values = np.asarray(_mean_ndcgs(jnp.asarray(ref) + jnp.asarray(diff), t.aux, t.main, t.where,
-                                        self.config.ndcg_k))
+        with jax.set_mesh(self.mesh):
+            values = np.asarray(_mean_ndcgs(jnp.asarray(ref) + jnp.asarray(diff), t.aux, t.main, t.where,
+                                            self.config.ndcg_k))
         return values[:-1], float(values[-1])
-
-
-def _compile_options() -> dict[str, Any] | None:
-    """XLA options for the train steps on CPU: LLVM at -O1 without its expensive passes, legacy fusion emitters.
-
-    Measured on 2 cores (docs/benchmarks-pareto-cost.md, DPO-LS step): 1.7 s CPU to compile and 2.0–2.3 ms per
-    step, against 4.3 s and 2.5 ms at XLA's defaults and 1.9 s and 7.6 ms at backend level 0 (the earlier choice,
-    whose unoptimised kernels made every step 3× slower). These tiny steps run ~230 small kernels, so compile time is per-kernel
-    code generation and -O1 is enough for the kernels. Numerics are unchanged (same loss to 1e-6). Other
-    backends keep their defaults.
-    """
-    if jax.default_backend() != "cpu":
-        return None
-    return {"xla_backend_optimization_level": 1, "xla_llvm_disable_expensive_passes": True,
-            "xla_cpu_use_fusion_emitters": False}
 
 
 @jax.jit

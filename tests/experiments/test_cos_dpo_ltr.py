@@ -21,6 +21,7 @@ from experiments import _ltr_train as TR
 from experiments import cos_dpo_ltr as E
 from experiments._common import cli
 from mojax.simplex import simplex_weights
+from mojax.train import make_optimizer
 
 MSLR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "mslr-web10k-sample" / \
     "msn1.fold1.train.5k.txt.gz"
@@ -111,6 +112,8 @@ def _check_metrics_schema_and_sanity(quick_run):
     for name, r in m["methods"].items():
         assert isinstance(r["hypervolume"], float) and 0 < r["hypervolume"] <= 1, name
         assert isinstance(r["train_seconds"], float) and r["train_seconds"] > 0, name
+        # every method's runs include one that compiled its step (fit's compile_seconds), within its total time
+        assert 0 < r["compile_seconds"] < r["train_seconds"], name
         assert isinstance(r["num_params"], int) and r["num_params"] > 0, name
         front = np.asarray(r["front"])
         assert front.shape == (cfg.num_weights, k), name
@@ -170,13 +173,13 @@ def test_gap_analysis_swaps_the_vertex_points():
     assert "ahead at the vertices by +0.1000 NDCG" in text
 
 
-def test_finetune_tx_cosine_decays_over_each_runs_own_budget():
+def test_finetune_optimizer_cosine_decays_over_each_runs_own_budget():
     exp = TR.Experiment(dataclasses.replace(E.get_config(quick=True), lr_schedule="cosine"))
     lr0 = exp.config.learning_rate
-    assert exp.finetune_tx(10) is exp.finetune_tx(10)  # one optimizer per budget: its runs share a compiled step
-    assert exp.finetune_tx(10) is not exp.finetune_tx(20)
+    # equal configs per budget: fit's step cache keys on the value, so a budget's runs share a compiled step
+    assert exp.finetune_optimizer(10) == exp.finetune_optimizer(10) != exp.finetune_optimizer(20)
     for n in (10, 20):
-        tx = exp.finetune_tx(n)
+        tx = make_optimizer(exp.finetune_optimizer(n))
         params = {"x": jnp.zeros(())}
         state = tx.init(params)
         steps = []
@@ -187,7 +190,8 @@ def test_finetune_tx_cosine_decays_over_each_runs_own_budget():
         want = 0.5 * lr0 * (1 + np.cos(np.pi * np.arange(n + 1) / n))
         np.testing.assert_allclose(steps, want, rtol=1e-5, atol=1e-9)
     const = TR.Experiment(E.get_config(quick=True))
-    assert const.finetune_tx(10) is const.tx and const.finetune_tx(20) is const.tx
+    assert const.finetune_optimizer(10) == const.finetune_optimizer(20)
+    assert const.finetune_optimizer(10).decay_steps == 0
 
 
 def test_resume_refuses_a_decaying_schedule():
