@@ -132,12 +132,14 @@ class History:
       arrays: metric name → one array per step for non-scalar metrics (e.g. MORE's ``lambda [K]``).
       evals: ``eval_fn`` results, each a dict with its ``step`` (0 = before training).
       seconds: wall time of the training loop (compilation included; evaluation excluded).
+      compiled: whether this run compiled its step (False: reused from :func:`mojax.train.fit`'s step cache).
     """
 
     metrics: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     arrays: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=dict)
     evals: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
+    compiled: bool = True
 
     def final(self, key: str, last: int = 10) -> float:
         """Mean of a step metric over the ``last`` steps (a less noisy end-of-training value)."""
@@ -187,7 +189,7 @@ def train(model: nnx.Module, objective: Any, data: PairData, config: TrainConfig
                  config=run, optimizer=optimizer, hparams=hparams, wrt=wrt, run_dir=None,
                  eval_fn=None if eval_fn is None else (lambda step, m: eval_fn(m)),
                  on_metrics=lambda step, metrics: history.record(metrics))
-    history.seconds = result.seconds
+    history.seconds, history.compiled = result.seconds, result.compiled
     history.evals = [{"step": e["step"], **{k[len("eval/"):]: v for k, v in e.items() if k.startswith("eval/")}}
                      for e in result.evals()]
     return result.model(), history

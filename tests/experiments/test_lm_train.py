@@ -8,8 +8,8 @@ import pytest
 from flax import nnx
 
 import experiments._lm_common as L
-from lm_reference import TASK
-from mojax.train.objectives import sft_objective
+from lm_reference import MODEL, TASK
+from mojax.train.objectives import sft_objective, spo_objective
 
 
 
@@ -53,3 +53,18 @@ def test_load_params_rejects_a_foreign_checkpoint(tmp_path, lm_sft):
     np.savez(tmp_path / "missing.npz", **{k: v for k, v in stored.items() if k != name})
     with pytest.raises(ValueError, match="missing"):
         L.load_params(model, tmp_path / "missing.npz")
+
+
+def test_runs_differing_in_hparams_share_one_compiled_step(lm_sft):
+    """SPO's α (a traced hyper-parameter) changes the result but not the program: the second run reuses the step."""
+    model, _, _ = lm_sft
+    other = L.build_decoder(TASK, MODEL, seed=1)  # an untrained π_1: Δu = Δ[logπ_1 − logπ_0] is far from 0
+    data = L.with_ref_logps(L.synthetic_pairs(TASK, dimension=1, num_pairs=16, seed=3), [model, other])
+    run = L.TrainConfig(steps=2, batch_size=8, progress=False)
+    opt = L.OptimizerConfig(learning_rate=1e-2)
+    objective = spo_objective(beta=0.1)
+    _, hist_a = L.train(model, objective, data, run, opt, hparams={"alpha": 0.0})
+    _, hist_b = L.train(model, objective, data, run, opt, hparams={"alpha": 5.0})
+    assert not hist_b.compiled
+    # Same batches and keys, θ = π_0 at step 0: the losses differ only through α·Δu.
+    assert abs(hist_a.metrics["loss"][0] - hist_b.metrics["loss"][0]) > 1e-3
