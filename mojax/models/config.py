@@ -21,6 +21,10 @@ ACTIVATIONS = ("silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "re
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 NORMS = ("rmsnorm", "layernorm", "gemma_rmsnorm")
 LAYER_TYPES = ("full_attention", "sliding_attention")
+# "none" = no rematerialisation; the others name jax.checkpoint_policies members.
+REMAT_POLICIES = ("none", "nothing_saveable", "everything_saveable", "dots_saveable",
+                  "dots_with_no_batch_dims_saveable", "checkpoint_dots", "checkpoint_dots_with_no_batch_dims")
+SCAN_MIN_LAYERS = 8  # scan_layers=None scans from this depth on: compile time then stops growing with depth
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -98,7 +102,18 @@ class DecoderConfig:
       checkpoint_dtype: the floating dtype of the checkpoint the weights came from (``"bfloat16"``, ...):
         :func:`mojax.models.save_hf` writes that dtype by default; ``None`` (a fresh model) writes float32.
       dtype: compute dtype (parameters stay float32; logits and norms are computed in float32).
-      remat: rematerialise each block in the backward pass (saves activation memory).
+      remat: rematerialise each block in the backward pass (saves activation memory); the same as
+        ``remat_policy="nothing_saveable"``.
+      attention_impl: ``"einsum"`` (the reference: explicit float32 scores), ``"fused"``
+        (:func:`jax.nn.dot_product_attention`: cuDNN flash attention on GPU in bf16/f16, XLA elsewhere) or
+        ``"auto"`` (fused unless ``attn_logit_softcap`` is set, which the fused kernel cannot express). See
+        ``docs/accelerator.md``.
+      scan_layers: run the blocks under one ``jax.lax.scan`` (one compiled block whatever the depth) instead of a
+        Python loop; ``None`` (default): scanned from ``SCAN_MIN_LAYERS`` layers on. Parameters keep their
+        per-layer layout (``blocks.{i}``) either way, so import/export, LoRA and checkpoints do not change.
+      remat_policy: rematerialisation of each block in the backward pass, a ``jax.checkpoint_policies`` name
+        (``REMAT_POLICIES``: ``"nothing_saveable"`` recomputes everything, ``"dots_saveable"`` keeps the matrix
+        products, ...) or ``"none"``; ``None``: ``"nothing_saveable"`` if ``remat`` else ``"none"``.
     """
 
     model_type: str = "llama"
@@ -139,6 +154,9 @@ class DecoderConfig:
     checkpoint_dtype: str | None = None
     dtype: Any = jnp.float32
     remat: bool = False
+    attention_impl: Literal["einsum", "fused", "auto"] = "auto"
+    scan_layers: bool | None = None
+    remat_policy: str | None = None
 
     def __post_init__(self):
         from mojax.models.families import get_family  # the registry imports this module: import it late
@@ -178,6 +196,13 @@ class DecoderConfig:
         if self.checkpoint_dtype not in (None, "float32", "bfloat16", "float16"):
             raise ValueError(f"checkpoint_dtype must be float32, bfloat16, float16 or None, got "
                              f"{self.checkpoint_dtype!r}")
+        if self.attention_impl not in ("einsum", "fused", "auto"):
+            raise ValueError(f"attention_impl must be 'einsum', 'fused' or 'auto', got {self.attention_impl!r}")
+        if self.attention_impl == "fused" and self.attn_logit_softcap is not None:
+            raise ValueError("attention_impl='fused' cannot soft-cap attention scores (attn_logit_softcap="
+                             f"{self.attn_logit_softcap}); use 'auto' or 'einsum'")
+        if self.remat_policy is not None and self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
         if jnp.dtype(self.dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
             raise ValueError(f"compute dtype must be float32, bfloat16 or float16, got {self.dtype}")
 
@@ -203,6 +228,18 @@ class DecoderConfig:
         if self.layer_types is None:
             return (self.sliding_window is not None,) * self.num_layers
         return tuple(t == "sliding_attention" for t in self.layer_types)
+
+    @property
+    def scanned(self) -> bool:
+        """Whether the blocks run under ``lax.scan`` (``scan_layers``, or depth ≥ ``SCAN_MIN_LAYERS`` when unset)."""
+        return self.num_layers >= SCAN_MIN_LAYERS if self.scan_layers is None else bool(self.scan_layers)
+
+    @property
+    def remat_policy_name(self) -> str:
+        """The effective rematerialisation policy (``remat_policy``, else from ``remat``)."""
+        if self.remat_policy is not None:
+            return self.remat_policy
+        return "nothing_saveable" if self.remat else "none"
 
     def replace(self, **changes: Any) -> DecoderConfig:
         """A copy with some fields changed (e.g. ``config.replace(dtype=jnp.bfloat16, remat=True)``)."""
