@@ -8,6 +8,8 @@ from mojax.models.hf import load_hf, load_llama2c, load_tokenizer, save_hf
 from mojax.models.gguf import load_gguf, load_gguf_tokenizer
 from mojax.models.lora import LoRAConfig, add_lora, merge_lora
 from mojax.models.hpt import ConditionedLM, HPTConfig, HyperPromptTuning
+from mojax.models.conditioning import (CONDITIONINGS, ConditionedPolicy, ConditioningConfig, build_conditioned,
+                                     export_hf)
 from mojax.models.reward import RewardModel
 from mojax.models.ranker import AugmentedRanker, ListRanker, ListRankerConfig, num_params
 
@@ -32,6 +34,11 @@ __all__ = [
     "HPTConfig",
     "HyperPromptTuning",
     "ConditionedLM",
+    "CONDITIONINGS",
+    "ConditioningConfig",
+    "ConditionedPolicy",
+    "build_conditioned",
+    "export_hf",
     "RewardModel",
     "ListRankerConfig",
     "ListRanker",

@@ -174,7 +174,10 @@ class HyperPromptTuning(nnx.Module):
 
 
 class ConditionedLM(nnx.Module):
-    """A backbone LM conditioned on objective weights through Hyper Prompt Tuning (COS-DPO §3).
+    """A backbone LM conditioned on objective weights through Hyper Prompt Tuning (COS-DPO §3), *ungated*: the
+    prefix is prepended to the input, so the model differs from π_ref already at step 0. The zero-gated HPT (exact
+    at init) and the other conditionings are :class:`mojax.models.conditioning.ConditionedPolicy`
+    (docs/methods/cos-dpo-conditioning.md).
 
     A wrapper, not a fork: ``self.backbone`` is the unchanged decoder (its own LoRA adapters, if any, stay inside
     it) and ``self.hpt`` holds every conditioning parameter. For W/T-COS-DPO (paper: HPT on top of LoRA) train
