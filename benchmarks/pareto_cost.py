@@ -44,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _bench import alternate, format_table, headline, load_average  # noqa: E402
-from experiments._common import cli, command_line  # noqa: E402
+from experiments._common import cli  # noqa: E402
+from experiments._report import command_line  # noqa: E402
 from experiments._ltr_train import Experiment  # noqa: E402
 from experiments.cos_dpo_ltr import Config  # noqa: E402
 from experiments.cos_dpo_ltr import get_config as experiment_config  # noqa: E402

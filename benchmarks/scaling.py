@@ -34,7 +34,8 @@ from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from experiments._common import cli, make_run_dir, markdown_table  # noqa: E402
+from experiments._common import cli, make_run_dir  # noqa: E402
+from experiments._report import markdown_table  # noqa: E402
 from experiments._ltr_train import compiler_options, ranker_config  # noqa: E402
 from experiments.cos_dpo_ltr import Config as ExperimentConfig  # noqa: E402
 from mojax.models.ranker import AugmentedRanker, ListRanker  # noqa: E402
@@ -49,7 +50,7 @@ from mojax.train.objectives import (  # noqa: E402
 from mojax.train.state import create_train_state  # noqa: E402
 from mojax.train.step import OptimizerConfig, jit_train_step, make_optimizer, make_train_step  # noqa: E402
 
-import matplotlib.pyplot as plt  # noqa: E402  (Agg backend already selected by experiments._common)
+import matplotlib.pyplot as plt  # noqa: E402  (Agg backend already selected by experiments._report)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments._common import command_line, plot_curves, plot_pareto_fronts, write_report
+from experiments._report import command_line, plot_curves, plot_pareto_fronts, write_report
 from mojax.metrics import hypervolume, pareto_front
 from mojax.simplex import vertex_indices
 

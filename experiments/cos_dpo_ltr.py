@@ -43,7 +43,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from experiments._common import cli, make_run_dir, save_config, save_metrics
+from experiments._common import cli, make_run_dir
+from experiments._report import save_config, save_metrics
 from experiments._ltr_report import METHOD_LABELS, front_distance, method_summary, write_outputs
 from experiments._ltr_train import Experiment, Trained
 from mojax.metrics import hypervolume
