@@ -42,22 +42,38 @@ def bradley_terry_objective(*, head_index: int = 0) -> Objective:
     return Objective(fn=_bt_fn(head_index))
 
 
-def more_objective(*, num_datasets: int, ema_decay: float | None = 0.99, normalize: bool = True,
-                   head_index: int = 0, head_filter: Any = nnx.PathContains("score")) -> Objective:
+MORE_AVERAGING = ("released", "ema", "none")
+
+
+def more_objective(*, num_datasets: int, averaging: str | None = None, alpha: float = 0.99,
+                   ema_decay: float | None = None, normalize: bool = True, head_index: int = 0,
+                   head_filter: Any = nnx.PathContains("score")) -> Objective:
     """MORE (docs/methods/more.md): min-norm reweighting of per-dataset Bradley–Terry losses of a reward model.
 
     Per step: features ``h`` of every response (one backbone forward), per-dataset losses ``L_k`` over the pairs with
-    ``batch["dataset_id"] == k``; head-only gradients ``g_k = ∇_head L_k`` on ``stop_gradient(h)``; optionally their
-    EMA (``ema_decay``, MORE's code: 0.99; the first step takes ``g`` itself) and row L2 normalisation; ``λ =
-    min_norm_weights(g)`` held constant (stop-gradient); loss ``Σ_k λ_k L_k`` through the whole model.
+    ``batch["dataset_id"] == k``; head-only gradients ``g_k = ∇_head L_k`` on ``stop_gradient(h)``; their running
+    average ``m_k`` (``averaging``) and row L2 normalisation; ``λ = min_norm_weights(m)`` held constant
+    (stop-gradient); loss ``Σ_k λ_k L_k`` through the whole model.
+
+    Averaging (issue 12: the default follows the released code, dunzeng/MORE ``trainer.py``):
+
+    - ``"released"`` (default): ``m_k ← (1 − α) m_k + α g_k`` with ``α = alpha`` = 0.99 (``--alpha 0.99``), i.e.
+      weight 0.99 on the **new** gradient, ``m_k`` starting from the head's initial weights (raveled, every row).
+    - ``"ema"``: mojax's earlier averaging ``m_k ← d m_k + (1 − d) g_k`` with ``d = ema_decay`` (default 0.99, weight
+      0.99 on the **old** average), a dataset's first gradient initialising its row.
+    - ``"none"``: the raw gradients.
+
+    ``averaging=None`` resolves to ``"ema"`` when ``ema_decay`` is given (the pre-issue-12 call ``ema_decay=0.99``
+    keeps its meaning) and to ``"released"`` otherwise.
 
     A dataset absent from a batch has ``L_k = 0`` and no gradient: its EMA row is not updated, and if it has none yet
     its λ is set to 0 and the others renormalised (MORE's batches hold every dataset, so this is only a fallback).
 
     Args:
       num_datasets: K.
-      ema_decay: EMA weight of the old average (the hyper-parameter ``ema_decay``: traced, so a sweep over it
-        compiles once), or None for the raw gradients (no hyper-parameter, no EMA state).
+      averaging: ``"released"``, ``"ema"`` or ``"none"`` (see above).
+      alpha: ``"released"``: weight of the new gradient (the traced hyper-parameter ``alpha``: a sweep compiles once).
+      ema_decay: ``"ema"``: weight of the old average (the traced hyper-parameter ``ema_decay``).
       normalize: L2-normalise the K gradient rows before the QP.
       head_index: which reward head is trained.
       head_filter: ``nnx`` filter selecting the head's parameters inside the model (``RewardModel.score``).
@@ -66,14 +82,21 @@ def more_objective(*, num_datasets: int, ema_decay: float | None = 0.99, normali
     """
     if num_datasets < 1:
         raise ValueError(f"num_datasets must be >= 1, got {num_datasets}")
-    if ema_decay is not None and not 0.0 <= ema_decay <= 1.0:
-        raise ValueError(f"ema_decay must be in [0, 1] or None, got {ema_decay}")
-    fn, init_extras = _more_fns(num_datasets, ema_decay is not None, normalize, head_index, head_filter)
-    return Objective(fn=fn, hparams={} if ema_decay is None else {"ema_decay": ema_decay}, init_extras=init_extras)
+    if averaging is None:
+        averaging = "released" if ema_decay is None else "ema"
+    if averaging not in MORE_AVERAGING:
+        raise ValueError(f"averaging must be one of {MORE_AVERAGING}, got {averaging!r}")
+    if averaging != "ema" and ema_decay is not None:
+        raise ValueError(f"ema_decay applies to averaging='ema' only, got averaging={averaging!r}")
+    rate = {"released": ("alpha", alpha), "ema": ("ema_decay", 0.99 if ema_decay is None else ema_decay)}.get(averaging)
+    if rate is not None and not 0.0 <= rate[1] <= 1.0:
+        raise ValueError(f"{rate[0]} must be in [0, 1], got {rate[1]}")
+    fn, init_extras = _more_fns(num_datasets, averaging, normalize, head_index, head_filter)
+    return Objective(fn=fn, hparams={} if rate is None else {rate[0]: rate[1]}, init_extras=init_extras)
 
 
 @cached_fn
-def _more_fns(num_datasets: int, use_ema: bool, normalize: bool, head_index: int, head_filter: Any):
+def _more_fns(num_datasets: int, averaging: str, normalize: bool, head_index: int, head_filter: Any):
     k_range = jnp.arange(num_datasets)
 
     def dataset_losses(rewards, ids, where):
@@ -103,8 +126,13 @@ def _more_fns(num_datasets: int, use_ema: bool, normalize: bool, head_index: int
         losses, counts = dataset_losses(rewards, ids, where)
         grads = head_gradients(model, jax.lax.stop_gradient(feats), ids, where)
         present = counts > 0
-        if not use_ema:
+        if averaging == "none":
             avg, seen = grads, present
+        elif averaging == "released":
+            # dunzeng/MORE trainer.py: grad_m = (1 - alpha) * grad_m + alpha * grad, for the datasets in the batch.
+            updated = ema_update(extras["ema"], grads, decay=1.0 - hp["alpha"])
+            avg = jnp.where(present[:, None], updated, extras["ema"])
+            seen = extras["seen"] | present
         else:
             updated = ema_update(extras["ema"], grads, decay=hp["ema_decay"])
             fresh = present & ~extras["seen"]  # first gradient of a dataset initialises its average
@@ -119,13 +147,21 @@ def _more_fns(num_datasets: int, use_ema: bool, normalize: bool, head_index: int
         accuracy = jnp.sum(jnp.where(where, margin > 0, False)) / jnp.maximum(valid, 1.0)
         metrics = {"lambda": lam, "dataset_losses": jax.lax.stop_gradient(losses),
                    "accuracy": jax.lax.stop_gradient(accuracy), "count": valid}
-        new_extras = {"ema": avg, "seen": seen} if use_ema else extras
+        new_extras = extras if averaging == "none" else {"ema": avg, "seen": seen}
         return loss, metrics, new_extras
 
     def init_extras(model):
-        """Zero EMA ``[K, P_head]`` and ``seen`` flags ``[K]`` (the head's size from an abstract evaluation)."""
-        if not use_ema:
+        """Averages ``[K, P_head]`` and ``seen`` flags ``[K]``: every row the head's initial weights (``"released"``,
+        as ``grad_m`` in the released code; a builder is called for them) or zeros (``"ema"``)."""
+        if averaging == "none":
             return {}
+        if averaging == "released":
+            concrete = model if isinstance(model, nnx.Module) else model()
+            _, head, _ = nnx.split(concrete, head_filter, ...)
+            if not jax.tree.leaves(head):
+                raise ValueError(f"head_filter {head_filter!r} selects no parameter of the model")
+            row = ravel_pytree(head)[0].astype(jnp.float32)
+            return {"ema": jnp.tile(row[None], (num_datasets, 1)), "seen": jnp.zeros((num_datasets,), bool)}
         abstract = model if isinstance(model, nnx.Module) else nnx.eval_shape(model)
         _, head, _ = nnx.split(abstract, head_filter, ...)
         size = sum(math.prod(x.shape) for x in jax.tree.leaves(head))
