@@ -109,7 +109,8 @@ def host_batches(data: Mapping[str, np.ndarray], *, steps: int, batch_size: int,
 
 
 class Experiment:
-    """Holds the data, the mesh, the base ranker and one jitted step per method; runs and evaluates fine-tunings."""
+    """Holds the data, the mesh and the base ranker; runs fine-tunings through :func:`mojax.train.fit` (whose
+    process-wide cache keeps one compiled step per method) and evaluates their test fronts."""
 
     def __init__(self, config: Any):
         self.config = config
@@ -188,8 +189,8 @@ class Experiment:
 
         Every run of every method starts from the same initialisation (seed + 1) for its shape: soups average runs
         that share their initialisation, and the methods differ only in their objectives. Built once per shape and
-        then copied from host arrays, since the train step donates its whole state (frozen base included) and runs
-        must not share buffers.
+        kept on the host; each run gets its own copy (the train step donates its whole state, frozen base
+        included, so runs must not share buffers).
         """
         c = self.config
         if cond_dim not in self._initial:
