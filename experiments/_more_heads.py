@@ -57,8 +57,8 @@ class HeadsConfig:
     features: HHFeatureConfig = HHFeatureConfig()
     pooling: str = "last"
     seeds: int = 10
-    steps: int = 200
-    batch_per_dataset: int = 8
+    epochs: float = 2.0
+    batch_per_dataset: int = 4
     learning_rate: float = 1e-3
     averaging: str = "released"
     ece_bins: tuple[int, ...] = (10, 5, 20)
@@ -68,7 +68,7 @@ class HeadsConfig:
 
 def quick_config() -> HeadsConfig:
     """The smoke preset: few seeds and steps (random features, see :func:`random_features`)."""
-    return HeadsConfig(seeds=2, steps=8, batch_per_dataset=4, bootstrap=50)
+    return HeadsConfig(seeds=2, epochs=0.5, batch_per_dataset=4, bootstrap=50)
 
 
 def random_features(k: int = 3, n: int = 48, d: int = 16, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
@@ -124,19 +124,26 @@ def _fit(model_or_result: Any, objective: Any, data, steps: int, batch: int, con
                optimizer=OptimizerConfig(learning_rate=config.learning_rate), run_dir=None, on_metrics=on_metrics)
 
 
+def pooled_steps(ds: np.ndarray, config: HeadsConfig) -> int:
+    """Steps of a pooled run: ``epochs`` passes over the largest training set at ``batch_per_dataset`` pairs of each
+    dataset per step (sequential / ensemble give each dataset ``steps / K`` steps of ``K·batch_per_dataset`` pairs:
+    the same pairs per dataset)."""
+    return max(int(np.ceil(config.epochs * np.bincount(ds).max() / config.batch_per_dataset)), 1)
+
+
 def train_fold(method: str, x: np.ndarray, ds: np.ndarray, k: int, config: HeadsConfig, seed: int,
                objectives: dict[str, Any]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Kernels ``[D]`` of the head(s) one method trains on one fold (ensemble: K of them) and MORE's λ per step."""
-    d_model, per = x.shape[-1], config.batch_per_dataset
+    d_model, per, steps = x.shape[-1], config.batch_per_dataset, pooled_steps(ds, config)
     build = lambda s=seed: FeatureRewardModel(d_model, rngs=nnx.Rngs(s))  # noqa: E731
     kernel = lambda r: np.asarray(r.model().score.kernel[...], np.float64)[:, 0]  # noqa: E731
     lams: list[np.ndarray] = []
     if method in ("more", "hybrid"):
         log = (lambda step, m: lams.append(np.asarray(m["lambda"]))) if method == "more" else None
-        r = _fit(build, objectives[method], batches(x, ds, list(range(k)), per, seed), config.steps, per * k,
+        r = _fit(build, objectives[method], batches(x, ds, list(range(k)), per, seed), steps, per * k,
                  config, seed, on_metrics=log)
         return [kernel(r)], lams
-    stage = max(config.steps // k, 1)
+    stage = max(steps // k, 1)
     if method == "sequential":
         r = build
         for d in range(k):
@@ -309,8 +316,8 @@ def write_outputs(out: Path, result: dict[str, Any], summary: dict[str, Any], ve
     claim = (f"Overall ΔECE-10 (MORE − hybrid) = {_fmt_ci(row, 'ece_10')}, Δaccuracy = {_fmt_ci(row, 'accuracy')} "
              f"over {config.seeds} seeds × {row['num_pairs']} held-out pairs. The decision follows the stated test; a "
              "CI that contains 0 says this setting cannot tell MORE from hybrid.")
-    what = (f"{data_note} Linear heads on frozen '{config.pooling}' features, {config.steps} steps × "
-            f"{config.batch_per_dataset} pairs per dataset per step, AdamW lr {config.learning_rate}, MORE averaging "
+    what = (f"{data_note} Linear heads on frozen '{config.pooling}' features, {config.epochs} epochs "
+            f"({lam.shape[2]} pooled steps) × {config.batch_per_dataset} pairs per dataset per step, AdamW lr {config.learning_rate}, MORE averaging "
             f"'{config.averaging}', two-fold cross-fitting by prompt, {config.seeds} seeds.")
     return write_report(out, title="MORE on frozen-backbone reward heads", what_ran=what, command=command,
                         tables=tables(summary, config), plots=["reward_distributions.png", "lambda.png"],
@@ -326,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="pairs per dataset the feature cache was built for (complete rounds are used)")
     parser.add_argument("--pooling", choices=("last", "mean"), default="last")
     parser.add_argument("--seeds", type=int, default=HeadsConfig.seeds)
+    parser.add_argument("--epochs", type=float, default=HeadsConfig.epochs)
     parser.add_argument("--averaging", choices=("released", "ema", "none"), default="released")
     args = parser.parse_args(argv)
     if args.quick:
@@ -335,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         from experiments._more_hh import hh_features
 
         config = HeadsConfig(features=HHFeatureConfig(pairs_per_dataset=args.pairs), pooling=args.pooling,
-                             seeds=args.seeds, averaging=args.averaging)
+                             seeds=args.seeds, epochs=args.epochs, averaging=args.averaging)
         feats = hh_features(config.features, cached_only=True)
         if not all(len(f) for f in feats.values()):
             print("error: no cached features yet (run python -m experiments._more_hh first)", file=sys.stderr)
