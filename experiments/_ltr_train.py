@@ -61,6 +61,7 @@ class Trained:
     compile_seconds: float = 0.0
     cpu_seconds: float = 0.0  # steadier than wall time on a shared machine
     compile_cpu_seconds: float = 0.0
+    wrt: Any = nnx.Param  # the trainable-variable filter (a resumed run keeps it, and so its compiled step)
 
     @property
     def graphdef(self) -> Any:
@@ -145,7 +146,7 @@ class Experiment:
         ``data`` holds per-query arrays (see :func:`host_batches`; ``sampler`` adds per-step host draws);
         ``hparams`` sets the objective's traced hyper-parameters for this run (a DPO-LS weight, a β). ``optimizer``
         defaults to :meth:`finetune_optimizer` of ``steps``. ``resume`` continues an earlier run with a constant
-        step size (``model`` and ``wrt`` are then ignored).
+        step size (``model`` and ``wrt`` are then the earlier run's).
         """
         c = self.config
         if resume is not None and optimizer is None and c.lr_schedule != "constant":
@@ -154,6 +155,7 @@ class Experiment:
         optimizer = optimizer or self.finetune_optimizer(steps)
         batch_size = min(c.batch_size, len(next(iter(data.values()))))
         start = 0 if resume is None else int(resume.state.step)
+        wrt = wrt if resume is None else resume.wrt  # part of fit's step-cache key: the same filter reuses the step
         config = TrainConfig(steps=start + steps, batch_size=batch_size, seed=seed, log_every=LOG_EVERY,
                              progress=c.progress, progress_desc=desc, compiler_options=compiler_options())
         batches = host_batches(data, steps=steps, batch_size=batch_size, seed=seed, sampler=sampler)
@@ -162,7 +164,7 @@ class Experiment:
                          optimizer=optimizer, mesh=self.mesh, hparams=hparams, wrt=wrt, run_dir=None)
             jax.block_until_ready(result.state)
         return Trained(result, result.metrics("loss"), timer.seconds, result.compile_seconds, timer.cpu_seconds,
-                       result.compile_cpu_seconds)
+                       result.compile_cpu_seconds, wrt)
 
     # -- the base ranker and the fine-tuning models ----------------------------------------------------------
 

@@ -200,3 +200,16 @@ def test_resume_refuses_a_decaying_schedule():
     first = exp.train_w_cos(1.0, steps=2)
     with pytest.raises(ValueError, match="decaying schedule"):
         exp.train_w_cos(1.0, steps=2, resume=first)
+
+
+def test_runs_of_a_method_share_one_compiled_step_until_dropped():
+    exp = TR.Experiment(E.get_config(quick=True))
+    exp.train_base()
+    exp.drop_compiled()
+    first = exp.train_w_cos(1.0, steps=2)
+    assert first.result.compiled and 0 < first.compile_seconds <= first.seconds
+    more = exp.train_w_cos(1.0, steps=2, resume=first)  # a resumed chunk: same objective, filter and optimizer
+    assert not more.result.compiled and more.compile_seconds == 0.0 and int(more.state.step) == 4
+    assert not exp.train_w_cos(2.0, steps=3).result.compiled  # another β and budget: a traced input, same step
+    exp.drop_compiled()
+    assert exp.train_w_cos(1.0, steps=2).result.compiled  # cold start after the cache is dropped
