@@ -105,6 +105,15 @@ def sequence_logps(logits: Array, targets: Array, *, where: Array) -> Array:
     return jnp.sum(token_logps(logits, targets, where=where), axis=-1)
 
 
+def _softcap(logits: Array, cap: float | None) -> Array:
+    """``cap · tanh(logits / cap)`` (Gemma 2's final-logit soft-cap); the logits unchanged for ``cap=None``."""
+    if cap is None:
+        return logits
+    if not cap > 0:
+        raise ValueError(f"logit_softcap must be positive or None, got {cap}")
+    return jnp.tanh(logits / cap) * cap
+
+
 def sequence_logps_from_hidden(
     hidden: Array,
     unembedding: Array,
@@ -112,6 +121,7 @@ def sequence_logps_from_hidden(
     *,
     where: Array,
     chunk_size: int = 128,
+    logit_softcap: float | None = None,
 ) -> Array:
     r""":func:`sequence_logps` of ``logits = hidden @ unembedding`` without materialising ``[..., T, V]``.
 
@@ -128,6 +138,8 @@ def sequence_logps_from_hidden(
       where: bool ``[..., T]``.
       chunk_size: tokens per chunk; T is zero-padded up to a multiple of it. With ``chunk_size >= T`` there is one
         chunk: no loop and no recompute.
+      logit_softcap: the logits are ``cap · tanh(hidden @ unembedding / cap)`` (Gemma 2's final soft-cap), applied
+        in float32 to each chunk's logits; ``None`` for plain logits.
 
     Returns:
       ``[...]`` float32 sequence log-probs.
@@ -145,7 +157,8 @@ def sequence_logps_from_hidden(
     chunk = min(chunk_size, t_len)
     out_dtype = jnp.promote_types(jnp.promote_types(hidden.dtype, unembedding.dtype), jnp.float32)
     if chunk == t_len:  # one chunk: no loop, no recompute (the bound is the same: these logits are one chunk's)
-        logits = jnp.einsum("...TD,DV->...TV", hidden, unembedding, preferred_element_type=jnp.float32)
+        logits = _softcap(jnp.einsum("...TD,DV->...TV", hidden, unembedding, preferred_element_type=jnp.float32),
+                          logit_softcap)
         tok = jnp.where(where, _token_logps_from_logits(logits, targets), 0.0)
         return jnp.sum(tok.astype(out_dtype), axis=-1)
     n_chunks = -(-t_len // chunk)
@@ -162,7 +175,8 @@ def sequence_logps_from_hidden(
 
     @jax.checkpoint
     def chunk_logps(h_c: Array, t_c: Array, w_c: Array, w_out: Array) -> Array:
-        logits = jnp.einsum("...CD,DV->...CV", h_c, w_out, preferred_element_type=jnp.float32)
+        logits = _softcap(jnp.einsum("...CD,DV->...CV", h_c, w_out, preferred_element_type=jnp.float32),
+                          logit_softcap)
         return jnp.sum(jnp.where(w_c, _token_logps_from_logits(logits, t_c), 0.0), axis=-1)
 
     def body(total: Array, xs: tuple[Array, Array, Array]) -> tuple[Array, None]:
@@ -180,6 +194,7 @@ def compact_sequence_logps_from_hidden(
     *,
     where: Array,
     chunk_rows: int = 512,
+    logit_softcap: float | None = None,
 ) -> Array:
     r""":func:`sequence_logps` of ``logits = hidden @ unembedding``, computing logits only where ``where`` is True.
 
@@ -207,6 +222,7 @@ def compact_sequence_logps_from_hidden(
       where: bool ``[..., T]``; True at loss positions.
       chunk_rows: LM-head rows per chunk (positions of the whole flattened batch, not per sequence): the GEMM size
         and the memory bound. Work is ``ceil(#loss positions / chunk_rows) · chunk_rows`` rows.
+      logit_softcap: the logits are ``cap · tanh(hidden @ unembedding / cap)`` (Gemma 2), in float32; ``None``: plain.
 
     Returns:
       ``[...]`` sequence log-probs (float32, or wider when the inputs are, e.g. float64 under x64).
@@ -235,7 +251,7 @@ def compact_sequence_logps_from_hidden(
     flat_w = where.reshape(n)
 
     def row_logps(h: Array, t: Array, w_out: Array) -> Array:
-        logits = jnp.dot(h, w_out, preferred_element_type=acc_dtype)  # [R, V]
+        logits = _softcap(jnp.dot(h, w_out, preferred_element_type=acc_dtype), logit_softcap)  # [R, V]
         return _token_logps_from_logits(logits, t)
 
     if n <= chunk_rows:

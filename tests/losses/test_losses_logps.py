@@ -317,3 +317,21 @@ def test_compact_validation():
         compact_sequence_logps_from_hidden(hidden, unemb, targets[:, :-1], where=jnp.asarray(where))
     with pytest.raises(TypeError, match="boolean"):
         compact_sequence_logps_from_hidden(hidden, unemb, targets, where=jnp.asarray(where, jnp.int32))
+
+
+@pytest.mark.parametrize("chunk", [3, 1000])  # a loop of chunks, and one chunk
+def test_from_hidden_paths_apply_the_logit_softcap(chunk):
+    """Both from-hidden paths give cap·tanh(h·W/cap) log-probs (float64 NumPy reference), and the cap matters."""
+    hidden, unemb, targets, where = make(3)
+    hidden = hidden * 4.0  # logits well beyond the cap, so capping changes the answer
+    cap = 2.0
+    logits64 = np.float64(hidden) @ np.float64(unemb)
+    want = np_sequence_logps(cap * np.tanh(logits64 / cap), targets, where)
+    got = sequence_logps_from_hidden(hidden, unemb, targets, where=where, chunk_size=chunk, logit_softcap=cap)
+    got_c = compact_sequence_logps_from_hidden(hidden, unemb, targets, where=where, chunk_rows=chunk,
+                                               logit_softcap=cap)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_c, want, rtol=1e-5, atol=1e-5)
+    assert np.abs(np_sequence_logps(logits64, targets, where) - want).max() > 0.1
+    with pytest.raises(ValueError, match="logit_softcap"):
+        sequence_logps_from_hidden(hidden, unemb, targets, where=where, logit_softcap=0.0)
