@@ -77,6 +77,13 @@ class Decoder(nnx.Module):
                              "model's logits (chunk_size=None) instead")
         return self._output_matrix()
 
+    def output_head(self) -> tuple[jax.Array, float | None]:
+        """``(unembedding [D, V], logit_softcap)``: logits = ``cap · tanh(hidden @ W / cap)`` when the cap is set
+        (Gemma 2), else ``hidden @ W``. For from-hidden log-prob paths that apply the cap themselves
+        (``logit_softcap=`` of :func:`mojax.losses.sequence_logps_from_hidden`); :meth:`unembedding` keeps refusing
+        soft-capped models so that a caller unaware of the cap cannot skip it."""
+        return self._output_matrix(), self.config.final_logit_softcap
+
     def _output_matrix(self) -> jax.Array:
         if self.lm_head is None:
             return self.embed.embedding[...].T

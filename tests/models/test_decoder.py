@@ -165,6 +165,26 @@ def test_unembedding_refuses_soft_capped_logits():
         32, 61)
 
 
+def test_chunked_logps_apply_gemma2_final_softcap():
+    """The LM objectives' chunked from-hidden paths take (W, cap) from ``output_head()``: Gemma 2's log-probs equal
+    the full-logits path (which the model soft-caps itself), compact or not."""
+    from mojax.train.objectives._common import policy_logps
+
+    model = random_model(DecoderConfig.tiny("gemma2", vocab_size=61, final_logit_softcap=2.0), seed=1)
+    assert model.output_head()[1] == 2.0
+    ids, mask = batch("right", B=2, T=8, seed=2)
+    loss_mask = mask.copy()
+    loss_mask[:, :3] = 0
+    pb = {"input_ids": ids.reshape(1, 2, 8) % 61, "attention_mask": mask.reshape(1, 2, 8),
+          "loss_mask": loss_mask.reshape(1, 2, 8)}
+    full = np.asarray(policy_logps(model, pb, chunk_size=None))
+    for compact in (True, False):
+        np.testing.assert_allclose(np.asarray(policy_logps(model, pb, chunk_size=2, compact=compact)), full,
+                                   rtol=1e-5, atol=1e-5)
+    uncapped = random_model(DecoderConfig.tiny("gemma2", vocab_size=61, final_logit_softcap=None), seed=1)
+    assert np.abs(np.asarray(policy_logps(uncapped, pb, chunk_size=None)) - full).max() > 1e-2
+
+
 def test_remat_gives_the_same_values_and_gradients(tiny):
     ids, mask = batch("right", B=2, T=6)
     remat = random_model(tiny.config.replace(remat=True), seed=3)  # the same NumPy weights as ``tiny``

@@ -94,13 +94,15 @@ def policy_logps(model: nnx.Module, batch: Batch, *, chunk_size: int | None = CH
         return L.sequence_logps(logits, targets, where=where).reshape(b, n)
     hidden = model(flat(ids), attention_mask=flat(batch["attention_mask"]), return_hidden=True, use_lora=use_lora,
                    **cond)  # [B·N, T, D]
-    unembedding = model.unembedding()
+    head = getattr(model, "output_head", None)  # a Decoder's soft-cap (Gemma 2) goes to the chunked head
+    unembedding, softcap = head() if head is not None else (model.unembedding(), None)
     chunk_size = max(chunk_size, -(-MIN_CHUNK_LOGITS // (b * n * unembedding.shape[-1])))
     if compact:
         logps = L.compact_sequence_logps_from_hidden(hidden, unembedding, targets, where=where,
-                                                     chunk_rows=b * n * chunk_size)
+                                                     chunk_rows=b * n * chunk_size, logit_softcap=softcap)
     else:
-        logps = L.sequence_logps_from_hidden(hidden, unembedding, targets, where=where, chunk_size=chunk_size)
+        logps = L.sequence_logps_from_hidden(hidden, unembedding, targets, where=where, chunk_size=chunk_size,
+                                             logit_softcap=softcap)
     return logps.reshape(b, n)
 
 
