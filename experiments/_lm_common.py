@@ -50,6 +50,7 @@ from experiments._lm_eval import (
 from experiments._lm_policy import (
     CACHE_VERSION,
     QUICK_MODEL,
+    ExperimentConfig,
     QUICK_SFT,
     ModelConfig,
     SFTConfig,
@@ -74,11 +75,11 @@ from experiments._lm_train import (
 from mojax.models import load_tokenizer
 
 __all__ = [
-    "CACHE_VERSION", "History", "ModelConfig", "OptimizerConfig", "PairData", "QUICK_MODEL", "QUICK_SFT", "SFTConfig",
-    "TrainConfig", "at_weight", "build_decoder", "check_real_data", "chosen_first", "collate_pairs",
-    "compact_vocabulary", "concat_pairs", "config_key", "copy_model", "default_cache_dir", "enable_compilation_cache",
-    "front_hypervolume", "iterate_batches", "left_pad", "load_model", "load_params", "load_tokenizer",
-    "make_logps_fn", "pad_width", "pair_logps", "real_pairs", "real_policy", "remap_tokens", "sample_and_score",
-    "save_params", "sft_corpus", "sft_policy", "split_pairs", "synthetic_pairs", "synthetic_width", "token_nll",
-    "train", "win_rates", "with_ref_logps",
+    "CACHE_VERSION", "ExperimentConfig", "History", "ModelConfig", "OptimizerConfig", "PairData", "QUICK_MODEL",
+    "QUICK_SFT", "SFTConfig", "TrainConfig", "at_weight", "build_decoder", "check_real_data", "chosen_first",
+    "collate_pairs", "compact_vocabulary", "concat_pairs", "config_key", "copy_model", "default_cache_dir",
+    "enable_compilation_cache", "front_hypervolume", "iterate_batches", "left_pad", "load_model", "load_params",
+    "load_tokenizer", "make_logps_fn", "pad_width", "pair_logps", "real_pairs", "real_policy", "remap_tokens",
+    "sample_and_score", "save_params", "sft_corpus", "sft_policy", "split_pairs", "synthetic_pairs",
+    "synthetic_width", "token_nll", "train", "win_rates", "with_ref_logps",
 ]

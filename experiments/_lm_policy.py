@@ -32,7 +32,8 @@ from experiments._lm_data import (
     synthetic_width,
 )
 from experiments._lm_eval import token_nll
-from experiments._report import to_jsonable
+from experiments._common import make_run_dir
+from experiments._report import save_config, to_jsonable
 from mojax.data import synthetic_lm
 from mojax.data.synthetic_lm import SyntheticLMConfig
 from mojax.models import Decoder, DecoderConfig, load_tokenizer
@@ -40,6 +41,7 @@ from mojax.train.objectives import sft_objective
 
 __all__ = [
     "CACHE_VERSION",
+    "ExperimentConfig",
     "ModelConfig",
     "QUICK_MODEL",
     "QUICK_SFT",
@@ -99,6 +101,36 @@ class SFTConfig:
 # also shares the SFT cache entry across experiments. Numbers from these presets are not meaningful.
 QUICK_MODEL = ModelConfig(d_model=32, num_layers=1, num_heads=2, mlp_dim=64)
 QUICK_SFT = SFTConfig(steps=30, batch_size=32, learning_rate=1e-2, warmup_steps=3, num_sequences=256)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExperimentConfig:
+    """The settings every LM experiment shares; each experiment's ``Config`` subclasses it and adds its methods'."""
+
+    task: SyntheticLMConfig = SyntheticLMConfig()
+    """The synthetic task (true rewards; see :mod:`mojax.data.synthetic_lm`)."""
+    model: ModelConfig = ModelConfig()
+    """The tiny decoder π_0 is made of."""
+    sft: SFTConfig = SFTConfig()
+    """SFT of π_0 (cached, shared with the other LM experiments)."""
+    cache_dir: str | None = None
+    """SFT / compilation cache (default ``runs/_cache`` or ``$MOJAX_CACHE``)."""
+    compile_cache: bool = True
+    """Turn on JAX's persistent compilation cache under ``cache_dir`` (a process-wide setting)."""
+    seed: int = 0
+    """Data seed."""
+    progress: bool = True
+    """Progress bars."""
+    out: str | None = None
+    """Run directory (default ``runs/<experiment>/<UTC time>``)."""
+
+    def start(self, experiment: str) -> Path:
+        """Create the run directory, write ``config.json`` and turn on the compilation cache; returns the directory."""
+        run_dir = make_run_dir(experiment, self.out)
+        save_config(run_dir, self)
+        if self.compile_cache:
+            lm.enable_compilation_cache(None if self.cache_dir is None else Path(self.cache_dir) / "jax")
+        return run_dir
 
 
 def config_key(*parts: Any, length: int = 16) -> str:

@@ -63,9 +63,7 @@ from experiments._common import (
     Timer,
     cli,
     command_line,
-    make_run_dir,
     plot_pareto_fronts,
-    save_config,
     save_metrics,
     write_report,
 )
@@ -84,15 +82,9 @@ ALL_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_pro
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Config:
+class Config(lm.ExperimentConfig):
     """COS-DPO LLM experiment settings (defaults: a few minutes on 2 CPU cores)."""
 
-    task: SyntheticLMConfig = SyntheticLMConfig()
-    """The synthetic task (true rewards; see :mod:`mojax.data.synthetic_lm`)."""
-    model: lm.ModelConfig = lm.ModelConfig()
-    """The tiny decoder π_0 is made of."""
-    sft: lm.SFTConfig = lm.SFTConfig()
-    """SFT of π_0 (cached, shared with the other LM experiments)."""
     objectives: tuple[int, int] = (0, 1)
     """The two label rows used (indices into ``task.objectives``; default class_a, class_b)."""
     train: lm.TrainConfig = lm.TrainConfig(steps=150, batch_size=32)
@@ -129,14 +121,6 @@ class Config:
     """A real two-objective preference file instead (PKU-SafeRLHF format): the policy is a tiny decoder of the
     tokenizer's vocabulary (or ``data.model_path``) fitted by SFT on the training pairs' objective-0 chosen
     responses; each point is held-out implicit-reward accuracy per objective."""
-    cache_dir: str | None = None
-    """SFT / compilation cache (default ``runs/_cache`` or ``$MOJAX_CACHE``)."""
-    seed: int = 0
-    """Data seed."""
-    progress: bool = True
-    """Progress bars."""
-    out: str | None = None
-    """Run directory (default ``runs/cos_dpo_llm/<UTC time>``)."""
 
     def __post_init__(self):
         unknown = set(self.methods) - set(METHOD_LABELS)
@@ -359,9 +343,7 @@ def claim_paragraph(metrics: dict[str, Any]) -> str:
 
 def main(config: Config) -> Path:
     """Train every method, sweep the weights, write metrics, the fronts plot and the report; return the run dir."""
-    lm.enable_compilation_cache(None if config.cache_dir is None else Path(config.cache_dir) / "jax")
-    run_dir = make_run_dir("cos_dpo_llm", config.out)
-    save_config(run_dir, config)
+    run_dir = config.start("cos_dpo_llm")
     synthetic = not config.data.real
     if synthetic:
         pi0, sft_info = lm.sft_policy(config.task, config.model, config.sft, model_path=config.data.model_path,

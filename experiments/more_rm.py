@@ -53,10 +53,8 @@ from experiments._common import (
     Timer,
     cli,
     command_line,
-    make_run_dir,
     plot_curves,
     plot_histograms,
-    save_config,
     save_metrics,
     write_report,
 )
@@ -69,7 +67,6 @@ from experiments._rm_common import (
     synthetic_datasets,
 )
 from mojax.data import synthetic_lm
-from mojax.data.synthetic_lm import SyntheticLMConfig
 from mojax.train import DataConfig, Objective
 from mojax.train.objectives import bradley_terry_objective, more_objective
 
@@ -77,15 +74,9 @@ METHOD_LABELS = {"more": "MORE", "hybrid": "hybrid", "sequential": "sequential",
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Config:
+class Config(lm.ExperimentConfig):
     """MORE reward-model experiment settings (defaults: a few minutes on 2 CPU cores)."""
 
-    task: SyntheticLMConfig = SyntheticLMConfig()
-    """The synthetic task (true rewards; see :mod:`mojax.data.synthetic_lm`)."""
-    model: lm.ModelConfig = lm.ModelConfig()
-    """The tiny decoder of the backbone (the SFT policy π_0 shared with the other LM experiments)."""
-    sft: lm.SFTConfig = lm.SFTConfig()
-    """SFT of π_0 (cached)."""
     train: lm.TrainConfig = lm.TrainConfig(steps=300, batch_size=48)
     """Optimisation shared by every method (``steps`` = total steps of a pooled run)."""
     optimizer: lm.OptimizerConfig = lm.OptimizerConfig(learning_rate=3e-3, warmup_steps=10)
@@ -112,14 +103,6 @@ class Config:
     data: DataConfig = DataConfig(max_examples=400, eval_fraction=0.25)
     """Real preference files instead, one dataset each (e.g. the four HH-RLHF subsets); the backbone is
     ``data.model_path`` or a tiny decoder of the tokenizer's vocabulary (no SFT); no true rewards there."""
-    cache_dir: str | None = None
-    """SFT / compilation cache (default ``runs/_cache`` or ``$MOJAX_CACHE``)."""
-    seed: int = 0
-    """Data and head seed."""
-    progress: bool = True
-    """Progress bars."""
-    out: str | None = None
-    """Run directory (default ``runs/more_rm/<UTC time>``)."""
 
     def __post_init__(self):
         unknown = set(self.methods) - set(METHOD_LABELS)
@@ -349,9 +332,7 @@ def claim_paragraph(metrics: dict[str, Any], rewards: dict[str, np.ndarray], ece
 
 def main(config: Config) -> Path:
     """Run every method, write metrics, plots and the report; return the run directory."""
-    lm.enable_compilation_cache(None if config.cache_dir is None else Path(config.cache_dir) / "jax")
-    run_dir = make_run_dir("more_rm", config.out)
-    save_config(run_dir, config)
+    run_dir = config.start("more_rm")
     setup = build_setup(config)
     results: dict[str, dict[str, Any]] = {}
     bt = bradley_terry_objective()  # one objective for hybrid, sequential and ensemble: one compiled step

@@ -46,15 +46,12 @@ from experiments import _lm_common as lm
 from experiments._common import (
     cli,
     command_line,
-    make_run_dir,
     plot_curves,
     plot_histograms,
     plot_pareto_fronts,
-    save_config,
     save_metrics,
     write_report,
 )
-from mojax.data.synthetic_lm import SyntheticLMConfig
 from mojax.train import DataConfig
 from mojax.losses import spo_loss
 from mojax.metrics import pareto_front
@@ -62,15 +59,9 @@ from mojax.train.objectives import dpo_objective, spo_objective
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Config:
+class Config(lm.ExperimentConfig):
     """SPO experiment settings (defaults: a few minutes on 2 CPU cores)."""
 
-    task: SyntheticLMConfig = SyntheticLMConfig()
-    """The synthetic task (true rewards; see :mod:`mojax.data.synthetic_lm`)."""
-    model: lm.ModelConfig = lm.ModelConfig()
-    """The tiny decoder π_0 is made of."""
-    sft: lm.SFTConfig = lm.SFTConfig()
-    """SFT of π_0 (cached, shared with the other LM experiments)."""
     round1: lm.TrainConfig = lm.TrainConfig(steps=200, batch_size=32)
     """Round 1: DPO on dimension 1 (DPO-Mix runs ``round1.steps + round2.steps`` steps with round 1's seed)."""
     round2: lm.TrainConfig = lm.TrainConfig(steps=200, batch_size=32, seed=1)
@@ -93,16 +84,6 @@ class Config:
     """Real pairs instead of the synthetic task: one file (PKU-SafeRLHF: objective 0 = better, then 1 = safer) or
     two files (dimension 1, dimension 2, objective 0 of each; e.g. HH helpful-base then harmless-base). No true
     rewards there: each policy is scored by held-out implicit-reward accuracy per dimension against π_0."""
-    cache_dir: str | None = None
-    """SFT / compilation cache (default ``runs/_cache`` or ``$MOJAX_CACHE``)."""
-    compile_cache: bool = True
-    """Turn on JAX's persistent compilation cache under ``cache_dir`` (process-wide; off in the quick preset)."""
-    seed: int = 0
-    """Data seed."""
-    progress: bool = True
-    """Progress bars."""
-    out: str | None = None
-    """Run directory (default ``runs/spo/<UTC time>``)."""
 
     def __post_init__(self):
         if len(self.dimensions) != 2 or len(set(self.dimensions)) != 2:
@@ -188,10 +169,7 @@ def phi_split(phi: np.ndarray, delta_u: np.ndarray) -> dict[str, float]:
 
 def main(config: Config) -> Path:
     """Round 1, round 2 (SPO per α and S-DPO), DPO-Mix; evaluate and write the run directory."""
-    run_dir = make_run_dir("spo", config.out)
-    save_config(run_dir, config)
-    if config.compile_cache:  # process-wide JAX setting: off in the quick preset (tests share the process)
-        lm.enable_compilation_cache(None if config.cache_dir is None else Path(config.cache_dir) / "jax")
+    run_dir = config.start("spo")
     data = build_data(config)
     pi0 = data["policy"]
     train1 = lm.with_ref_logps(data["train"][0], [pi0])

@@ -45,14 +45,11 @@ from experiments._common import (
     Timer,
     cli,
     command_line,
-    make_run_dir,
     plot_curve_panels,
     plot_curves,
-    save_config,
     save_metrics,
     write_report,
 )
-from mojax.data.synthetic_lm import SyntheticLMConfig
 from mojax.train import DataConfig
 from mojax.train.objectives import bilevel_stable_po_objective, dpo_objective, stable_po_objective
 
@@ -67,15 +64,9 @@ SIMPO_FAMILY = ("simpo", "simpo_stable")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Config:
+class Config(lm.ExperimentConfig):
     """Stable PO experiment settings (defaults: a few minutes on 2 CPU cores)."""
 
-    task: SyntheticLMConfig = SyntheticLMConfig()
-    """The synthetic task (true rewards; see :mod:`mojax.data.synthetic_lm`)."""
-    model: lm.ModelConfig = lm.ModelConfig()
-    """The tiny decoder π_0 is made of."""
-    sft: lm.SFTConfig = lm.SFTConfig()
-    """SFT of π_0 (cached, shared with the other LM experiments)."""
     train: lm.TrainConfig = lm.TrainConfig(steps=300, batch_size=32, eval_every=20)
     """Preference fine-tuning, the same for every method (``eval_every``: the held-out trajectories' interval)."""
     optimizer: lm.OptimizerConfig = lm.OptimizerConfig(learning_rate=1e-3, warmup_steps=10)
@@ -111,16 +102,6 @@ class Config:
     sampling evaluation."""
     real_objective: int = 0
     """The label row of real data (PKU-SafeRLHF: 0 better, 1 safer)."""
-    cache_dir: str | None = None
-    """SFT / compilation cache (default ``runs/_cache`` or ``$MOJAX_CACHE``)."""
-    compile_cache: bool = True
-    """Turn on JAX's persistent compilation cache under ``cache_dir`` (process-wide; off in the quick preset)."""
-    seed: int = 0
-    """Data seed."""
-    progress: bool = True
-    """Progress bars."""
-    out: str | None = None
-    """Run directory (default ``runs/stable_po/<UTC time>``)."""
 
     def __post_init__(self):
         unknown = set(self.methods) - set(METHOD_LABELS)
@@ -240,10 +221,7 @@ def build_setup(config: Config) -> dict[str, Any]:
 
 def main(config: Config) -> Path:
     """Run every method from the same π_0 and write the run directory; returns its path."""
-    run_dir = make_run_dir("stable_po", config.out)
-    save_config(run_dir, config)
-    if config.compile_cache:  # process-wide JAX setting: off in the quick preset (tests share the process)
-        lm.enable_compilation_cache(None if config.cache_dir is None else Path(config.cache_dir) / "jax")
+    run_dir = config.start("stable_po")
     setup = build_setup(config)
     policy, held, held_ref = setup["policy"], setup["held"], setup["held_ref"]
     lengths = held.arrays["loss_mask"].sum(-1)

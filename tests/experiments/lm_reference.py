@@ -3,6 +3,8 @@ re-derivation of the synthetic task's true rewards."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 import experiments._lm_common as L
@@ -33,3 +35,8 @@ def numpy_rewards(prompt: np.ndarray, response: np.ndarray, task: SyntheticLMCon
            "topic": sum(o // (3 * c) == topic for o in content) / n,
            "brevity": -len(toks) / task.response_max_len}
     return np.array([out[k] for k in task.objectives])
+
+
+def finite(x) -> bool:
+    """Every number in ``x`` (a number or nested lists) is finite."""
+    return all(finite(v) for v in x) if isinstance(x, list) else isinstance(x, (int, float)) and math.isfinite(x)

@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
-
 import numpy as np
 import pytest
 
 from experiments import spo as S
+from lm_reference import finite
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    cache = tmp_path_factory.getbasetemp() / "lm_experiment_cache"  # shared with test_stable_po in the same session
-    config = dataclasses.replace(S.get_config(quick=True), out=str(tmp_path_factory.mktemp("spo")),
-                                 cache_dir=str(cache))
-    run_dir = S.main(config)
-    return config, run_dir, json.loads((run_dir / "metrics.json").read_text())
-
-
-def _finite(x):
-    return all(_finite(v) for v in x) if isinstance(x, list) else isinstance(x, (int, float)) and math.isfinite(x)
+def quick_run(run_quick):
+    return run_quick(S)
 
 
 def test_quick_run_writes_the_documented_schema(quick_run):
@@ -30,9 +19,9 @@ def test_quick_run_writes_the_documented_schema(quick_run):
     spo = S.alpha_name(config.alphas[0])
     assert set(metrics["methods"]) == {"sft", "dpo_dim1", "s_dpo", spo, "dpo_mix"}
     for name, m in metrics["methods"].items():
-        assert len(m["mean_true_rewards"]) == 2 and _finite(m["mean_true_rewards"])
+        assert len(m["mean_true_rewards"]) == 2 and finite(m["mean_true_rewards"])
         assert len(m["win_rate_vs_sft"]) == 2 and all(0 <= w <= 1 for w in m["win_rate_vs_sft"])
-        assert _finite(m["train_seconds"])
+        assert finite(m["train_seconds"])
     assert metrics["methods"]["sft"]["win_rate_vs_sft"] == [0.5, 0.5]  # a policy against itself
     assert set(metrics["spo_vs"][spo]) == {"sft", "dpo_dim1", "s_dpo", "dpo_mix"}
     for name in ("s_dpo", spo):

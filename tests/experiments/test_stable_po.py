@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 from pathlib import Path
 
 import jax
@@ -15,22 +13,15 @@ from flax import nnx
 
 import experiments._lm_common as L
 from experiments import stable_po as S
+from lm_reference import finite
 from mojax.losses import dpo_loss
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    cache = tmp_path_factory.getbasetemp() / "lm_experiment_cache"  # shared with test_spo in the same session
-    config = dataclasses.replace(S.get_config(quick=True), out=str(tmp_path_factory.mktemp("stable_po")),
-                                 cache_dir=str(cache))
-    run_dir = S.main(config)
-    return config, run_dir, json.loads((run_dir / "metrics.json").read_text())
-
-
-def _finite(x):
-    return all(_finite(v) for v in x) if isinstance(x, list) else isinstance(x, (int, float)) and math.isfinite(x)
+def quick_run(run_quick):
+    return run_quick(S)
 
 
 def test_quick_run_writes_the_documented_schema(quick_run):
@@ -40,13 +31,13 @@ def test_quick_run_writes_the_documented_schema(quick_run):
     steps = [0, 3, 6]  # eval_every = 3, 6 steps
     for name, m in metrics["methods"].items():
         for key in ("chosen_logp_delta", "rejected_logp_delta", "accuracy", "true_accuracy", "train_seconds"):
-            assert _finite(m[key]), (name, key, m[key])
+            assert finite(m[key]), (name, key, m[key])
         assert 0.0 <= m["accuracy"] <= 1.0 and 0.0 <= m["true_accuracy"] <= 1.0
         assert len(m["mean_true_rewards"]) == k and len(m["win_rate_vs_sft"]) == k
         assert all(0.0 <= w <= 1.0 for w in m["win_rate_vs_sft"])
         t = m["trajectory"]
         assert t["step"] == steps and len(t["chosen_logps"]) == len(t["rejected_logps"]) == len(steps)
-        assert _finite(t["chosen_logps"]) and _finite(t["rejected_logps"])
+        assert finite(t["chosen_logps"]) and finite(t["rejected_logps"])
         # Every method starts from the same π_0: the step-0 evaluation is π_0's.
         assert t["chosen_logps"][0] == pytest.approx(metrics["sft"]["chosen_logps"], abs=1e-4)
         assert m["chosen_logp_delta"] == pytest.approx(t["chosen_logps"][-1] - t["chosen_logps"][0], abs=1e-4)
