@@ -75,7 +75,16 @@ class RunConfig:
       stable_penalty: Stable PO's hinge weight λ.
       inner_lr: the bilevel form's inner SFT step size η.
       cos_penalty: COS-DPO's cosine penalty μ.
-      lora_rank: LoRA rank on the attention projections (the reference is the LoRA base model).
+      lora_rank: LoRA rank on the attention projections (the reference is the LoRA base model); 0 = full
+        fine-tuning (same as ``finetune="full"``).
+      conditioning: how cos-dpo's policy reads the objective weights w (``mojax.models.conditioning``): ``hpt``
+        (zero-gated hyper-prompt tuning), ``deep_hpt`` (a per-layer key/value prefix), ``mixed_lora`` (K adapters
+        mixed by w), ``hyper_lora`` (an MLP of w scales the adapter's ranks); each on LoRA of rank ``lora_rank``.
+      finetune: ``lora`` (train adapters; the frozen base is the reference) or ``full`` (train every weight; the
+        reference is a frozen copy of the starting model, sharded like it; ``--mesh.fsdp N`` shards parameters and
+        optimizer state). Not with ``cos-dpo``, whose conditioning trains adapters.
+      dtype: compute dtype of the decoder (``bfloat16``: matmuls in bfloat16; parameters, optimizer state, norms,
+        logits, log-probs and the loss stay float32).
       num_pairs: synthetic preference pairs to generate (only without ``data.data_paths``).
       data_seed: seed of the synthetic data, the held-out split and the shuffle.
       objective_index: the label row (preference dimension) the pairwise methods train on for multi-objective data;
@@ -95,6 +104,9 @@ class RunConfig:
     inner_lr: float = 1e-2
     cos_penalty: float = 0.0
     lora_rank: int = 4
+    conditioning: Literal["hpt", "deep_hpt", "mixed_lora", "hyper_lora"] = "hpt"
+    finetune: Literal["lora", "full"] = "lora"
+    dtype: Literal["float32", "bfloat16"] = "float32"
     num_pairs: int = 256
     data_seed: int = 0
     objective_index: int = 0
@@ -111,6 +123,16 @@ class RunConfig:
     def __post_init__(self):
         if self.objective_index < 0:
             raise ValueError(f"objective_index must be >= 0, got {self.objective_index}")
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank must be >= 0 (0 = full fine-tuning), got {self.lora_rank}")
+        if self.full_finetune and self.method == "cos-dpo":
+            raise ValueError("cos-dpo trains LoRA adapters and its conditioning network: full fine-tuning "
+                             "(--finetune full / --lora-rank 0) is not supported for it")
+
+    @property
+    def full_finetune(self) -> bool:
+        """Whether every weight trains (``finetune="full"`` or ``lora_rank=0``) instead of LoRA adapters."""
+        return self.finetune == "full" or self.lora_rank == 0
 
 
 def _check_finite(config: Any, prefix: str) -> None:
@@ -127,7 +149,7 @@ def _check_finite(config: Any, prefix: str) -> None:
 # Config fields that do not change what is computed: left out of the run's fingerprint (everything else is in it,
 # so a new field is checked by default). fit adds the objective, optimizer, steps, batch shape and seed itself.
 _NOT_IN_FINGERPRINT = ("save_hf", "allow_changes", "debug", "train", "optimizer", "mesh", "checkpoint",
-                       "distributed", "data.data_paths", "data.eval_fraction")
+                       "distributed", "data.data_paths", "data.eval_fraction", "data.eval_data_path")
 
 
 def _fingerprint(config: RunConfig) -> dict[str, Any]:
@@ -144,7 +166,8 @@ def _fingerprint(config: RunConfig) -> dict[str, Any]:
 def _objective(config: RunConfig, num_objectives: int):
     from mojax.train import objectives as O
 
-    common = {"ref_mode": "lora"}
+    # LoRA: the adapters' base model is the reference; full fine-tuning: a frozen copy (an AnchoredPolicy).
+    common = {"ref_mode": "model" if config.full_finetune else "lora"}
     if config.method in ("dpo", "ipo"):
         return O.dpo_objective(beta=config.beta, loss_type="sigmoid" if config.method == "dpo" else "ipo", **common)
     if config.method == "sft":
@@ -161,8 +184,14 @@ def _objective(config: RunConfig, num_objectives: int):
 def _trainable(config: RunConfig):
     from flax import nnx
 
+    from mojax.train.objectives import AnchoredPolicy
+
     if config.method == "cos-dpo":
-        return nnx.Any(nnx.PathContains("hpt"), nnx.LoRAParam)
+        from mojax.models import ConditionedPolicy
+
+        return ConditionedPolicy.trainable
+    if config.full_finetune:
+        return nnx.Param if config.method == "sft" else AnchoredPolicy.trainable
     return nnx.LoRAParam
 
 
@@ -195,53 +224,112 @@ class _Data:
     examples: list
     held_out: list  # the --data.eval-fraction share (empty without one)
     tokenize: Any  # mojax.data.TokenizeConfig, or None for the synthetic default
-    num_objectives: int  # K of the examples the objective sees (before select_objective for cos-dpo)
+    num_objectives: int  # K of the examples the objective sees (1 for the pairwise methods and SFT)
     vocab_needed: int  # 1 + the largest token id in the data
-    report: Any = None  # mojax.data.DataReport
+    report: Any = None  # mojax.data.DataReport: all files' counts together
+    reports: tuple = ()  # one DataReport per file (training files, then the evaluation file)
+
+
+def _shape_file(config: RunConfig, examples: list, path: str, index: int, num_files: int) -> list:
+    """One file's examples in the form ``config.method`` trains on (file ``index`` of ``num_files``).
+
+    Pairwise methods: pairs (N = 2) of label row ``objective_index``, preferred response first. ``sft``: the
+    (preferred) first response only, so single-response records (N = 1) and pairs mix. ``cos-dpo``: one file keeps
+    its K label rows; with several files, file k is objective k (labels ``[K, N]`` with row k = the file's labels
+    and the other rows 0, which the l1-normalised listwise loss counts as no preference).
+    """
+    import numpy as np
+
+    from mojax.data import TokenizedExample, select_objective
+
+    k, n = examples[0].labels.shape
+    if any(ex.labels.shape != (k, n) for ex in examples):
+        raise ValueError(f"{path}: records have different label shapes [K, N] "
+                         f"{sorted({ex.labels.shape for ex in examples})}")
+    if config.method == "cos-dpo":
+        if num_files == 1:
+            return examples
+        if k != 1:
+            raise ValueError(f"{path}: with several files cos-dpo trains file k as objective k, but this file has "
+                             f"K={k} label rows; give single-objective files (or this file alone)")
+        out = []
+        for ex in examples:
+            labels = np.zeros((num_files, n), np.float32)
+            labels[index] = ex.labels[0]
+            out.append(TokenizedExample(prompt_ids=ex.prompt_ids, response_ids=ex.response_ids, labels=labels,
+                                        dataset_id=index, location=ex.location))
+        return out
+    if config.method == "sft" and n == 1:
+        return [TokenizedExample(prompt_ids=ex.prompt_ids, response_ids=ex.response_ids,
+                                 labels=np.ones((1, 1), np.float32), dataset_id=index, location=ex.location)
+                for ex in examples]
+    if config.method != "sft" and n != 2:
+        raise ValueError(f"{path}: method {config.method!r} trains on pairs but the records have {n} "
+                         f"response(s); use --method cos-dpo for lists{' or sft' if n == 1 else ''}")
+    if not config.objective_index < k:
+        raise ValueError(f"{path}: objective_index={config.objective_index} but the data has K={k} objective(s)")
+    # Single-dimension pairs, preferred response first under that dimension.
+    examples = select_objective(examples, config.objective_index, dataset_id=index)
+    if config.method == "sft":  # the preferred response is the SFT target
+        return [TokenizedExample(prompt_ids=ex.prompt_ids, response_ids=ex.response_ids[:1],
+                                 labels=np.ones((1, 1), np.float32), dataset_id=index, location=ex.location)
+                for ex in examples]
+    return examples
+
+
+def _balance_files(examples: list, num_files: int) -> list:
+    """Repeat the examples of the smaller files until every file has as many as the largest: a multi-file
+    cos-dpo loss averages each objective over the whole batch, so a file's share of the batch would scale its
+    objective (and tilt the cosine term); balanced, every objective is its file's mean loss times 1/K."""
+    groups = [[ex for ex in examples if ex.dataset_id == i] for i in range(num_files)]
+    most = max(len(g) for g in groups)
+    return [g[i % len(g)] for g in groups for i in range(most)]
 
 
 def _user_data(config: RunConfig, tokenizer) -> _Data:
-    """Read, tokenise and concatenate ``config.data.data_paths``; pairwise methods get the ``objective_index``
-    dimension only; a ``data.eval_fraction`` share is held out."""
-    import numpy as np
+    """Read and tokenise ``config.data.data_paths`` (one report per file), shape each file for the method
+    (:func:`_shape_file`) and hold out the evaluation examples: ``data.eval_data_path``'s, else a
+    ``data.eval_fraction`` share of the distinct prompts (``mojax.data.holdout_split``: no held-out prompt trains)."""
+    import functools
 
-    from mojax.data import ReaderConfig, TokenizeConfig, load_tokenized, select_objective
+    from mojax.data import ReaderConfig, TokenizeConfig, holdout_split, load_tokenized_files
 
     data = config.data
     pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
     tok_cfg = TokenizeConfig(max_length=data.max_length, max_prompt_length=data.max_prompt_length,
                              add_bos=_adds_bos(tokenizer), pad_id=0 if pad is None else int(pad))
-    examples, report = [], None
-    for path in data.data_paths:
-        part, part_report = load_tokenized(path, tokenizer, tok_cfg, ReaderConfig(format=data.data_format))
-        examples += part[:data.max_examples] if data.max_examples is not None else part
-        report = part_report if report is None else report.merge(part_report)
-    where = ", ".join(data.data_paths)
+    reader = ReaderConfig(format=data.data_format)
+    paths = data.data_paths
+    loaded, reports = load_tokenized_files(paths, tokenizer, tok_cfg, reader)
+    examples = []
+    for i, path in enumerate(paths):
+        part = [ex for ex in loaded if ex.dataset_id == i][:data.max_examples]
+        examples += _shape_file(config, part, path, i, len(paths))
+    where = ", ".join(paths)
     shapes = {ex.labels.shape for ex in examples}
     if len(shapes) != 1:
         raise ValueError(f"{where}: the files' examples have different label shapes [K, N] {sorted(shapes)}")
-    k, n = shapes.pop()
-    if config.method != "cos-dpo":
-        if n != 2:
-            raise ValueError(f"{where}: method {config.method!r} trains on pairs but the examples have {n} "
-                             "responses; use --method cos-dpo for lists")
-        if not config.objective_index < k:
-            raise ValueError(f"{where}: objective_index={config.objective_index} but the data has K={k} "
-                             "objective(s)")
-        # Single-dimension pairs, preferred response first under that dimension.
-        examples = select_objective(examples, config.objective_index)
-    vocab = 1 + max(int(max(ex.prompt_ids.max(initial=0), *(r.max(initial=0) for r in ex.response_ids)))
-                    for ex in examples)
+    k = shapes.pop()[0]
+    if config.method == "cos-dpo" and k < 2:
+        raise ValueError(f"{where}: cos-dpo needs K >= 2 objectives but the data has K=1; give one preference file "
+                         "per objective (--data.data-paths helpful.jsonl harmless.jsonl) or a multi-objective file "
+                         "(e.g. PKU-SafeRLHF)")
     held = []
-    if data.eval_fraction:
-        order = np.random.default_rng(config.data_seed).permutation(len(examples))
-        cut = max(1, int(round(data.eval_fraction * len(examples))))
-        if cut >= len(examples):
-            raise ValueError(f"{where}: data.eval_fraction={data.eval_fraction} leaves no training example")
-        held = [examples[i] for i in order[:cut]]
-        examples = [examples[i] for i in order[cut:]]
-    return _Data(examples=examples, held_out=held, tokenize=tok_cfg, num_objectives=k, report=report,
-                 vocab_needed=max(vocab, tok_cfg.pad_id + 1))
+    if data.eval_data_path:
+        part, eval_reports = load_tokenized_files((data.eval_data_path,), tokenizer, tok_cfg, reader)
+        reports += eval_reports
+        held = _shape_file(config, part[:data.max_examples], data.eval_data_path, 0, 1)
+        if {ex.labels.shape for ex in held} != {examples[0].labels.shape}:
+            raise ValueError(f"{data.eval_data_path}: evaluation records have label shape "
+                             f"{held[0].labels.shape}, the training data {examples[0].labels.shape}")
+    elif data.eval_fraction:
+        examples, held = holdout_split(examples, data.eval_fraction, seed=config.data_seed)
+    if config.method == "cos-dpo" and len(paths) > 1:
+        examples = _balance_files(examples, len(paths))
+    vocab = 1 + max(int(max(ex.prompt_ids.max(initial=0), *(r.max(initial=0) for r in ex.response_ids)))
+                    for ex in examples + held)
+    return _Data(examples=examples, held_out=held, tokenize=tok_cfg, num_objectives=k, reports=tuple(reports),
+                 report=functools.reduce(lambda a, b: a.merge(b), reports), vocab_needed=max(vocab, tok_cfg.pad_id + 1))
 
 
 def _synthetic_data(config: RunConfig) -> _Data:
@@ -253,17 +341,96 @@ def _synthetic_data(config: RunConfig) -> _Data:
                  vocab_needed=data_cfg.vocab_size)
 
 
+def _check_safetensors(path: Path) -> None:
+    """Refuse a truncated or garbage ``.safetensors`` file by name: its 8-byte header length and JSON header must
+    describe tensors that fit in the file (read before anything is allocated)."""
+    import json
+    import struct
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (named by the model directory's checkpoint)")
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if not 2 <= n <= size - 8:
+                raise ValueError(f"header length {n} does not fit the file's {size} bytes")
+            header = json.loads(f.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        for name, info in header.items():
+            if name != "__metadata__" and not (isinstance(info, dict) and 0 <= info["data_offsets"][1] <= size - 8 - n):
+                raise ValueError(f"tensor {name!r} lies outside the file")
+    except (struct.error, ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a valid safetensors file ({e})") from None
+
+
+def _check_model_path(config: RunConfig) -> None:
+    """Check ``data.model_path`` before the data is read or tokenised: it exists, a directory has a parseable
+    ``config.json`` and safetensors files whose headers are sound (each problem named by its file)."""
+    import json
+
+    if not config.data.model_path:
+        return
+    path = Path(config.data.model_path)
+    if not path.exists():
+        raise FileNotFoundError(f"data.model_path {config.data.model_path!r}: no such directory")
+    if path.is_file():
+        if path.suffix == ".bin":
+            return
+        raise FileNotFoundError(f"data.model_path {config.data.model_path!r}: expected a Hugging Face model "
+                                "directory (config.json + safetensors) or a llama2.c .bin file")
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        raise FileNotFoundError(f"data.model_path {config.data.model_path!r}: no config.json in this directory "
+                                "(not a Hugging Face model directory)")
+    try:
+        parsed = json.loads(cfg.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{cfg}: not valid JSON ({e})") from None
+    if not isinstance(parsed, dict) or "model_type" not in parsed:
+        raise ValueError(f"{cfg}: not a Hugging Face model config (no 'model_type')")
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{index}: not a valid safetensors index ({type(e).__name__}: {e})") from None
+    elif (path / "model.safetensors").exists():
+        files = ["model.safetensors"]
+    else:
+        raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json (only safetensors "
+                                "checkpoints are supported)")
+    for name in files:
+        _check_safetensors(path / name)
+
+
 def _load_model(config: RunConfig, mesh):
-    """The pretrained decoder at ``config.data.model_path`` (HF directory or llama2.c ``.bin``), placed on ``mesh``."""
+    """The pretrained decoder at ``config.data.model_path`` (HF directory or llama2.c ``.bin``), placed on ``mesh``
+    with compute dtype ``config.dtype``."""
+    import jax.numpy as jnp
+
     from mojax.models import load_hf, load_llama2c
 
+    _check_model_path(config)
     path = Path(config.data.model_path)
-    if path.is_dir():
-        return load_hf(path, mesh=mesh)
-    if path.is_file() and path.suffix == ".bin":
-        return load_llama2c(path, mesh=mesh)
-    raise FileNotFoundError(f"data.model_path {config.data.model_path!r}: expected a Hugging Face model directory "
-                            "(config.json + safetensors) or a llama2.c .bin file")
+    dtype = jnp.dtype(config.dtype)
+    try:
+        return load_hf(path, dtype=dtype, mesh=mesh) if path.is_dir() else load_llama2c(path, dtype=dtype, mesh=mesh)
+    except MemoryError:
+        raise ValueError(f"{path}: the checkpoint does not fit in memory (or is corrupt)") from None
+
+
+def _frozen_copy(model):
+    """A copy of ``model`` with its own buffers (same shardings): the train step donates the policy's parameters,
+    which a shallow clone would share with the reference."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    copy = nnx.clone(model)
+    nnx.update(copy, jax.tree.map(jnp.copy, nnx.state(copy)))
+    return copy
 
 
 def _host_model(model):
@@ -283,7 +450,10 @@ def export_hf(result: TrainResult, path: str | Path, *, tokenizer: Any = None) -
     """Merge the trained LoRA adapters into the base weights and write a ``transformers`` checkpoint to ``path``
     (with the tokenizer's files when one is given, so ``AutoTokenizer.from_pretrained(path)`` works too).
 
-    For a ``ConditionedLM`` (COS-DPO) the backbone is exported: the HPT network has no Hugging Face counterpart.
+    For a COS-DPO ``ConditionedPolicy`` the adapter kinds (``mixed_lora``, ``hyper_lora``) are merged at the
+    uniform weights w = 1/K; for the prefix kinds (``hpt``, ``deep_hpt``) the LoRA-merged backbone is exported (a
+    prefix has no Hugging Face counterpart; the conditioned policy lives in the checkpoints). A full fine-tuning run
+    exports its policy.
     """
     import jax
     from flax import nnx
@@ -293,8 +463,18 @@ def export_hf(result: TrainResult, path: str | Path, *, tokenizer: Any = None) -
     # copy=True: a plain merge shares its Variables with result.state, and merge_lora assigns to them in place (it
     # would fold the adapters into result.state's base kernels while the adapters stay there: applied twice after).
     model = nnx.merge(result.graphdef, result.state.params, result.state.rest, copy=True)
-    decoder = getattr(model, "backbone", model)
-    decoder = _host_model(merge_lora(decoder))
+    from mojax.train.objectives import AnchoredPolicy
+
+    from mojax.models import ConditionedPolicy
+    from mojax.models.conditioning import PREFIX_KINDS
+
+    if isinstance(model, ConditionedPolicy) and model.config.kind not in PREFIX_KINDS:
+        k = model.config.num_objectives
+        decoder = model.merged([1.0 / k] * k)
+    else:
+        decoder = model.policy if isinstance(model, AnchoredPolicy) else getattr(model, "backbone", model)
+        decoder = merge_lora(decoder)
+    decoder = _host_model(decoder)
     path = Path(path)
     if jax.process_index() == 0:
         save_hf(decoder, path)
@@ -311,6 +491,7 @@ def run(config: RunConfig) -> TrainResult:
     initialize(config.distributed)  # before anything touches a device
 
     import jax
+    import jax.numpy as jnp
 
     if config.train.run_dir is None:
         if jax.process_count() > 1:
@@ -319,21 +500,28 @@ def run(config: RunConfig) -> TrainResult:
 
         config = dataclasses.replace(config, train=dataclasses.replace(
             config.train, run_dir=str(new_run_dir("runs", config.method))))
+    if config.method == "sft":  # SFT's count is response tokens: its throughput is tokens/s
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, count_unit="tokens"))
     from flax import nnx
 
     from mojax.data import PipelineConfig, make_iterator
-    from mojax.models import ConditionedLM, Decoder, DecoderConfig, HPTConfig, HyperPromptTuning, LoRAConfig, add_lora
+    from mojax.models import ConditioningConfig, Decoder, DecoderConfig, LoRAConfig, add_lora, build_conditioned
     from mojax.train.checkpoint import install_sigterm_flag
     from mojax.train.loop import fit, make_eval_fn
-    from mojax.train.mesh import make_mesh
+    from mojax.train.mesh import check_global_batch, make_mesh
+    from mojax.train.objectives import AnchoredPolicy
 
     primary = jax.process_index() == 0
     mesh = make_mesh(config.mesh)
+    # Cheap checks first: a bad batch size or model path must not wait for the data to be tokenised.
+    check_global_batch(mesh, config.train.batch_size * jax.process_count(), accum_steps=config.train.accum_steps)
+    _check_model_path(config)
     tokenizer = _load_tokenizer(config)
     real = config.data.real
     data = _user_data(config, tokenizer) if real else _synthetic_data(config)
-    if primary and data.report is not None:
-        print(data.report.summary())
+    if primary:
+        for report in data.reports:
+            print(report.summary())
 
     base = _load_model(config, mesh) if config.data.model_path else None
     if base is not None:
@@ -347,18 +535,19 @@ def run(config: RunConfig) -> TrainResult:
         multiple = math.lcm(64, mesh.shape["tensor"])
         vocab = -(-vocab // multiple) * multiple
         positions = max(128, config.data.max_length if real else 0)
-        dec_cfg = DecoderConfig.tiny(vocab_size=vocab, max_positions=positions)
+        dec_cfg = DecoderConfig.tiny(vocab_size=vocab, max_positions=positions, dtype=jnp.dtype(config.dtype))
     if data.vocab_needed > dec_cfg.vocab_size:
         raise ValueError(f"the data holds token id {data.vocab_needed - 1} but the model's vocabulary has "
                          f"{dec_cfg.vocab_size} entries: tokenizer and model do not match")
 
     def attach(decoder):
-        decoder = add_lora(decoder, LoRAConfig(rank=config.lora_rank), rngs=nnx.Rngs(config.train.seed + 1))
+        if config.full_finetune:  # every weight trains; the reference (not for SFT) is a frozen copy of the start
+            return decoder if config.method == "sft" else AnchoredPolicy(decoder, _frozen_copy(decoder))
+        lora = LoRAConfig(rank=config.lora_rank)
         if config.method != "cos-dpo":
-            return decoder
-        hpt = HyperPromptTuning(HPTConfig(num_objectives=data.num_objectives), d_model=dec_cfg.d_model,
-                                rngs=nnx.Rngs(config.train.seed + 2))
-        return ConditionedLM(decoder, hpt)
+            return add_lora(decoder, lora, rngs=nnx.Rngs(config.train.seed + 1))
+        cond = ConditioningConfig(kind=config.conditioning, num_objectives=data.num_objectives, lora=lora)
+        return build_conditioned(decoder, cond, rngs=nnx.Rngs(config.train.seed + 1))
 
     # A loaded model is already on the mesh: pass the module. The tiny one is built inside jit, shard by shard.
     model = attach(base) if base is not None else (lambda: attach(Decoder(dec_cfg, rngs=nnx.Rngs(config.train.seed))))
@@ -383,7 +572,7 @@ def run(config: RunConfig) -> TrainResult:
     if config.data.model_path and config.save_hf and not result.stopped:
         out = export_hf(result, result.run_dir / "hf", tokenizer=tokenizer)
         if primary:
-            print(f"mojax.train: LoRA merged, model saved to {out}")
+            print(f"mojax.train: {'model' if config.full_finetune else 'LoRA merged, model'} saved to {out}")
     return result
 
 

@@ -45,7 +45,7 @@ from mojax.train.mesh import MeshConfig, check_global_batch, make_mesh
 from mojax.train.run_dir import DEFAULT_ALLOW, SkipMonitor, check_resume_step, claim_for_fit
 from mojax.train.state import TrainState, batch_axis, create_train_state, replicated, step_key
 from mojax.train.step import (COUNT, Objective, OptimizerConfig, StatefulObjective, as_objective, init_extras,
-                              jit_train_step, make_optimizer, make_train_step)
+                              jit_train_step, make_optimizer, make_schedule, make_train_step)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -68,6 +68,8 @@ class TrainConfig:
       tensorboard: also write TensorBoard scalars if ``tensorboardX`` is importable (only with a ``run_dir``).
       compiler_options: XLA options of the compiled step as ``"name=value"`` strings (``jax.jit(...,
         compiler_options=)``), e.g. ``("xla_cpu_enable_fast_math=false",)``; part of the step cache's key.
+      count_unit: what the objective's ``count`` metric counts (``examples``; token-averaged losses such as SFT:
+        ``tokens``): the logged throughput is ``<count_unit>_per_s``.
     """
 
     steps: int = 100
@@ -82,8 +84,12 @@ class TrainConfig:
     progress_desc: str = "train"
     tensorboard: bool = True
     compiler_options: tuple[str, ...] = ()
+    count_unit: str = "examples"
 
     def __post_init__(self):
+        if not self.count_unit.isidentifier():
+            raise ValueError(f"count_unit must be a word (it names the metric <count_unit>_per_s), got "
+                             f"{self.count_unit!r}")
         if (self.steps < 0 or self.batch_size < 1 or self.accum_steps < 1 or self.log_every < 1
                 or self.eval_every < 0):
             raise ValueError(f"invalid TrainConfig: steps >= 0, batch_size >= 1, accum_steps >= 1, log_every >= 1, "
@@ -105,8 +111,8 @@ class TrainResult:
       state, graphdef: the final :class:`~mojax.train.TrainState` and its graph.
       run_dir: the run directory, or None for an in-memory run.
       start_step: the step the run started (or resumed) at.
-      history: one dict per logged step (``{"step": s, **metrics}``, plus ``steps_per_s``, ``examples_per_s``) and
-        per evaluation (``{"step": s, "eval/<name>": value}``), in order.
+      history: one dict per logged step (``{"step": s, **metrics}``, plus ``steps_per_s``,
+        ``<TrainConfig.count_unit>_per_s`` and ``learning_rate``) and per evaluation (``{"step": s, "eval/<name>": value}``), in order.
       stopped: the stop flag ended the run early (after saving).
       seconds: wall time of the step loop (compilation included, evaluation excluded).
       compiled: whether this run compiled its step (False: reused from the process-wide step cache).
@@ -414,7 +420,9 @@ def fit(
                 now = time.perf_counter()
                 seconds += now - t0
                 host["steps_per_s"] = (step - last_step) / max(now - last_time, 1e-9)
-                host["examples_per_s"] = host.get("count", 0.0) * host["steps_per_s"]
+                host[f"{config.count_unit}_per_s"] = host.get("count", 0.0) * host["steps_per_s"]
+                if isinstance(optimizer, OptimizerConfig):  # the rate of this step's update (optax counts from 0)
+                    host["learning_rate"] = float(make_schedule(optimizer)(step - 1))
                 writer.write(step, host)
                 history.append({"step": step, **host})
                 note_progress(step=step)

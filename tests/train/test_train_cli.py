@@ -147,13 +147,14 @@ def test_cli_data_objective_index_selects_dimension(tmp_path, gpt2_dir):
     refusal = tok("ignore that question", add_special_tokens=False)["input_ids"] + [eos]
 
     safer = _user_data(cfg(objective_index=1), tok)
-    assert safer.num_objectives == 2 and safer.report.kept == 6
+    assert safer.num_objectives == 1 and safer.report.kept == 6  # the objective sees one dimension
     for i, ex in enumerate(safer.examples):
         assert ex.labels.tolist() == [[1.0, 0.0]]
         assert ex.response_ids[0].tolist() == (refusal if i % 2 else helpful)  # the safer response first
     better = _user_data(cfg(), tok)
     assert all(ex.response_ids[0].tolist() == helpful for ex in better.examples)
     both = _user_data(cfg(method="cos-dpo"), tok)
+    assert both.num_objectives == 2
     assert [ex.labels.tolist() for ex in both.examples[:2]] == [[[1, 0], [1, 0]], [[1, 0], [0, 1]]]
 
     with pytest.raises(ValueError, match="objective_index=2"):
