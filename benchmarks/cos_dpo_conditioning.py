@@ -29,6 +29,7 @@ from flax import nnx
 
 from experiments import _lm_common as lm
 from experiments import cos_dpo_llm as exp
+from mojax.models import merge_lora
 from mojax.models.conditioning import ConditionedPolicy, ConditioningConfig, build_conditioned
 from mojax.train.objectives import COSDPOSampling, cos_dpo_objective
 from mojax.train.objectives.preference import scalarized_dpo_objective
@@ -143,21 +144,23 @@ def main(argv=None) -> dict:
     return results
 
 
-def guard(kind: str = "mixed_lora", *, steps: int = 150, ls_steps: int = 100, eval_prompts: int = 256,
-          sft_steps: int = 150, cache_dir: str | None = None) -> dict:
-    """The CI guard's measurement (a shortened tiny default): spread of ``kind``'s 11-point front per objective as a
-    fraction of the DPO-LS endpoints' spread (both runs trained here, from the same π_0).
+def guard(kind: str = "mixed_lora", *, steps: int = 150, ls_steps: int = 70, eval_prompts: int = 512,
+          sft_steps: int = 100, num_weights: int = 3, cache_dir: str | None = None) -> dict:
+    """The CI guard's measurement (a shortened tiny default): spread of ``kind``'s front (``num_weights`` points
+    ``w = (i/(n−1), 1 − i/(n−1))``) per objective as a fraction of the DPO-LS endpoints' spread (both trained here,
+    from the same π_0).
 
-    The task, decoder, LoRA, β, batch and learning rate are the experiment's defaults; SFT, the training runs and
-    the held-out prompts are shortened to ``sft_steps``, ``steps``, ``ls_steps`` and ``eval_prompts``.
+    The task, decoder, LoRA, β, batch and learning rate are the experiment's defaults; SFT, the training runs, the
+    held-out prompts and the sweep are shortened. Every model is sampled as a plain merged decoder (one compiled
+    sampler for all).
     """
     config = exp.Config(progress=False, sft=dataclasses.replace(exp.Config().sft, steps=sft_steps),
                         cache_dir=cache_dir)
     pi0, train, held = setup(config, eval_prompts=eval_prompts)
-    weights = exp.sweep_weights(config.num_weights)
+    weights = exp.sweep_weights(num_weights)
     ends = {0: weights[0], len(weights) - 1: weights[-1]}
     models, ls_seconds = train_dpo_ls(config, pi0, train, ends, steps=ls_steps)
-    ls = {i: point(m, weights[i], held, config) for i, m in models.items()}
+    ls = {i: point(merge_lora(lm.copy_model(m)), weights[i], held, config) for i, m in models.items()}
     ls_span = np.abs(ls[len(weights) - 1] - ls[0])
     model, seconds = train_conditioned(kind, config, pi0, train, steps=steps)
     front = np.stack([point(model, w, held, config) for w in weights])
