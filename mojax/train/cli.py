@@ -1,4 +1,5 @@
-"""``python -m mojax.train``: train a LoRA-adapted decoder with any LM objective, on synthetic pairs or your own data.
+"""``python -m mojax.train``: train a decoder (LoRA or full fine-tuning) with any LM objective, on synthetic pairs or
+your own data. The flag reference with examples is ``docs/cli.md``.
 
 Every option comes from the frozen configs through ``tyro`` (``--help`` lists them), e.g.::
 
@@ -13,22 +14,26 @@ listwise, tokenized; JSONL, ``.gz``, JSON or Parquet)::
         --data.max-length 512 --data.max-prompt-length 256 --train.run-dir runs/dpo   # tokenizer from ./gpt2
     python -m mojax.train --method dpo --data.data-paths pku.jsonl --objective-index 1 --data.model-path ./gpt2
     python -m mojax.train --method cos-dpo --data.data-paths pku.jsonl --data.model-path ./gpt2   # all K objectives
+    python -m mojax.train --method cos-dpo --data.data-paths helpful.jsonl harmless.jsonl --data.model-path ./gpt2
+    python -m mojax.train --method dpo --finetune full --dtype bfloat16 --mesh.fsdp 2 --data.data-paths prefs.jsonl
     python -m mojax.train --method sft --data.data-paths prefs.jsonl --data.tokenizer-path ./tok   # tiny decoder
     python -m mojax.train --method dpo --data.data-paths ids.jsonl --data.model-path stories15M.bin  # llama2.c
 
 The ``--data.*`` flags are the shared :class:`mojax.train.DataConfig` block (the same names in every experiment).
-With ``--data.data-paths`` the files are read and tokenised once and concatenated (``--data.data-format`` names the
-schema, default ``auto``); the ``DataReport`` (kept / skipped / truncated records by reason) is printed at the start
-and saved as ``<run_dir>/data_report.json``; ``--data.eval-fraction`` holds out a share of the examples, whose mean
-objective loss is logged as ``eval/loss`` every ``--train.eval-every`` steps and at the end. Multi-objective files
-(labels ``[K, N]``, e.g. PKU-SafeRLHF's ("better", "safer")) train the pairwise methods on dimension
-``--objective-index`` (``mojax.data.select_objective``); ``cos-dpo`` conditions on all K. ``--data.model-path`` is a
-local Hugging Face directory (``mojax.models.load_hf``, placed on the mesh) or a llama2.c ``.bin`` file
-(``load_llama2c``); LoRA is added to it and the frozen base is the reference. At the end the LoRA adapters are merged
-and the model is written to ``<run_dir>/hf`` (``--no-save-hf`` to skip), which
-``transformers.AutoModelForCausalLM.from_pretrained`` loads (for ``cos-dpo`` that is the LoRA-merged backbone; the
-HPT conditioning network lives only in the checkpoints). Without a model path a tiny random Llama-style decoder is
-trained (sized to the tokenizer's vocabulary when one is given). Training goes through :func:`mojax.train.fit`.
+With ``--data.data-paths`` the files are read and tokenised once and mixed (``--data.data-format`` names the
+schema, default ``auto``); one ``DataReport`` per file (kept / skipped / truncated records by reason) is printed at the
+start and their sum saved as ``<run_dir>/data_report.json``; ``--data.eval-fraction`` holds out a share of the
+distinct prompts (``--data.eval-data-path``: a separate file), whose mean objective loss is logged as ``eval/loss``
+every ``--train.eval-every`` steps and at the end. Multi-objective files (labels ``[K, N]``, e.g. PKU-SafeRLHF's
+("better", "safer")) train the pairwise methods on dimension ``--objective-index`` (``mojax.data.select_objective``);
+``cos-dpo`` conditions on all K — or, given several single-objective files, on one objective per file (K = 1 is
+refused). SFT also takes single-response records. ``--data.model-path`` is a local Hugging Face directory
+(``mojax.models.load_hf``, placed on the mesh) or a llama2.c ``.bin`` file (``load_llama2c``); LoRA is added to it
+and the frozen base is the reference (``--finetune full``: every weight trains against a frozen copy). At the end the
+model is written to ``<run_dir>/hf`` (``--no-save-hf`` to skip), LoRA merged, which
+``transformers.AutoModelForCausalLM.from_pretrained`` loads (for ``cos-dpo``: see :func:`export_hf`). Without a
+model path a tiny random Llama-style decoder is trained (sized to the tokenizer's vocabulary when one is given).
+Training goes through :func:`mojax.train.fit`.
 
 The laptop default (a tiny Llama-style decoder, LoRA rank 4, 256 synthetic pairs) runs in well under a minute on
 one CPU core. Multi-host: start the same command on every host with ``--distributed.coordinator-address``,

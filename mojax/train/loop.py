@@ -112,7 +112,8 @@ class TrainResult:
       run_dir: the run directory, or None for an in-memory run.
       start_step: the step the run started (or resumed) at.
       history: one dict per logged step (``{"step": s, **metrics}``, plus ``steps_per_s``,
-        ``<TrainConfig.count_unit>_per_s`` and ``learning_rate``) and per evaluation (``{"step": s, "eval/<name>": value}``), in order.
+        ``<TrainConfig.count_unit>_per_s`` and ``learning_rate``) and per evaluation
+        (``{"step": s, "eval/<name>": value}``), in order.
       stopped: the stop flag ended the run early (after saving).
       seconds: wall time of the step loop (compilation included, evaluation excluded).
       compiled: whether this run compiled its step (False: reused from the process-wide step cache).
