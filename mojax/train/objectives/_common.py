@@ -79,7 +79,15 @@ def policy_logps(model: nnx.Module, batch: Batch, *, chunk_size: int | None = CH
         (under ``jax.vmap`` over batches it does not).
       use_lora: passed to the model (``False`` = the LoRA base model).
       conditioning: per-example model inputs ``[B, ...]`` (e.g. ``weights``), repeated for each of the N responses.
+
+    A packed batch (``segment_index``, :mod:`mojax.data.packing`) goes through
+    :func:`mojax.data.packing.packed_sequence_logps` (same ``[B, N]`` result; ``compact`` is implied).
     """
+    if "segment_index" in batch:
+        if conditioning:
+            raise ValueError("conditioning is per pair and cannot be given with a packed batch (rows hold many pairs)")
+        from mojax.data.packing import packed_sequence_logps
+        return packed_sequence_logps(model, batch, chunk_size=chunk_size, use_lora=use_lora)
     ids = jnp.asarray(batch["input_ids"])
     if ids.ndim != 3:
         raise ValueError(f"input_ids must be [B, N, T] (responses on an explicit axis), got shape {ids.shape}")
@@ -132,13 +140,16 @@ def _check_ref_mode(ref_mode: str) -> None:
 
 
 def _pairs(batch: Batch) -> None:
-    n = jnp.shape(batch["input_ids"])[1]
+    n = jnp.shape(batch["segment_index" if "segment_index" in batch else "input_ids"])[1]  # packed: [B, N]
     if n != 2:
         raise ValueError(f"a pairwise objective needs N = 2 responses (chosen, rejected), got N = {n}")
 
 
 def _lengths(batch: Batch) -> jax.Array:
     """Response token counts ``[B, N]`` (the SimPO / CPO ``|y|``)."""
+    if "segment_index" in batch:
+        from mojax.data.packing import packed_lengths
+        return packed_lengths(batch)
     return jnp.sum(jnp.asarray(batch["loss_mask"]), axis=-1).astype(jnp.float32)
 
 
