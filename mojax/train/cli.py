@@ -88,6 +88,9 @@ class RunConfig:
       finetune: ``lora`` (train adapters; the frozen base is the reference) or ``full`` (train every weight; the
         reference is a frozen copy of the starting model, sharded like it; ``--mesh.fsdp N`` shards parameters and
         optimizer state). Not with ``cos-dpo``, whose conditioning trains adapters.
+      reference: full fine-tuning's reference: ``frozen`` (a frozen copy of the starting model, in the train state)
+        or ``cached`` (the starting model's log-probs of every training and held-out example, computed once before
+        training with ``mojax.train.ref_cache`` and fed with the batches: no second copy of the weights).
       dtype: compute dtype of the decoder (``bfloat16``: matmuls in bfloat16; parameters, optimizer state, norms,
         logits, log-probs and the loss stay float32).
       num_pairs: synthetic preference pairs to generate (only without ``data.data_paths``).
@@ -111,6 +114,7 @@ class RunConfig:
     lora_rank: int = 4
     conditioning: Literal["hpt", "deep_hpt", "mixed_lora", "hyper_lora"] = "hpt"
     finetune: Literal["lora", "full"] = "lora"
+    reference: Literal["frozen", "cached"] = "frozen"
     dtype: Literal["float32", "bfloat16"] = "float32"
     num_pairs: int = 256
     data_seed: int = 0
@@ -133,6 +137,9 @@ class RunConfig:
         if self.full_finetune and self.method == "cos-dpo":
             raise ValueError("cos-dpo trains LoRA adapters and its conditioning network: full fine-tuning "
                              "(--finetune full / --lora-rank 0) is not supported for it")
+        if self.reference == "cached" and not self.full_finetune:
+            raise ValueError("--reference cached is for full fine-tuning (--finetune full); with LoRA the reference "
+                             "is the adapters' base model")
 
     @property
     def full_finetune(self) -> bool:
@@ -172,7 +179,7 @@ def _objective(config: RunConfig, num_objectives: int):
     from mojax.train import objectives as O
 
     # LoRA: the adapters' base model is the reference; full fine-tuning: a frozen copy (an AnchoredPolicy).
-    common = {"ref_mode": "model" if config.full_finetune else "lora"}
+    common = {"ref_mode": ("cached" if config.reference == "cached" else "model") if config.full_finetune else "lora"}
     if config.method in ("dpo", "ipo"):
         return O.dpo_objective(beta=config.beta, loss_type="sigmoid" if config.method == "dpo" else "ipo", **common)
     if config.method == "sft":
@@ -196,7 +203,7 @@ def _trainable(config: RunConfig):
 
         return ConditionedPolicy.trainable
     if config.full_finetune:
-        return nnx.Param if config.method == "sft" else AnchoredPolicy.trainable
+        return nnx.Param if config.method == "sft" or config.reference == "cached" else AnchoredPolicy.trainable
     return nnx.LoRAParam
 
 
@@ -426,6 +433,37 @@ def _load_model(config: RunConfig, mesh):
         raise ValueError(f"{path}: the checkpoint does not fit in memory (or is corrupt)") from None
 
 
+@dataclasses.dataclass(frozen=True)
+class _WithRef:
+    """A training record with the reference's log-probs of its responses (``--reference cached``)."""
+
+    example: Any
+    logps: Any  # float32 [N]
+
+
+def _cached_reference(model, examples: list, tokenize, *, batch_size: int, mesh):
+    """``(records, batch_fn)``: ``examples`` with ``model``'s sequence log-probs attached (computed once, in jitted
+    batches, by ``mojax.train.ref_cache.compute_logps``) and the pipeline's batch function that adds
+    ``batch["ref_logps"]`` ``[B, N]``. One row length (the bucket of the longest example) for every batch."""
+    import numpy as np
+
+    from mojax.data import TokenizeConfig, collate
+    from mojax.data.tokenize import bucket_length
+    from mojax.train.ref_cache import compute_logps
+
+    cfg = tokenize if tokenize is not None else TokenizeConfig()
+    length = bucket_length(max(ex.length for ex in examples), cfg)
+    logps = compute_logps(model, collate(examples, cfg, length=length), batch_size=batch_size, mesh=mesh)
+
+    def batch_fn(records, size):
+        batch = collate([r.example for r in records], cfg, batch_size=size, length=length)
+        ref = np.stack([r.logps for r in records])
+        batch["ref_logps"] = np.concatenate([ref, np.repeat(ref[:1], size - len(ref), axis=0)])  # fillers: masked
+        return batch
+
+    return [_WithRef(ex, lp) for ex, lp in zip(examples, logps)], batch_fn
+
+
 def _frozen_copy(model):
     """A copy of ``model`` with its own buffers (same shardings): the train step donates the policy's parameters,
     which a shallow clone would share with the reference."""
@@ -547,7 +585,9 @@ def run(config: RunConfig) -> TrainResult:
 
     def attach(decoder):
         if config.full_finetune:  # every weight trains; the reference (not for SFT) is a frozen copy of the start
-            return decoder if config.method == "sft" else AnchoredPolicy(decoder, _frozen_copy(decoder))
+            if config.method == "sft" or config.reference == "cached":
+                return decoder
+            return AnchoredPolicy(decoder, _frozen_copy(decoder))
         lora = LoRAConfig(rank=config.lora_rank)
         if config.method != "cos-dpo":
             return add_lora(decoder, lora, rngs=nnx.Rngs(config.train.seed + 1))
@@ -557,14 +597,26 @@ def run(config: RunConfig) -> TrainResult:
     # A loaded model is already on the mesh: pass the module. The tiny one is built inside jit, shard by shard.
     model = attach(base) if base is not None else (lambda: attach(Decoder(dec_cfg, rngs=nnx.Rngs(config.train.seed))))
     batch_size = config.train.batch_size
-    iterator = make_iterator(data.examples, PipelineConfig(batch_size=batch_size, seed=config.data_seed,
-                                                           num_epochs=None), tokenize_config=data.tokenize)
+    train_records, held_records, batch_fns = data.examples, data.held_out, (None, None)
+    if config.full_finetune and config.reference == "cached" and config.method != "sft":
+        if base is None:  # the cache needs the starting weights now: build the tiny model eagerly (same init)
+            model = base = Decoder(dec_cfg, rngs=nnx.Rngs(config.train.seed))
+        train_records, train_fn = _cached_reference(base, data.examples, data.tokenize, batch_size=batch_size,
+                                                    mesh=mesh)
+        held_fn = None
+        if data.held_out:
+            held_records, held_fn = _cached_reference(base, data.held_out, data.tokenize,
+                                                      batch_size=min(batch_size, len(data.held_out)), mesh=mesh)
+        batch_fns = (train_fn, held_fn)
+    iterator = make_iterator(train_records, PipelineConfig(batch_size=batch_size, seed=config.data_seed,
+                                                           num_epochs=None), tokenize_config=data.tokenize,
+                             batch_fn=batch_fns[0])
     objective = _objective(config, data.num_objectives)
     eval_fn = None
     if data.held_out:
-        held = make_iterator(data.held_out, PipelineConfig(batch_size=min(batch_size, len(data.held_out)),
-                                                           shuffle=False, num_epochs=1),
-                             tokenize_config=data.tokenize)
+        held = make_iterator(held_records, PipelineConfig(batch_size=min(batch_size, len(data.held_out)),
+                                                          shuffle=False, num_epochs=1),
+                             tokenize_config=data.tokenize, batch_fn=batch_fns[1])
         eval_fn = make_eval_fn(objective, list(held), mesh=mesh, seed=config.data_seed)
     if primary:
         print(f"mojax.train: {config.method} on {jax.device_count()} device(s), mesh {dict(mesh.shape)}, "

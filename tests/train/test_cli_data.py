@@ -135,6 +135,20 @@ def test_help_names_every_format(capsys):
     out = capsys.readouterr().out
     section = out[out.index("--data.data-format"):out.index("--data.model-path")]
     assert all(name in section for name in FORMATS), [n for n in FORMATS if n not in section]
+    # Each flag carries its own description (the text between it and the next flag).
+    flags = {}
+    for line in out.splitlines():
+        text = line.strip("│ ").strip()
+        if text.startswith("--"):
+            current = text.split()[0].rstrip(",")
+            flags[current] = ""
+        elif flags and text:
+            flags[current] += " " + text
+    own = {"--beta": "temperature", "--stable-penalty": "hinge", "--cos-penalty": "cosine",
+           "--conditioning": "weights w", "--finetune": "every weight", "--reference": "log-probs",
+           "--dtype": "compute dtype", "--lora-rank": "LoRA rank", "--data.eval-data-path": "evaluation file",
+           "--data.eval-fraction": "distinct prompts", "--train.count-unit": "count"}
+    assert {f: w for f, w in own.items() if w not in flags.get(f, "")} == {}, {f: flags.get(f) for f in own}
 
 
 @pytest.mark.parametrize("case", ["missing", "no_config", "bad_config", "bad_safetensors"])
