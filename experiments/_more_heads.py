@@ -291,6 +291,15 @@ def tables(summary: dict[str, Any], config: HeadsConfig) -> dict[str, list[dict[
             "Differences to hybrid (mean, 95% two-way bootstrap CI)": diffs}
 
 
+def reward_quantiles(rewards: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """Per method, over all seeds and held-out responses: reward quantiles (1/5/25/50/75/95/99 %), max |r|, and the
+    margin ``r_w − r_l`` quantiles — the whole distribution, not one extreme value."""
+    q = [1, 5, 25, 50, 75, 95, 99]
+    return {m: {"quantiles": q, "reward": np.percentile(r, q).tolist(), "max_abs_reward": float(np.abs(r).max()),
+                "margin": np.percentile(r[..., 0] - r[..., 1], q).tolist(), "reward_sd": float(r.std())}
+            for m, r in rewards.items()}
+
+
 def write_outputs(out: Path, result: dict[str, Any], summary: dict[str, Any], verdict: Verdict,
                   config: HeadsConfig, *, command: str, data_note: str) -> Path:
     """``config.json``, ``metrics.json`` (with the verdict), ``reward_distributions.png``, ``lambda.png``, ``report.md``."""
@@ -301,6 +310,7 @@ def write_outputs(out: Path, result: dict[str, Any], summary: dict[str, Any], ve
                        "lambda": {"mean_over_steps": lam.mean(axis=(0, 1, 2)).tolist(),
                                   "final": lam[:, :, -1].mean(axis=(0, 1)).tolist(),
                                   "trajectory_mean": lam.mean(axis=(0, 1)).tolist()},
+                       "reward_distribution": reward_quantiles(result["rewards"]),
                        "verdict": dataclasses.asdict(verdict)})
     rewards = result["rewards"]
     plot_histograms(out / "reward_distributions.png",
