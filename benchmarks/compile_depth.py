@@ -75,7 +75,9 @@ def measure(layers: int, scan: bool, *, sizes: dict | None = None, pairs: int = 
 def _child(layers: int, scan: bool) -> dict:
     out = subprocess.run([sys.executable, __file__, "--one", str(layers), str(int(scan))], check=True,
                          capture_output=True, text=True, env={"JAX_PLATFORMS": "cpu", **_env()})
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"  {layers} layers, scan={scan}: {json.dumps(result)}", file=sys.stderr, flush=True)  # progress
+    return result
 
 
 def _env() -> dict:
