@@ -1,0 +1,132 @@
+"""Packed vs padded DPO batches on the real HH-RLHF length distribution (issue 13 §3).
+
+    nice python benchmarks/packing.py [--batch-size 8] [--batches 4] [--rounds 3] [--d-model 64 --layers 2 --mlp-dim 128]
+
+Data: the four HH-RLHF files in ``../shared/data/hh-rlhf``, GPT-2 BPE tokenizer (``../shared/data/gpt2-bpe``),
+``max_length`` 512 (``max_prompt_length`` 384). Batches of B pairs in the pipeline's seeded order.
+
+1. Padding: the fraction of token slots that are padding over every batch of the data, padded layout (today's
+   collate: ``[B, 2, T]``, T = the power-of-two bucket of the batch's longest sequence) vs packed rows of 512
+   (:func:`mojax.data.packing.pack_examples`, first-fit decreasing).
+2. Speed: one jitted DPO loss + gradient (cached reference log-probs) of a small Llama-shaped decoder (GPT-2
+   vocabulary) on the same ``--batches`` batches, packed vs padded, alternating rounds (each round runs every batch
+   once per layout, the first layout rotating), medians of the per-round pairs/second and their per-round ratio.
+   Every shape is compiled before timing. The losses of the two layouts are compared batch by batch.
+
+Last line: ``packing_speedup=<median per-round ratio of pairs/s packed over padded>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from _bench import alternate, headline, load_average, median, paired_ratios
+from flax import nnx
+
+from mojax.data import TokenizeConfig, collate, load_tokenized_files
+from mojax.data.packing import PackConfig, pack_examples, padding_fraction
+from mojax.models import Decoder, DecoderConfig
+from mojax.models.hf import load_tokenizer
+from mojax.train.objectives import LMOpening, dpo_objective
+
+DATA = Path("..") / "shared" / "data"
+MAX_LENGTH = 512
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batches", type=int, default=4, help="batches timed per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--d-model", type=int, default=64)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--mlp-dim", type=int, default=128)
+    args = ap.parse_args()
+
+    tok = load_tokenizer(DATA / "gpt2-bpe")
+    tcfg = TokenizeConfig(max_length=MAX_LENGTH, max_prompt_length=384, pad_id=0)
+    files = sorted((DATA / "hh-rlhf").glob("*.jsonl.gz"))
+    examples, _ = load_tokenized_files(files, tok, tcfg)
+    examples = [ex for ex in examples if len(ex.response_ids) == 2]
+    order = np.random.default_rng(args.seed).permutation(len(examples))
+    b = args.batch_size
+    batches = [[examples[i] for i in order[s:s + b]] for s in range(0, len(order) - b + 1, b)]
+    pcfg = PackConfig(row_length=MAX_LENGTH, max_segments=16)
+
+    lengths = np.array([len(ex.prompt_ids) + len(r) for ex in examples for r in ex.response_ids])
+    pad_slots = pad_real = pack_slots = pack_real = 0
+    rows = []
+    for exs in batches:
+        padded, packed = collate(exs, tcfg), pack_examples(exs, pcfg)
+        pad_slots += padded["attention_mask"].size
+        pad_real += int(padded["attention_mask"].sum())
+        pack_slots += packed["attention_mask"].size
+        pack_real += int(packed["attention_mask"].sum())
+        rows.append(packed["input_ids"].shape[0])
+    print(f"HH-RLHF: {len(examples)} pairs from {len(files)} files; sequence length (prompt + response) "
+          f"median {np.median(lengths):.0f}, mean {lengths.mean():.1f}, p90 {np.percentile(lengths, 90):.0f}, "
+          f"max {lengths.max()}")
+    print(f"batches of {b} pairs: {len(batches)}; packed rows per batch: median {np.median(rows):.0f} "
+          f"(padded: {2 * b})")
+    print(f"padding fraction: padded {1 - pad_real / pad_slots:.4f}, packed {1 - pack_real / pack_slots:.4f}")
+
+    # Timing: a small Llama-shaped decoder with the GPT-2 vocabulary, the DPO loss and its gradient, jitted.
+    cfg = DecoderConfig.tiny("llama", vocab_size=len(tok), d_model=args.d_model, num_layers=args.layers, num_heads=4,
+                             mlp_dim=args.mlp_dim,
+                             max_positions=MAX_LENGTH)
+    model = Decoder(cfg, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model)
+    obj = dpo_objective(beta=0.1, ref_mode="cached")
+    hp = obj.initial_hparams()
+
+    @jax.jit
+    def step(params, batch):
+        def f(p):
+            return obj.fn(nnx.merge(graphdef, p), batch, None, hp)[0]
+        return jax.value_and_grad(f)(params)
+
+    rng = np.random.default_rng(1)
+    timed = batches[:args.batches]
+    # Reference log-probs near the policy's own (a DPO loss of order log 2, as at the start of training).
+    opening = LMOpening(ref_mode=None)
+    ref = [np.asarray(opening(model, collate(e, tcfg)).logps) + rng.normal(0, 1, (b, 2)).astype(np.float32)
+           for e in timed]
+    layouts = {
+        "padded": [{**collate(e, tcfg), "ref_logps": r} for e, r in zip(timed, ref)],
+        "packed": [{**pack_examples(e, pcfg), "ref_logps": r} for e, r in zip(timed, ref)],
+    }
+    layouts = {k: [jax.tree.map(jnp.asarray, x) for x in v] for k, v in layouts.items()}
+    t0 = time.perf_counter()
+    losses = {k: [float(jax.block_until_ready(step(params, x))[0]) for x in v] for k, v in layouts.items()}
+    print(f"compile + first run of every shape: {time.perf_counter() - t0:.1f} s; shapes padded "
+          f"{sorted({tuple(x['input_ids'].shape) for x in layouts['padded']})}, packed "
+          f"{sorted({tuple(x['input_ids'].shape) for x in layouts['packed']})}")
+    diff = max(abs(a - c) for a, c in zip(losses["packed"], losses["padded"]))
+    print(f"DPO loss per batch padded {np.round(losses['padded'], 6).tolist()}; max |packed - padded| = {diff:.2e}")
+
+    def run(name):
+        def go():
+            t = time.perf_counter()
+            for x in layouts[name]:
+                jax.block_until_ready(step(params, x))
+            return len(timed) * b / (time.perf_counter() - t)
+        return go
+
+    pps = alternate({"padded": run("padded"), "packed": run("packed")}, args.rounds)
+    ratios = paired_ratios(pps["packed"], pps["padded"])
+    print(f"pairs/s padded {[round(x, 2) for x in pps['padded']]} (median {median(pps['padded']):.2f}), "
+          f"packed {[round(x, 2) for x in pps['packed']]} (median {median(pps['packed']):.2f}); "
+          f"per-round ratios {[round(x, 3) for x in ratios]}; load {load_average()}")
+    if diff > 1e-5:
+        print(f"WARNING: losses differ by {diff:.2e} > 1e-5")
+    print(headline("packing_speedup", median(ratios)))
+
+
+if __name__ == "__main__":
+    main()
