@@ -29,7 +29,7 @@ from _bench import alternate, headline, load_average, median, paired_ratios
 from flax import nnx
 
 from mojax.data import TokenizeConfig, collate, load_tokenized_files
-from mojax.data.packing import PackConfig, pack_examples, padding_fraction
+from mojax.data.packing import PackConfig, pack_examples
 from mojax.models import Decoder, DecoderConfig
 from mojax.models.hf import load_tokenizer
 from mojax.train.objectives import LMOpening, dpo_objective
