@@ -536,6 +536,13 @@ def run(config: RunConfig) -> TrainResult:
     import jax
     import jax.numpy as jnp
 
+    from mojax.train.mesh import check_global_batch, make_mesh
+
+    mesh = make_mesh(config.mesh)
+    # Cheap checks first: a bad batch size or model path must not wait for the data to be tokenised (nor leave a
+    # new run directory behind).
+    check_global_batch(mesh, config.train.batch_size * jax.process_count(), accum_steps=config.train.accum_steps)
+    _check_model_path(config)
     if config.train.run_dir is None:
         if jax.process_count() > 1:
             raise ValueError("a multi-process run needs the same --train.run-dir on every process")
@@ -551,14 +558,9 @@ def run(config: RunConfig) -> TrainResult:
     from mojax.models import ConditioningConfig, Decoder, DecoderConfig, LoRAConfig, add_lora, build_conditioned
     from mojax.train.checkpoint import install_sigterm_flag
     from mojax.train.loop import fit, make_eval_fn
-    from mojax.train.mesh import check_global_batch, make_mesh
     from mojax.train.objectives import AnchoredPolicy
 
     primary = jax.process_index() == 0
-    mesh = make_mesh(config.mesh)
-    # Cheap checks first: a bad batch size or model path must not wait for the data to be tokenised.
-    check_global_batch(mesh, config.train.batch_size * jax.process_count(), accum_steps=config.train.accum_steps)
-    _check_model_path(config)
     tokenizer = _load_tokenizer(config)
     real = config.data.real
     data = _user_data(config, tokenizer) if real else _synthetic_data(config)

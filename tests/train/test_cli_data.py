@@ -179,9 +179,13 @@ def test_model_path_errors_come_before_the_data(tmp_path, gpt2_dir, case, capsys
     assert expected in err, err
 
 
-def test_cos_dpo_trains_on_two_files_with_eval_file(tmp_path, tok_dir):
-    """End to end: cos-dpo on two single-objective files (mixed-LoRA conditioning, 2 steps) logs K = 2 objective
-    losses, the learning rate and held-out metrics of the evaluation file (a PKU file: K = 2 label rows)."""
+def test_cos_dpo_trains_on_two_files_with_eval_file(tmp_path, gpt2_dir):
+    """End to end: cos-dpo on two single-objective files (mixed-LoRA conditioning on a transformers GPT-2, 2 steps)
+    logs K = 2 objective losses, the learning rate and held-out metrics of the evaluation file (a PKU file: K = 2
+    label rows), and exports the policy merged at w = (1/2, 1/2), which transformers loads with the same logits."""
+    torch = pytest.importorskip("torch")
+    from transformers import AutoModelForCausalLM
+
     from mojax.train.cli import main
 
     a = _pairs(tmp_path / "helpful.jsonl", [f"how do i {w}" for w in WORDS[:4]])
@@ -190,7 +194,7 @@ def test_cos_dpo_trains_on_two_files_with_eval_file(tmp_path, tok_dir):
     _write_pku(pku)
     run_dir = tmp_path / "run"
     result = main(["--method", "cos-dpo", "--conditioning", "mixed_lora", "--data.data-paths", str(a), str(b),
-                   "--data.eval-data-path", str(pku), "--data.tokenizer-path", str(tok_dir),
+                   "--data.eval-data-path", str(pku), "--data.model-path", str(gpt2_dir),
                    "--data.max-length", "32", "--data.max-prompt-length", "16", "--train.batch-size", "4",
                    "--train.steps", "2", "--train.log-every", "1", "--train.run-dir", str(run_dir),
                    "--train.no-progress", "--checkpoint.every-steps", "0", "--optimizer.learning-rate", "0.01"])
@@ -202,3 +206,12 @@ def test_cos_dpo_trains_on_two_files_with_eval_file(tmp_path, tok_dir):
     held = [x for x in records if "eval/loss" in x]
     assert [x["step"] for x in held] == [2] and math.isfinite(held[0]["eval/loss"])
     assert int(result.state.step) == 2
+
+    policy = result.model()
+    ids = np.asarray(_tokenizer()("how do i bake bread mix flour")["input_ids"], np.int32)[None]
+    ours = np.asarray(policy(ids, weights=np.full((1, 2), 0.5, np.float32)))
+    hf = AutoModelForCausalLM.from_pretrained(run_dir / "hf").eval()
+    with torch.no_grad():
+        theirs = hf(torch.as_tensor(ids, dtype=torch.long)).logits.numpy()
+    np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=0)
+    assert np.abs(ours - np.asarray(policy(ids, weights=np.array([[1.0, 0.0]], np.float32)))).max() > 1e-6
