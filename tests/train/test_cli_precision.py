@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+from test_train_cli import _tokenizer, _write_pairs, gpt2_dir  # noqa: F401  (gpt2_dir: fixture)
 
 # Tiny synthetic runs: the laptop default decoder, a few steps, no checkpoints.
 COMMON = ["--num-pairs", "32", "--train.batch-size", "8", "--train.log-every", "1", "--train.no-progress",
@@ -66,21 +67,34 @@ print("SHARDED", fsdp(r.state.params), fsdp(r.state.opt_state), fsdp(r.state.res
 """
 
 
-def test_full_finetune_fsdp_mesh_equals_one_device(tmp_path):
-    """DPO with ``--finetune full`` (the reference a frozen copy): on 4 CPU devices as fsdp=2 × data=2 the losses
-    equal a 1-device run; parameters, optimizer state and the frozen reference are sharded over fsdp. The cached
-    reference (``--reference cached``) gives the same losses on one device."""
+def test_full_finetune_fsdp_mesh_equals_one_device(tmp_path, gpt2_dir):
+    """DPO with ``--finetune full`` on a transformers GPT-2 (the reference a frozen copy): on 4 CPU devices as
+    fsdp=2 × data=2 the losses equal a 1-device run; parameters, optimizer state and the frozen reference are sharded
+    over fsdp; the exported policy loads in transformers. The cached reference (``--reference cached``) gives the
+    same losses on one device."""
+    torch = pytest.importorskip("torch")
     import jax
+    from transformers import AutoModelForCausalLM
 
     from mojax.train.cli import main
 
-    args = ["--method", "dpo", "--finetune", "full", "--train.steps", "3", *COMMON]
+    data = tmp_path / "pairs.jsonl"
+    _write_pairs(data)
+    args = ["--method", "dpo", "--finetune", "full", "--train.steps", "3", *COMMON, "--data.data-paths", str(data),
+            "--data.model-path", str(gpt2_dir), "--data.max-length", "32", "--data.max-prompt-length", "16"]
     one = main(args + ["--train.run-dir", str(tmp_path / "one")])
     # Full fine-tuning trains the base weights (no LoRA adapters), and starts at the reference: DPO = ln 2.
     names = {"/".join(map(str, p)) for p, _ in jax.tree_util.tree_flatten_with_path(one.state.params)[0]}
     assert not any("lora" in n for n in names) and any("embed" in n for n in names), sorted(names)[:5]
     single = _losses(tmp_path / "one")
-    assert abs(single[0] - math.log(2)) < 1e-6 and single[-1] < single[0] - 1e-3, single
+    assert abs(single[0] - math.log(2)) < 1e-6 and single[-1] < single[0] - 1e-4, single
+    ids = np.asarray(_tokenizer()("how do i bake bread mix flour")["input_ids"], np.int32)[None]
+    ours = np.asarray(one.model().policy(ids))
+    with torch.no_grad():
+        theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "one" / "hf").eval()(
+            torch.as_tensor(ids, dtype=torch.long)).logits.numpy()
+    np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=0)  # the trained policy, not the frozen reference
+    assert np.abs(ours - np.asarray(one.model().reference(ids))).max() > 1e-4
 
     # --reference cached: the starting model's log-probs computed once (mojax.train.ref_cache) instead of a frozen
     # copy in the state — the same losses, without the copy's weights.
