@@ -14,7 +14,7 @@ the centroid and a fixed Dirichlet(1) sample otherwise):
 
 - **W-COS-DPO**: one weight-conditioned model trained once, w ~ Dirichlet(α·1) drawn per list (the paper: per step,
   ``--no-per-example-weights``), loss Σ_k w_k ℓ_k − μ·cos;
-- **DPO-LS**: one run per weight (the weight is a traced batch input: one compile for all runs);
+- **DPO-LS**: one run per weight (w is a traced hyper-parameter of the step: one compile for all runs);
 - **DPO Soup**: the K single-objective runs (the DPO-LS vertex runs, same init), parameters mixed by w;
 - **MO-DPO**: for each interior w, objective k = argmax w trained against the single models' implicit rewards;
 - **T-COS-DPO**: conditioned on (w, β/‖β‖₁), β log-uniform per objective; served at any β by Prop. 3.1;
