@@ -197,11 +197,14 @@ def test_cos_dpo_trains_on_two_files_with_eval_file(tmp_path, gpt2_dir):
                    "--data.eval-data-path", str(pku), "--data.model-path", str(gpt2_dir),
                    "--data.max-length", "32", "--data.max-prompt-length", "16", "--train.batch-size", "4",
                    "--train.steps", "2", "--train.log-every", "1", "--train.run-dir", str(run_dir),
-                   "--train.no-progress", "--checkpoint.every-steps", "0", "--optimizer.learning-rate", "0.01"])
+                   "--train.no-progress", "--checkpoint.every-steps", "0", "--optimizer.learning-rate", "0.01",
+                   "--optimizer.warmup-steps", "2"])
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [x for x in records if "loss" in x]
     assert [x["step"] for x in steps] == [1, 2]
-    assert all(len(x["objective_losses"]) == 2 and x["learning_rate"] == pytest.approx(0.01) for x in steps)
+    assert all(len(x["objective_losses"]) == 2 for x in steps)
+    # The rate of each step's own update: linear warmup over 2 steps gives 0, then 0.01 / 2.
+    assert [x["learning_rate"] for x in steps] == pytest.approx([0.0, 0.005])
     assert all("examples_per_s" in x for x in steps)
     held = [x for x in records if "eval/loss" in x]
     assert [x["step"] for x in held] == [2] and math.isfinite(held[0]["eval/loss"])
