@@ -62,6 +62,7 @@ from mojax.train.data_config import DataConfig
 from mojax.train.distributed import DistributedConfig
 from mojax.train.loop import TrainConfig, TrainResult
 from mojax.train.mesh import MeshConfig
+from mojax.train.parse import parse_cli
 from mojax.train.step import OptimizerConfig
 
 Method = Literal["dpo", "ipo", "sft", "stable-po", "bilevel-stable-po", "cos-dpo"]
@@ -643,8 +644,6 @@ def main(argv: list[str] | None = None) -> TrainResult:
     """
     import sys
 
-    import tyro
-
     from mojax.data import DataError
     from mojax.train import distributed
     from mojax.train.checkpoint import CheckpointError
@@ -652,7 +651,7 @@ def main(argv: list[str] | None = None) -> TrainResult:
 
     config = None
     try:
-        config = tyro.cli(RunConfig, args=argv)
+        config = parse_cli(RunConfig, args=argv, prog="mojax.train")
         _check_finite(config, "")
         return run(config)
     except SkippedStepsError as e:  # the run itself failed (not its input): its own status
