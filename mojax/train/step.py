@@ -212,8 +212,13 @@ def make_schedule(config: OptimizerConfig) -> optax.Schedule:
     return optax.constant_schedule(config.learning_rate)
 
 
+@functools.lru_cache(maxsize=64)
 def make_optimizer(config: OptimizerConfig = OptimizerConfig()) -> optax.GradientTransformation:
-    """``optax.chain(clip_by_global_norm, adamw(schedule))`` from an :class:`OptimizerConfig`."""
+    """``optax.chain(clip_by_global_norm, adamw(schedule))`` from an :class:`OptimizerConfig`.
+
+    Cached per (frozen, hashable) config: equal configs give the same transformation object, so a sweep of
+    ``fit`` calls reuses the jitted ``tx.init`` and the compiled step keyed on it instead of recompiling each run.
+    """
     if config.max_grad_norm < 0:
         raise ValueError(f"max_grad_norm must be >= 0 (0 disables clipping), got {config.max_grad_norm}")
     adamw = optax.adamw(make_schedule(config), b1=config.b1, b2=config.b2, eps=config.eps,

@@ -130,19 +130,35 @@ def test_guard_covers_the_update_and_new_parameters(learning_rate):
 
 
 def test_huge_beta_is_skipped_and_counted_with_parameters_finite():
-    """β = 1e30 is finite (accepted) but its gradients overflow: every step is skipped and counted, parameters
-    stay as they were; a non-finite β is refused when the run starts."""
+    """β = 1e30 is finite (accepted) but its gradients overflow: each step is skipped and counted with the
+    parameters unchanged; ``fit`` stops such a run (every step skipped) with a one-line cause; a non-finite β is
+    refused when the run starts."""
     from mojax.train import TrainConfig, dpo_objective, fit
+    from mojax.train.run_dir import SkippedStepsError
+    from mojax.train.state import create_train_state
 
     rs = np.random.RandomState(0)
     batches = [{**make_batch(s), "ref_logps": rs.normal(-8, 1, (8, 2)).astype(np.float32)} for s in range(2)]
     objective = dpo_objective()
+    tx = optax.adam(1e-2)
+    mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    graphdef, state, shardings = create_train_state(lambda: TinyLM(rngs=nnx.Rngs(0)), tx, mesh=mesh,
+                                                    hparams=objective.initial_hparams({"beta": 1e30}))
+    before = jax.tree.map(np.asarray, state.params)
+    step = jit_train_step(make_train_step(graphdef, objective, tx), shardings, batches[0], mesh)
+    for b in batches:
+        state, m = step(state, b, state.rng)
+        assert float(m["finite"]) == 0.0
+    assert int(state.skipped) == 2
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.params)):
+        np.testing.assert_array_equal(a, np.asarray(b))
+
+    seen = []
     config = TrainConfig(steps=2, log_every=1, progress=False)
-    result = fit(lambda: TinyLM(rngs=nnx.Rngs(0)), objective, iter(batches), config=config, hparams={"beta": 1e30})
-    start = fit(lambda: TinyLM(rngs=nnx.Rngs(0)), objective, iter(batches), config=TrainConfig(steps=0))
-    assert result.skipped == 2 and result.metrics("skipped").tolist() == [1, 2]
-    for a, b in zip(jax.tree.leaves(start.state.params), jax.tree.leaves(result.state.params)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(SkippedStepsError, match="skipped"):
+        fit(lambda: TinyLM(rngs=nnx.Rngs(0)), objective, iter(batches), config=config, hparams={"beta": 1e30},
+            on_metrics=lambda s, m: seen.append(int(m["skipped"])))
+    assert seen and seen[-1] == len(seen)  # every logged step was a skipped one
     with pytest.raises(ValueError, match="finite"):
         fit(lambda: TinyLM(rngs=nnx.Rngs(0)), objective, iter(batches), config=config, hparams={"beta": np.inf})
 
@@ -201,3 +217,11 @@ def test_eight_device_mesh_matches_one_device():
     assert result["lora_sharded"]
     assert abs(result["lora_one"][0] - np.log(2)) < 1e-6
     np.testing.assert_allclose(result["lora_eight"], result["lora_one"], atol=1e-5, rtol=0)
+
+
+def test_make_optimizer_is_shared_per_config():
+    """Equal configs give one transformation (sweeps reuse compiled inits); different configs do not."""
+    from mojax.train.step import OptimizerConfig, make_optimizer
+
+    assert make_optimizer(OptimizerConfig(learning_rate=0.01)) is make_optimizer(OptimizerConfig(learning_rate=0.01))
+    assert make_optimizer(OptimizerConfig(learning_rate=0.01)) is not make_optimizer(OptimizerConfig(learning_rate=0.02))
