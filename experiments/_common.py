@@ -183,7 +183,7 @@ def cli(get_config_fn: Callable[..., ConfigT], main_fn: Callable[[ConfigT], Any]
       argv: arguments without the program name (default ``sys.argv[1:]``).
       description: ``--help`` text (default the calling module's docstring).
     """
-    import tyro  # imported here: only the entry point needs it
+    from mojax.train.parse import parse_cli
 
     args = list(sys.argv[1:] if argv is None else argv)
     quick = "--quick" in args
@@ -197,6 +197,9 @@ def cli(get_config_fn: Callable[..., ConfigT], main_fn: Callable[[ConfigT], Any]
         main_mod = sys.modules.get(getattr(main_fn, "__module__", ""), None)
         description = (main_mod.__doc__ or "") if main_mod is not None else ""
     description = (description or "").strip() + "\n\n--quick selects the seconds-long smoke-test preset."
-    config = tyro.cli(type(default), default=default, args=args, description=description)
+    module = sys.modules.get(getattr(main_fn, "__module__", ""), None)
+    spec = getattr(module, "__spec__", None)
+    prog = spec.name if spec is not None else "experiment"  # `python -m experiments.spo` runs as __main__
+    config = parse_cli(type(default), default=default, args=args, description=description, prog=prog)
     return main_fn(config)
 

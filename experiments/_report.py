@@ -18,7 +18,6 @@ import math
 import os
 import shlex
 import sys
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: experiments run in CI and over ssh; set before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from mojax.train.jsonable import to_jsonable as _to_jsonable  # noqa: E402
 
 __all__ = [
     "VERDICT_RESULTS",
@@ -52,45 +52,10 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def to_jsonable(obj: Any, *, _path: str = "$", _bad: list | None = None) -> Any:
-    """Convert configs and results to plain JSON types.
-
-    Dataclasses → dicts, NumPy/JAX arrays → nested lists, NumPy scalars → Python numbers, tuples → lists,
-    ``Path`` → str. Non-finite floats become ``null`` (strict JSON has no NaN) and are reported with their path in a
-    ``RuntimeWarning``, so a diverged run still writes its files but never silently.
-    """
-    top = _bad is None
-    bad: list = [] if top else _bad
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        out = {f.name: to_jsonable(getattr(obj, f.name), _path=f"{_path}.{f.name}", _bad=bad)
-               for f in dataclasses.fields(obj)}
-    elif isinstance(obj, Mapping):
-        out = {str(k): to_jsonable(v, _path=f"{_path}.{k}", _bad=bad) for k, v in obj.items()}
-    elif isinstance(obj, (str, bool)) or obj is None:
-        out = obj
-    elif isinstance(obj, Path):
-        out = str(obj)
-    elif isinstance(obj, (int, np.integer)):
-        out = int(obj)
-    elif isinstance(obj, (float, np.floating)):
-        value = float(obj)
-        if not math.isfinite(value):
-            bad.append(_path)
-            value = None
-        out = value
-    elif isinstance(obj, np.bool_):
-        out = bool(obj)
-    elif hasattr(obj, "__array__") and not isinstance(obj, (list, tuple)):
-        arr = np.asarray(obj)
-        out = to_jsonable(arr.item() if arr.ndim == 0 else arr.tolist(), _path=_path, _bad=bad)
-    elif isinstance(obj, (list, tuple, set, frozenset)):
-        out = [to_jsonable(v, _path=f"{_path}[{i}]", _bad=bad) for i, v in enumerate(obj)]
-    else:
-        raise TypeError(f"cannot convert {type(obj).__name__} at {_path} to JSON")
-    if top and bad:
-        warnings.warn(f"non-finite values written as null: {', '.join(bad[:10])}"
-                      + (f" (+{len(bad) - 10} more)" if len(bad) > 10 else ""), RuntimeWarning, stacklevel=2)
-    return out
+def to_jsonable(obj: Any) -> Any:
+    """Strict JSON values for experiment artefacts: :func:`mojax.train.jsonable.to_jsonable` with ``strict=True``
+    (non-finite floats → ``null`` with a ``RuntimeWarning`` naming their paths; unknown objects raise)."""
+    return _to_jsonable(obj, strict=True)
 
 
 def save_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -74,7 +74,7 @@ from mojax.models import ConditionedLM, HPTConfig, HyperPromptTuning, LoRAConfig
 from mojax.models.ranker import num_params
 from mojax.train import DataConfig
 from mojax.train.objectives import COSDPOSampling, cos_dpo_objective, modpo_objective
-from mojax.train.objectives.preference import scalarized_dpo_objective
+from mojax.train import scalarized_dpo_objective
 
 METHOD_LABELS = {"w_cos_dpo": "W-COS-DPO (HPT + LoRA)", "dpo_ls": "DPO-LS", "dpo_soup": "DPO Soup",
                  "mo_dpo": "MO-DPO"}

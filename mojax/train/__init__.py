@@ -12,8 +12,10 @@ from mojax.train.mesh import MeshConfig, check_global_batch, make_mesh
 from mojax.train.objectives import (AnchoredPolicy, COSDPOSampling, bilevel_stable_po_objective,
                                     bradley_terry_objective, cos_dpo_objective, dpo_objective,
                                     listwise_dpo_objective, ltr_cos_dpo_objective, ltr_listnet_objective,
-                                    ltr_listwise_dpo_objective, modpo_objective, more_objective, policy_logps,
+                                    ltr_listwise_dpo_objective, ltr_modpo_objective, ltr_scalarized_dpo_objective,
+                                    modpo_objective, more_objective, policy_logps, scalarized_dpo_objective,
                                     sft_objective, spo_objective, stable_po_objective)
+from mojax.train.parse import parse_cli
 from mojax.train.ref_cache import attach_ref_logps, cached_reference_logps, ref_axis_first
 from mojax.train.state import TrainState, batch_shardings, create_train_state, step_key
 from mojax.train.step import (Objective, OptimizerConfig, StatefulObjective, as_objective, init_extras,
@@ -26,7 +28,8 @@ __all__ = [
     "bradley_terry_objective", "cached_reference_logps", "check_global_batch", "clear_step_cache",
     "cos_dpo_objective", "create_train_state", "dpo_objective", "fit", "init_extras", "initial_hparams",
     "initialize", "install_sigterm_flag", "jit_train_step", "listwise_dpo_objective", "local_batch",
-    "ltr_cos_dpo_objective", "ltr_listnet_objective", "ltr_listwise_dpo_objective", "make_eval_fn", "make_mesh",
+    "ltr_cos_dpo_objective", "ltr_listnet_objective", "ltr_listwise_dpo_objective", "ltr_modpo_objective",
+    "ltr_scalarized_dpo_objective", "make_eval_fn", "make_mesh",
     "make_optimizer", "make_train_step", "modpo_objective", "more_objective", "policy_logps", "process_batch_slice",
-    "ref_axis_first", "sft_objective", "shard_batch", "spo_objective", "stable_po_objective", "step_key",
+    "parse_cli", "ref_axis_first", "scalarized_dpo_objective", "sft_objective", "shard_batch", "spo_objective", "stable_po_objective", "step_key",
 ]

@@ -42,6 +42,7 @@ from jax.sharding import Mesh
 from mojax.train.checkpoint import CheckpointConfig, Checkpointer, StopFlag
 from mojax.train.distributed import note_progress, shard_batch
 from mojax.train.mesh import MeshConfig, check_global_batch, make_mesh
+from mojax.train.jsonable import to_jsonable
 from mojax.train.run_dir import DEFAULT_ALLOW, SkipMonitor, check_resume_step, claim_for_fit
 from mojax.train.state import TrainState, batch_axis, create_train_state, replicated, step_key
 from mojax.train.step import (COUNT, Objective, OptimizerConfig, StatefulObjective, as_objective, init_extras,
@@ -148,23 +149,6 @@ class TrainResult:
     def evals(self) -> list[dict[str, Any]]:
         """The evaluation records (``{"step": s, "eval/<name>": value}``)."""
         return [h for h in self.history if any(k.startswith("eval/") for k in h)]
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Dataclasses, mappings, sequences, paths and numpy/JAX scalars as plain JSON values."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, (np.ndarray, jax.Array)):
-        return np.asarray(obj).tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
 
 
 class MetricsWriter:

@@ -169,14 +169,23 @@ class OptimizerConfig:
     """
 
     learning_rate: float = 1e-3
+    """Peak learning rate (after warmup)."""
     warmup_steps: int = 0
+    """Steps of linear warmup from 0 (0 = none)."""
     decay_steps: int = 0
+    """Length of the cosine decay, warmup included (0 = constant after warmup)."""
     end_learning_rate_ratio: float = 0.0
+    """Learning rate at the end of the cosine decay, as a fraction of the peak."""
     b1: float = 0.9
+    """Adam's first-moment decay."""
     b2: float = 0.999
+    """Adam's second-moment decay."""
     eps: float = 1e-8
+    """Adam's denominator epsilon."""
     weight_decay: float = 0.0
+    """Decoupled (AdamW) weight decay."""
     max_grad_norm: float = 1.0
+    """Clip gradients to this global norm (0 = no clipping)."""
 
     def __post_init__(self):
         # A NaN/inf here would make every update non-finite (the step would skip them all) or, before the update
