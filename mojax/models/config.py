@@ -24,7 +24,10 @@ LAYER_TYPES = ("full_attention", "sliding_attention")
 # "none" = no rematerialisation; the others name jax.checkpoint_policies members.
 REMAT_POLICIES = ("none", "nothing_saveable", "everything_saveable", "dots_saveable",
                   "dots_with_no_batch_dims_saveable", "checkpoint_dots", "checkpoint_dots_with_no_batch_dims")
-SCAN_MIN_LAYERS = 8  # scan_layers=None scans from this depth on: compile time then stops growing with depth
+# scan_layers=None scans from this depth on; None: never by default. Off because scanning does not yet pay on CPU:
+# with parameters stored per layer and stacked inside the step, the scanned DPO step compiled slower than the
+# unrolled one at 2, 8 and 32 layers (docs/accelerator.md "Compile depth"). Storing parameters stacked is the fix.
+SCAN_MIN_LAYERS: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -109,7 +112,7 @@ class DecoderConfig:
         ``"auto"`` (fused unless ``attn_logit_softcap`` is set, which the fused kernel cannot express). See
         ``docs/accelerator.md``.
       scan_layers: run the blocks under one ``jax.lax.scan`` (one compiled block whatever the depth) instead of a
-        Python loop; ``None`` (default): scanned from ``SCAN_MIN_LAYERS`` layers on. Parameters keep their
+        Python loop; ``None`` (default): scanned from ``SCAN_MIN_LAYERS`` layers on (currently never, see there). Parameters keep their
         per-layer layout (``blocks.{i}``) either way, so import/export, LoRA and checkpoints do not change.
       remat_policy: rematerialisation of each block in the backward pass, a ``jax.checkpoint_policies`` name
         (``REMAT_POLICIES``: ``"nothing_saveable"`` recomputes everything, ``"dots_saveable"`` keeps the matrix
@@ -232,7 +235,9 @@ class DecoderConfig:
     @property
     def scanned(self) -> bool:
         """Whether the blocks run under ``lax.scan`` (``scan_layers``, or depth ≥ ``SCAN_MIN_LAYERS`` when unset)."""
-        return self.num_layers >= SCAN_MIN_LAYERS if self.scan_layers is None else bool(self.scan_layers)
+        if self.scan_layers is None:
+            return SCAN_MIN_LAYERS is not None and self.num_layers >= SCAN_MIN_LAYERS
+        return bool(self.scan_layers)
 
     @property
     def remat_policy_name(self) -> str:

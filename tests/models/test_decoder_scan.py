@@ -116,15 +116,17 @@ def test_scanned_layer_prefixes_equal_the_loop():
     assert np.abs(plain - outs[0]).max() > 1e-3  # the prefixes matter, so the comparison can tell
 
 
-def test_scan_keeps_the_parameter_layout_and_defaults_on_for_deep_models():
+def test_scan_keeps_the_parameter_layout_and_is_opt_in():
     """Scanning stacks inside the step: the parameter paths (``blocks.{i}...``: HF tables, LoRA, checkpoints) are
-    the same either way; ``scan_layers=None`` scans from 8 layers on; bad policies are refused."""
+    the same either way; scanning is opt-in (``SCAN_MIN_LAYERS`` is None until stacked storage lands); bad
+    policies are refused."""
     def paths(cfg):
         state = nnx.state(nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0))))
         return {k: v.shape for k, v in nnx.to_flat_state(state)}
 
-    cfg = DecoderConfig.tiny("gemma2", num_layers=8)
-    assert cfg.scanned and not DecoderConfig.tiny("gemma2", num_layers=7).scanned
+    assert not DecoderConfig.tiny("gemma2", num_layers=32).scanned
+    cfg = DecoderConfig.tiny("gemma2", num_layers=8, scan_layers=True)
+    assert cfg.scanned
     assert paths(cfg) == paths(cfg.replace(scan_layers=False))
     assert DecoderConfig.tiny("llama", remat=True).remat_policy_name == "nothing_saveable"
     with pytest.raises(ValueError, match="remat_policy"):
