@@ -288,6 +288,73 @@ def test_bilevel_stable_po_gradient_matches_finite_differences():
         np.testing.assert_allclose(zero, pen, rtol=1e-6)
 
 
+def _np_free_stable_po_bilevel(graphdef, rest, batch, *, beta, penalty, inner_lr):
+    """The pre-refactor one-step bilevel objective written out directly (full logits, no engine pieces): θ⁺ = θ −
+    η∇L_SFT(θ), L = mean_b DPO_b(θ⁺) + λ·mean_b max(0, logπ_ref(y_w) − logπ_θ⁺(y_w)), the preference term and the
+    hinge from separate forwards at θ⁺ (as the pre-refactor code passed the hinge through ``penalty=``)."""
+    ids, attn, mask = batch["input_ids"], batch["attention_mask"], batch["loss_mask"]
+    b, n, t = ids.shape
+    ref = batch["ref_logps"]
+
+    def logps(p):
+        logits = nnx.merge(graphdef, p, rest)(ids.reshape(b * n, t), attention_mask=attn.reshape(b * n, t))
+        lp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
+        tok = jnp.take_along_axis(lp, ids.reshape(b * n, t)[:, 1:, None], axis=-1)[..., 0]
+        return jnp.sum(tok * mask.reshape(b * n, t)[:, 1:], axis=-1).reshape(b, n)
+
+    def sft(p):
+        return -jnp.sum(logps(p)[:, 0]) / jnp.sum(mask[:, 0])
+
+    def pref(p):
+        lp = logps(p)
+        return jnp.mean(-jax.nn.log_sigmoid(beta * ((lp[:, 0] - ref[:, 0]) - (lp[:, 1] - ref[:, 1]))))
+
+    def hinge(p):
+        return jnp.mean(jax.nn.relu(ref[:, 0] - logps(p)[:, 0]))
+
+    def objective(p):
+        inner = jax.tree.map(lambda x, g: x - inner_lr * g, p, jax.grad(sft)(p))
+        return pref(inner) + penalty * hinge(inner)
+
+    return objective
+
+
+def test_bilevel_stable_po_equals_pre_refactor_objective():
+    # Issue 10: the refactor moved λ·hinge from bilevel_objective's `penalty=` into the outer loss (one forward at θ⁺
+    # instead of two) so λ can be traced; the objective — value and hypergradient — must be unchanged. Traced hparams
+    # (β, λ, η as jit arguments, not the defaults) and a reference under which the hinge is active on some pairs.
+    with jax.enable_x64(True):
+        model = TinyLM(rngs=nnx.Rngs(0), vocab=12, width=4, hidden=6)
+        batch = {k: jnp.asarray(v) for k, v in make_batch(4, batch=6, vocab=12).items()}
+        ref = np_logps(TinyLM(rngs=nnx.Rngs(5), vocab=12, width=4, hidden=6), batch)
+        ref[:, 0] = np_logps(model, batch)[:, 0] + np.array([0.3, -0.3, 0.2, -0.2, 0.05, -0.4])  # hinge on 3 of 6
+        batch["ref_logps"] = jnp.asarray(ref)
+        graphdef, params, rest = _tiny_f64_params(model)
+        objective = O.bilevel_stable_po_objective(chunk_size=None)
+        hp = {"beta": 0.7, "penalty": 0.6, "inner_lr": 0.3}
+
+        @jax.jit
+        def engine(p, hp):
+            return objective.fn(nnx.merge(graphdef, p, rest), batch, None, hp)[0]
+
+        hp_in = {k: jnp.asarray(v, jnp.float64) for k, v in hp.items()}
+        loss, grad = jax.value_and_grad(engine)(params, hp_in)
+        old = _np_free_stable_po_bilevel(graphdef, rest, batch, **hp)
+        want_loss, want_grad = jax.value_and_grad(old)(params)
+        assert float(want_loss) > 0.0
+        np.testing.assert_allclose(float(loss), float(want_loss), rtol=1e-7)
+        for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(want_grad)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)  # engine: f32 pieces
+        # Controls far outside that tolerance: without λ, or with η = 0 (the hinge and preference term at θ), the
+        # loss and the gradient differ.
+        for other in ({"penalty": 0.0}, {"inner_lr": 0.0}):
+            ctrl_loss, ctrl_grad = jax.value_and_grad(_np_free_stable_po_bilevel(graphdef, rest, batch,
+                                                                                 **{**hp, **other}))(params)
+            assert abs(float(ctrl_loss) - float(want_loss)) > 1e-3
+            assert max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(ctrl_grad),
+                                                                      jax.tree.leaves(want_grad))) > 1e-4
+
+
 def test_bilevel_stable_po_train_step_runs_and_moves_params():
     tx = optax.adam(1e-2)
     graphdef, state, _ = create_train_state(lambda: TinyLM(rngs=nnx.Rngs(0)), tx, mesh=make_mesh(MeshConfig()))
