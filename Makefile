@@ -24,7 +24,7 @@ smollm2: $(STAMP)
 	@$(PY) -m mojax.models.fetch_smollm2 || echo "make smollm2: SmolLM2 not fetched; tests/models/test_gguf.py's SmolLM2 tests will skip"
 
 test: $(STAMP) smollm2
-	JAX_PLATFORMS=cpu $(PY) -m pytest -n 2 -q tests
+	JAX_PLATFORMS=cpu $(PY) -m pytest -n 2 -q --durations=15 tests
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'

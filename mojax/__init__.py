@@ -59,6 +59,7 @@ __all__ = [
     "sequence_logps_from_hidden",
     "sft_loss",
     "sharding",
+    "simplex",
     "simpo_loss",
     "solvers",
     "spo_loss",
@@ -68,11 +69,11 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    """Load the heavier layers (models, data, train, sharding) on first access."""
+    """Load the heavier layers (models, data, train, sharding, simplex) on first access."""
     # Imported here, not at module level, so ``dir(mojax)`` shows only the public API (a test checks it).
     import importlib
 
-    if name in ("models", "data", "train", "sharding"):
+    if name in ("models", "data", "train", "sharding", "simplex"):
         module = importlib.import_module(f"mojax.{name}")
         globals()[name] = module
         return module

@@ -35,7 +35,7 @@ def test_import_mojax_exposes_no_stray_names():
                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert fresh.stdout.strip() == "[]", fresh.stdout
     # and after the lazy layers have loaded (submodules become attributes of the package)
-    for name in ("models", "data", "train", "sharding"):
+    for name in ("models", "data", "train", "sharding", "simplex"):
         getattr(mojax, name)
     stray = {n for n in dir(mojax) if not (n.startswith("__") and n.endswith("__"))} - set(mojax.__all__)
     assert not stray, sorted(stray)
