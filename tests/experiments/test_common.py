@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 
@@ -10,18 +9,8 @@ import pytest
 
 from experiments import _common as C
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class _Inner:
-    lr: float = 1e-3
-    betas: tuple[float, ...] = (0.1, 1.0)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class _Cfg:
-    steps: int = 100
-    name: str = "x"
-    inner: _Inner = _Inner()
-    out: str | None = None
+from config_fixtures import Cfg as _Cfg  # noqa: E402
+from config_fixtures import Inner as _Inner  # noqa: E402
 
 
 def test_make_run_dir_default_and_out(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import warnings
 
@@ -26,18 +25,8 @@ def _assert_png(path, min_side=100):
     assert np.ptp(img[..., :3]) > 0.1
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class _Inner:
-    lr: float = 1e-3
-    betas: tuple[float, ...] = (0.1, 1.0)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class _Cfg:
-    steps: int = 100
-    name: str = "x"
-    inner: _Inner = _Inner()
-    out: str | None = None
+from config_fixtures import Cfg as _Cfg  # noqa: E402
+from config_fixtures import Inner as _Inner  # noqa: E402
 
 
 def test_config_and_metrics_round_trip(tmp_path):
