@@ -35,11 +35,12 @@ Ranking batches (``features [B, L, F]``, ``where [B, L]``, ``labels [B, K, L]``)
 
 from mojax.train.objectives._common import (CHUNK_SIZE, MIN_CHUNK_LOGITS, REF_MODES, AnchoredPolicy, Batch,
                                             COSDPOSampling, LMInputs, LMOpening, cached_fn, example_mask,
-                                            policy_logps, reference_logps, sample_conditioning)
+                                            policy_logps, reference_logps, sample_conditioning,
+                                            shared_prompt_logps, split_shared_prompt)
 from mojax.train.objectives.preference import (PAIR_LOSSES, bilevel_stable_po_objective, cos_dpo_objective, cpo_pairs,
                                                dpo_objective, dpo_pairs, listwise_dpo_objective, modpo_objective,
                                                scalarized_dpo_objective, sft_objective, simpo_pairs, spo_objective,
-                                               stable_po_objective)
+                                               stable_po_objective, value_gap_stable_po_objective)
 from mojax.train.objectives.ranking import (ltr_cos_dpo_objective, ltr_listnet_objective, ltr_listwise_dpo_objective,
                                             ltr_modpo_objective, ltr_scalarized_dpo_objective)
 from mojax.train.objectives.reward import bradley_terry_objective, more_objective
@@ -47,10 +48,11 @@ from mojax.train.step import Objective
 
 __all__ = [
     "AnchoredPolicy", "Batch", "CHUNK_SIZE", "COSDPOSampling", "LMInputs", "LMOpening", "MIN_CHUNK_LOGITS",
+    "shared_prompt_logps", "split_shared_prompt",
     "Objective", "PAIR_LOSSES", "REF_MODES", "bilevel_stable_po_objective", "bradley_terry_objective", "cached_fn",
     "cos_dpo_objective", "cpo_pairs", "dpo_objective", "dpo_pairs", "example_mask", "listwise_dpo_objective",
     "ltr_cos_dpo_objective", "ltr_listnet_objective", "ltr_listwise_dpo_objective", "ltr_modpo_objective",
     "ltr_scalarized_dpo_objective", "modpo_objective", "scalarized_dpo_objective",
     "more_objective", "policy_logps", "reference_logps", "sample_conditioning", "sft_objective", "simpo_pairs",
-    "spo_objective", "stable_po_objective",
+    "spo_objective", "stable_po_objective", "value_gap_stable_po_objective",
 ]

@@ -1,4 +1,5 @@
-"""LM preference objectives: DPO family, listwise DPO, COS-DPO, MO-DPO, SPO, Stable PO (penalty and bilevel), SFT.
+"""LM preference objectives: DPO family, listwise DPO, COS-DPO, MO-DPO, SPO, Stable PO (penalty, bilevel, value gap),
+SFT.
 
 Each factory returns an :class:`~mojax.train.Objective`: the hyper-parameters that vary across a sweep or a method's
 rounds (β, label smoothing, α, λ, γ, w, μ, η) are its ``hparams`` — traced inputs of the step — and the static
@@ -341,6 +342,65 @@ def bilevel_stable_po_objective(*, beta: float = 0.1, penalty: float = 1.0, inne
                      hparams=hparams)
 
 
+def _chosen_only(batch: Any) -> dict[str, Any]:
+    """The batch with only response 0 (the chosen one) on the response axis: the lower level never needs y_l."""
+    return {k: (v[:, :1] if k in ("input_ids", "attention_mask", "loss_mask") else v) for k, v in batch.items()}
+
+
+@cached_fn
+def _value_gap_fn(pair_loss: PairLoss, inner_steps: int, first_order: bool, wrt: Any, opening: LMOpening):
+    def fn(model, batch, rng, hp):
+        x = opening(model, batch)
+        pref = L.reduce_masked(pair_loss(x, hp, x.logps), x.where)
+        graphdef, params, rest = nnx.split(model, wrt, ...)
+        chosen = _chosen_only(batch)
+
+        def sft(p):
+            logps = opening.policy(nnx.merge(graphdef, p, rest), chosen)[:, 0]
+            return L.sft_loss_from_logps(logps, x.lengths[:, 0], where=x.where)
+
+        here = L.sft_loss_from_logps(x.logps[:, 0], x.lengths[:, 0], where=x.where)
+        inner = params
+        for _ in range(inner_steps):  # static count: unrolled
+            g = jax.grad(sft)(inner)
+            g = jax.lax.stop_gradient(g) if first_order else g
+            inner = jax.tree.map(lambda p, d: p - hp["inner_lr"] * d, inner, g)
+        gap = here - sft(inner)
+        return pref + hp["penalty"] * gap, {"preference_loss": pref, "value_gap": gap, "sft_loss": here,
+                                            "chosen_logps": x.mean(x.logps[:, 0]),
+                                            "rejected_logps": x.mean(x.logps[:, 1]), "count": x.count}
+
+    return fn
+
+
+def value_gap_stable_po_objective(*, beta: float = 0.1, penalty: float = 1.0, inner_lr: float = 1e-2,
+                                  inner_steps: int = 1, pref: str = "dpo", gamma: float = 0.0,
+                                  nll_weight: float = 1.0, label_smoothing: float = 0.0, first_order: bool = False,
+                                  wrt: Any = nnx.Param, ref_mode: str = "cached", chunk_size: int | None = CHUNK_SIZE,
+                                  compact: bool = True) -> Objective:
+    """Stable PO, value-gap penalty (penalty-based bilevel solvers): ``L_pref(θ) + λ·(L_SFT(θ) − L_SFT(θ⁺))``.
+
+    The lower-level constraint "θ minimises L_SFT" is written as ``L_SFT(θ) − min L_SFT ≤ 0`` and the minimum is
+    approximated by ``θ⁺``, θ after ``inner_steps`` (static) gradient steps ``θ ← θ − η∇L_SFT(θ)`` on the batch's
+    chosen responses. The gap is ≥ 0 while the inner steps decrease L_SFT (η small enough) and ≈ η‖∇L_SFT(θ)‖² for
+    one small step, so the penalty pushes θ towards SFT stationarity rather than above a fixed likelihood floor
+    (the hinge of :func:`stable_po_objective`). The gradient flows through the inner steps (Hessian-vector
+    products); ``first_order=True`` stops it through the inner gradients, leaving ``∇L_SFT(θ) − ∇L_SFT(θ⁺)``.
+    ``L_SFT`` is the token-normalised NLL of the chosen responses; ``pref`` as in :func:`stable_po_objective`
+    (the reference is read only by the preference term). Pass the same ``wrt`` as to the train state.
+    Hyper-parameters: ``beta``, ``penalty`` (λ), ``inner_lr`` (η) and the ones ``pref`` reads. Metrics:
+    ``preference_loss``, ``value_gap``, ``sft_loss``, ``chosen_logps``, ``rejected_logps``.
+    """
+    pair_loss, names = _pair_loss(pref)
+    if not isinstance(inner_steps, int) or inner_steps < 1:
+        raise ValueError(f"inner_steps must be a positive int, got {inner_steps!r}")
+    _check(beta=beta, penalty=penalty, inner_lr=inner_lr)
+    hparams = {"beta": beta, "penalty": penalty, "inner_lr": inner_lr,
+               **_pick(names, gamma=gamma, nll_weight=nll_weight, label_smoothing=label_smoothing)}
+    opening = _opening(ref_mode, chunk_size, compact)
+    return Objective(fn=_value_gap_fn(pair_loss, inner_steps, first_order, wrt, opening), hparams=hparams)
+
+
 @cached_fn
 def _sft_fn(response_index: int, opening: LMOpening):
     def fn(model, batch, rng, hp):
@@ -363,4 +423,4 @@ def sft_objective(*, response_index: int = 0, chunk_size: int | None = CHUNK_SIZ
 
 __all__ = ["PAIR_LOSSES", "bilevel_stable_po_objective", "cos_dpo_objective", "cpo_pairs", "dpo_objective",
            "dpo_pairs", "listwise_dpo_objective", "modpo_objective", "scalarized_dpo_objective", "sft_objective",
-           "simpo_pairs", "spo_objective", "stable_po_objective"]
+           "simpo_pairs", "spo_objective", "stable_po_objective", "value_gap_stable_po_objective"]
