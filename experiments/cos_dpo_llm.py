@@ -4,6 +4,7 @@ Run::
 
     python -m experiments.cos_dpo_llm                 # synthetic task, a few minutes on 2 CPU cores
     python -m experiments.cos_dpo_llm --quick         # seconds-long smoke preset (CI)
+    python -m experiments.cos_dpo_llm --preset smollm2   # SmolLM2-135M-Instruct on HH-RLHF prompts (~1 h, 2 CPU cores)
     python -m experiments.cos_dpo_llm --methods w_cos_dpo dpo_ls dpo_soup mo_dpo   # also MO-DPO
     python -m experiments.cos_dpo_llm --data.data-paths \\
         ../shared/data/pku-saferlhf-sample/alpaca7b-test-first15.jsonl --data.tokenizer-path ../shared/data/gpt2-bpe
@@ -423,5 +424,25 @@ def write_outputs(run_dir: Path, config: Config, metrics: dict[str, Any], *, num
                         plots=[("fronts.png", "fronts of every method")], claim=metrics["claim"])
 
 
+def run_cli(argv: Sequence[str] | None = None) -> Any:
+    """The command line: ``--preset smollm2`` runs the real-model preset (:mod:`experiments._cos_llm_smol`), anything
+    else the synthetic experiment."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--preset" in args:
+        i = args.index("--preset")
+        if i + 1 >= len(args) or args[i + 1] not in ("smollm2", "tiny"):
+            print("error: --preset takes smollm2 or tiny", file=sys.stderr)
+            raise SystemExit(2)
+        preset = args[i + 1]
+        del args[i:i + 2]
+        if preset == "smollm2":
+            from experiments import _cos_llm_smol as smol
+
+            return cli(smol.get_smol_config, smol.smol_main, argv=args, description=smol.__doc__)
+    return cli(get_config, main, argv=args)
+
+
 if __name__ == "__main__":
-    cli(get_config, main)
+    run_cli()

@@ -171,3 +171,92 @@ def test_config_validation():
         cd.Config(objectives=(0, 5))
     with pytest.raises(ValueError, match="tokenizer"):
         cd.Config(data=DataConfig(data_paths=("x.jsonl",)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The SmolLM2 preset (experiments/_cos_llm_smol.py), exercised on a tiny random Llama with GPT-2's tokenizer
+# ----------------------------------------------------------------------------------------------------------------
+
+from experiments import _cos_llm_smol as smol  # noqa: E402
+from experiments._common import shared_data_dir  # noqa: E402
+
+SHARED = shared_data_dir()
+HAS_SHARED = SHARED is not None and (SHARED / "hh-rlhf").is_dir() and (SHARED / "gpt2-bpe").is_dir()
+
+
+def test_text_rewards_by_hand():
+    # words: the, cat, sat, on, the, extraordinarily, comfortable, mat -> content: cat, sat, extraordinarily,
+    # comfortable, mat (5 distinct); <= 4 letters: the, cat, sat, on, the, mat (6 of 8).
+    r = smol.text_rewards("The cat sat on the extraordinarily comfortable mat. The", info_norm=4.0)
+    assert r[0] == 1.0  # capped
+    r = smol.text_rewards("The cat sat on the extraordinarily comfortable mat.", info_norm=10.0)
+    np.testing.assert_allclose(r, [5 / 10, 6 / 8])
+    np.testing.assert_array_equal(smol.text_rewards("... 123 !"), [0.0, 0.0])
+
+
+def test_hh_first_turns(tmp_path):
+    rows = [{"chosen": "\n\nHuman: Hi there?\n\nAssistant: Hello.\n\nHuman: more\n\nAssistant: x", "rejected": "."},
+            {"chosen": "\n\nHuman: Hi there?\n\nAssistant: Other.", "rejected": "."},
+            {"chosen": "\n\nHuman: Second one\n\nAssistant: ok", "rejected": "."}]
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert smol.hh_first_turns(tmp_path) == ["Hi there?", "Second one"]
+
+
+def test_make_pairs_bradley_terry_labels():
+    prompts = [np.array([5, 6], np.int32)] * 400
+    responses = [np.array([7, 8, 2], np.int32)] * 800
+    # Response 0 of each pair is far better on informativeness and far worse on plainness: labels are deterministic
+    # in opposite directions; on ties (equal rewards) each label is a fair coin.
+    rewards = np.zeros((800, 2))
+    rewards[0::2, 0], rewards[1::2, 1] = 1.0, 1.0
+    rewards[400:] = 0.0
+    rewards[400::2, 0] = rewards[401::2, 0] = 0.3
+    data = smol.make_pairs(prompts, responses, rewards, per_prompt=2, bt_scale=0.01, width=16, pad_id=0, seed=0)
+    labels = data.arrays["labels"]  # [E, K, 2]
+    assert labels.shape == (400, 2, 2)
+    assert (labels[:200, 0, 0] == 1).all() and (labels[:200, 1, 1] == 1).all()
+    first_obj0 = labels[200:, 0, 0].mean()
+    assert 0.35 < first_obj0 < 0.65
+
+
+@pytest.fixture(scope="module")
+def smol_quick_run(tmp_path_factory):
+    if not HAS_SHARED:
+        pytest.skip("../shared/data (hh-rlhf, gpt2-bpe) absent")
+    from mojax.models import Decoder, DecoderConfig, save_hf
+
+    root = tmp_path_factory.mktemp("smol_quick")
+    cfg = DecoderConfig(model_type="llama", vocab_size=50257, d_model=16, num_layers=2, num_heads=2, num_kv_heads=1,
+                        mlp_dim=32, max_positions=128, eos_token_id=50256)
+    save_hf(Decoder(cfg, rngs=nnx.Rngs(0)), root / "tiny-llama")
+    out = root / "run"
+    cd.run_cli(["--preset", "smollm2", "--quick", "--model-path", str(root / "tiny-llama"), "--tokenizer-path",
+                str(SHARED / "gpt2-bpe"), "--out", str(out), "--no-compile-cache"])
+    return out
+
+
+def test_smol_preset_quick_on_tiny_llama(smol_quick_run):
+    metrics = json.loads((smol_quick_run / "metrics.json").read_text())
+    assert (smol_quick_run / "fronts.png").is_file() and (smol_quick_run / "report.md").is_file()
+    assert set(metrics["methods"]) == {"dpo_ls", "mixed_lora", "hpt"}
+    ref = np.asarray(metrics["reference_point"], np.float64)
+    for name, m in metrics["methods"].items():
+        front = np.asarray(m["front"], np.float64)
+        assert np.isfinite(front).all() and ((front >= 0) & (front <= 1)).all(), name
+        assert m["hypervolume"] == pytest.approx(_hv_2d(front, ref), rel=1e-9, abs=1e-12)
+        assert m["seconds_per_step"] > 0 and m["train_seconds"] > 0
+    assert np.asarray(metrics["methods"]["dpo_ls"]["front"]).shape == (3, 2)
+    # the conditioned models: the 3-point sweep plus (½, ½) = the sweep's middle, so 3 points
+    assert np.asarray(metrics["methods"]["mixed_lora"]["front"]).shape == (3, 2)
+    # mixed LoRA carries one adapter per objective: exactly twice DPO-LS's one adapter; HPT adds its prefix MLPs
+    lora = metrics["methods"]["dpo_ls"]["trainable_params"]
+    assert metrics["methods"]["mixed_lora"]["trainable_params"] == 2 * lora
+    assert metrics["methods"]["hpt"]["trainable_params"] > lora
+    assert {v["result"] for v in metrics["verdicts"].values()} == {"smoke"}
+    assert -1.0 <= metrics["reward_correlation"] <= 1.0 or math.isnan(metrics["reward_correlation"])
+
+
+def test_preset_flag_rejects_unknown(capsys):
+    with pytest.raises(SystemExit) as e:
+        cd.run_cli(["--preset", "gpt5"])
+    assert e.value.code == 2 and "--preset" in capsys.readouterr().err
