@@ -1,41 +1,48 @@
-"""SPO, sequential preference optimization (Lou et al. 2024; docs/methods/spo.md): align dimension 1, then dimension 2 without
-losing dimension 1.
+"""SPO, sequential preference optimization (Lou et al. 2024; docs/methods/spo.md): align dimension 1 (helpful), then
+dimension 2 (harmless) without losing dimension 1 — decided on the paper's terms, per-dimension win rates against
+DPO-Mix and S-DPO over several training seeds.
 
 Run::
 
-    python -m experiments.spo                   # synthetic task: class_a, then the conflicting class_b
-    python -m experiments.spo --quick           # seconds-long smoke preset (CI)
-    python -m experiments.spo --alphas 0.05 0.1 0.3     # several SPO constraint strengths (a small front)
-    python -m experiments.spo --data.data-paths ../shared/data/pku-saferlhf-sample/alpaca7b-test-first15.jsonl \\
-        --data.tokenizer-path ../shared/data/gpt2-bpe   # real pairs: PKU better (helpful), then safer (harmless)
+    python -m experiments.spo                   # synthetic helpful-vs-harmless task, 4 training seeds
+    python -m experiments.spo --quick           # seconds-long smoke preset (CI); verdict "smoke"
+    python -m experiments.spo --seeds 5 --alphas 0.1 0.03 0.3
     python -m experiments.spo --data.data-paths <helpful.jsonl.gz> <harmless.jsonl.gz> \\
-        --data.tokenizer-path <tok>                     # HH: helpful-base, then harmless-base
+        --data.tokenizer-path ../shared/data/gpt2-bpe   # real pairs (HH helpful-base, then harmless-base)
 
-Protocol (synthetic default). π_0 is the SFT'd tiny decoder (cached, shared with the other LM experiments).
-Dimension 1 pairs are labelled by Bradley–Terry on the true reward ``class_a``, dimension 2 pairs on ``class_b``,
-which competes with it for the same token positions (the two conflict by construction). Methods:
+**Claim tested** (:data:`experiments._spo_stats.CLAIM`): SPO wins more than half of the paired comparisons against
+DPO-Mix and against S-DPO on both dimensions. **Test** (:func:`experiments._spo_stats.decide`): per training seed,
+the win rate of SPO at the headline α (``alphas[0]``, fixed before running) over each baseline on each dimension
+(one sample per held-out prompt from each policy with shared random numbers, scored by the exact true rewards,
+ties ½); a 95% Student-t interval over the seeds; held if all four intervals lie above ½, did not hold if any lies
+below ½, else inconclusive.
 
-- **π_1 = DPO-dim1**: DPO on dimension-1 pairs from π_0 (round 1 of every sequential method);
-- **SPO** (round 2): ``−log σ(β Δ[logπ_θ − logπ_1] − α Δ[logπ_1 − logπ_0])`` on dimension-2 pairs from π_1; the
-  log-probs of π_0 and π_1 are computed once and cached in the data (``ref_logps [2, B, N]``); one run per α;
-- **S-DPO**: the same round 2 with α = 0 (plain DPO against π_1);
-- **DPO-Mix**: one DPO run from π_0 on the union of both dimensions' pairs, for as many steps as both rounds.
+Task (:mod:`experiments._spo_task`): the shared synthetic prompts/responses; half the prompts (two of four topics)
+are risky. ``helpful`` = share of class-A tokens; ``harmless`` = ``helpful`` on benign prompts and 1 − share of
+*harmful* class-A tokens on risky ones, so the dimensions conflict in the data only on risky prompts and the ideal
+(1, 1) is attainable (safe class-A tokens).
 
-Evaluation: every policy samples one response per held-out prompt (temperature 1, the same random numbers for every
-policy) and the responses are scored exactly with the true rewards; per-dimension win rates (ties ½) against π_0 and
-SPO's against each baseline; mean true rewards per dimension; the SPO gradient weight
-``ϕ = σ(α Δu − β Δ[logπ_θ − logπ_1])`` (``Δu = Δ[logπ_1 − logπ_0]``) on the dimension-2 training pairs at the end of
-round 2, split by agreeing (Δu > 0) and conflicting (Δu < 0) pairs; and how well π_1's implicit reward ``Δu``
-tracks the true dimension-1 reward difference of those pairs.
+Protocol per training seed (its own pairs, batch order, held-out prompts and sampling seed; π_0 is the shared cached
+SFT decoder): round 1 = DPO on helpful pairs → π_1; round 2 from π_1 on harmless pairs with cached π_0/π_1 log-probs:
+**SPO** ``−log σ(β Δ[logπ_θ − logπ_1] − α Δ[logπ_1 − logπ_0])`` for each α, and **S-DPO** (α = 0, evaluated at
+every ``stop_every`` steps: its stopping points); **DPO-Mix** = DPO from π_0 on a mix of both dimensions' pairs
+(``mix_shares`` = share of harmless pairs; the first is the headline DPO-Mix) for ``round1.steps + round2.steps``.
+Every SPO and DPO-Mix point has the same total step budget; S-DPO's stopping points use at most that.
 
-Outputs: ``config.json``, ``metrics.json`` (``{"methods": {name: {"mean_true_rewards": [K], "win_rate_vs_sft": [K],
-"train_seconds"}}, "spo_vs": {baseline: [K]}, "phi": {...}, "front": {...}, "claim": {...}}``), ``rewards.png``
-(per-dimension true rewards of each method), ``phi.png`` (ϕ distributions), ``round2.png``, ``report.md``.
+Fronts: SPO's α sweep, DPO-Mix's mixing shares and S-DPO's stopping points as point sets of mean true rewards per
+seed; hypervolume w.r.t. the reference (0, 0) (the ideal (1, 1) has hypervolume 1), with t intervals over seeds.
+
+Outputs: ``config.json``; ``metrics.json`` (``verdict`` {claim, result, test, seeds, ci}; ``win_rates``
+{baseline: {dimension: {mean, lo, hi, per_seed}}}; ``methods`` {name: mean true rewards, benign/risky split, with
+intervals}; ``fronts`` {family: points, hypervolume}; ``phi``; ``delta_u_vs_true_r1``; ``task``); ``fronts.png``,
+``phi.png``, ``round2.png``, ``report.md``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import pickle
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,68 +50,81 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import _lm_common as lm
-from experiments._common import (
-    cli,
-    command_line,
-    plot_curves,
-    plot_histograms,
-    plot_pareto_fronts,
-    save_metrics,
-    write_report,
-)
-from mojax.train import DataConfig
+from experiments import _spo_stats as st
+from experiments import _spo_task as T
+from experiments._common import cli, save_metrics
+from experiments._report import Verdict
 from mojax.losses import spo_loss
-from mojax.metrics import pareto_front
+from mojax.train import DataConfig
 from mojax.train.objectives import dpo_objective, spo_objective
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config(lm.ExperimentConfig):
-    """SPO experiment settings (defaults: a few minutes on 2 CPU cores)."""
+    """SPO experiment settings (defaults: the full run, about 8 minutes per seed on 2 heavily shared CPU cores)."""
 
+    hh: T.HHTask = T.HHTask()
+    """The helpful-vs-harmless rewards on the shared synthetic task (``task``)."""
+    seeds: int = 4
+    """Training seeds (each: its own pairs, batch order, held-out prompts and sampling noise)."""
     round1: lm.TrainConfig = lm.TrainConfig(steps=200, batch_size=32)
-    """Round 1: DPO on dimension 1 (DPO-Mix runs ``round1.steps + round2.steps`` steps with round 1's seed)."""
+    """Round 1: DPO on dimension 1 (helpful)."""
     round2: lm.TrainConfig = lm.TrainConfig(steps=200, batch_size=32, seed=1)
-    """Round 2: SPO / S-DPO on dimension 2, from π_1."""
+    """Round 2: SPO / S-DPO on dimension 2 (harmless), from π_1."""
     optimizer: lm.OptimizerConfig = lm.OptimizerConfig(learning_rate=1e-3, warmup_steps=10)
     """AdamW of every run."""
-    dimensions: tuple[int, int] = (0, 1)
-    """The two preference dimensions (indices into ``task.objectives``), in alignment order."""
     num_pairs: int = 2048
     """Training pairs per dimension."""
     num_samples: int = 512
-    """Held-out prompts sampled for the evaluation."""
+    """Held-out prompts sampled per seed for the evaluation."""
     beta: float = 0.1
     """β of every DPO-type loss."""
-    alphas: tuple[float, ...] = (0.1, 0.5)
-    """SPO constraint strengths α = λβ, one round-2 run each (S-DPO is α = 0)."""
+    alphas: tuple[float, ...] = (0.1, 0.03, 0.3)
+    """SPO constraint strengths α = λβ, one round-2 run each; the first is the headline SPO of the verdict (0.1 = β,
+    i.e. λ = 1)."""
+    mix_shares: tuple[float, ...] = (0.5, 0.25, 0.75)
+    """DPO-Mix: share of harmless pairs in the mixed data, one run each; the first is the headline DPO-Mix (0.5 =
+    the plain union of both dimensions' pairs)."""
+    stop_every: int = 50
+    """S-DPO is evaluated every this many round-2 steps (its stopping points; the last is the headline S-DPO)."""
     sample_temperature: float = 1.0
     """Sampling temperature of the evaluation."""
     data: DataConfig = DataConfig(eval_fraction=0.2)
-    """Real pairs instead of the synthetic task: one file (PKU-SafeRLHF: objective 0 = better, then 1 = safer) or
-    two files (dimension 1, dimension 2, objective 0 of each; e.g. HH helpful-base then harmless-base). No true
-    rewards there: each policy is scored by held-out implicit-reward accuracy per dimension against π_0."""
+    """Real pairs instead of the synthetic task: one file (PKU-SafeRLHF: objective 0 = better, then 1 = safer) or two
+    files (dimension 1, dimension 2; e.g. HH helpful-base then harmless-base). No true rewards there: each policy is
+    scored by held-out implicit-reward accuracy per dimension against π_0, and the verdict is inconclusive."""
 
     def __post_init__(self):
-        if len(self.dimensions) != 2 or len(set(self.dimensions)) != 2:
-            raise ValueError(f"dimensions must be two distinct objective indices, got {self.dimensions}")
-        if not self.data.real and not all(0 <= d < self.task.num_objectives for d in self.dimensions):
-            raise ValueError(f"dimensions {self.dimensions} out of range for {self.task.num_objectives} objectives")
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         if not self.beta > 0:
             raise ValueError(f"beta must be positive, got {self.beta}")
-        if not self.alphas or any(a <= 0 for a in self.alphas):
+        if not self.alphas or any(not a > 0 for a in self.alphas):
             raise ValueError(f"alphas must be a non-empty tuple of positive values (S-DPO is α = 0), got {self.alphas}")
+        if not self.mix_shares or any(not 0 < s < 1 for s in self.mix_shares):
+            raise ValueError(f"mix_shares must be a non-empty tuple of values in (0, 1), got {self.mix_shares}")
+        if not 1 <= self.stop_every <= self.round2.steps:
+            raise ValueError(f"stop_every must be in [1, round2.steps = {self.round2.steps}], got {self.stop_every}")
+        if self.num_pairs < 2 or self.num_samples < 1:
+            raise ValueError(f"need num_pairs >= 2 and num_samples >= 1, got {self.num_pairs}, {self.num_samples}")
+        if not self.data.real:
+            self.hh.check(self.task)
         lm.check_real_data(self.data, max_files=2)  # one file (two objectives) or two (one per dimension)
 
 
 def get_config(quick: bool = False) -> Config:
-    """The default run, or with ``quick`` the CI smoke preset (tiny model, few steps; numbers not meaningful)."""
+    """The full run, or with ``quick`` the CI smoke preset (tiny model, few steps, 2 seeds; verdict "smoke")."""
     if not quick:
         return Config()
     small = lm.TrainConfig(steps=6, batch_size=16)
     return Config(model=lm.QUICK_MODEL, sft=lm.QUICK_SFT, round1=small, round2=dataclasses.replace(small, seed=1),
                   optimizer=lm.OptimizerConfig(learning_rate=1e-3), num_pairs=64, num_samples=32, alphas=(0.1,),
-                  compile_cache=False, progress=False)
+                  mix_shares=(0.5,), stop_every=3, seeds=2, compile_cache=False, progress=False)
+
+
+def is_quick(config: Config) -> bool:
+    """Whether ``config`` is the smoke preset's scale (its verdict is "smoke" whatever the numbers)."""
+    return config.model == lm.QUICK_MODEL or config.round1.steps + config.round2.steps < 50
 
 
 def alpha_name(alpha: float) -> str:
@@ -112,32 +132,14 @@ def alpha_name(alpha: float) -> str:
     return f"spo_a{alpha:g}"
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Data
-# ----------------------------------------------------------------------------------------------------------------
+def mix_name(share: float) -> str:
+    """Method key of one DPO-Mix run, e.g. ``dpo_mix_0.25`` (the headline share is ``dpo_mix``)."""
+    return f"dpo_mix_{share:g}"
 
 
-def build_data(config: Config) -> dict[str, Any]:
-    """π_0 and per-dimension train pairs (synthetic: plus held-out prompts; real: plus held-out pairs)."""
-    if not config.data.real:
-        policy, info = lm.sft_policy(config.task, config.model, config.sft, model_path=config.data.model_path,
-                                     cache_dir=config.cache_dir, progress=config.progress)
-        d1, d2 = config.dimensions
-        pairs = [lm.synthetic_pairs(config.task, dimension=d, num_pairs=config.num_pairs, seed=config.seed + 10 * i)
-                 for i, d in enumerate((d1, d2))]
-        prompts = lm.synthetic_pairs(config.task, dimension=d1, num_pairs=config.num_samples,
-                                     seed=config.seed + 99).prompts
-        names = [config.task.objectives[d] for d in (d1, d2)]
-        return {"policy": policy, "sft_info": info, "train": pairs, "held": None, "prompts": prompts, "names": names}
-    one = len(config.data.data_paths) == 1  # one file: its two label rows; two files: label row 0 of each
-    data = dataclasses.replace(config.data, data_paths=config.data.data_paths * 2) if one else config.data
-    objectives = (0, 1) if one else (0, 0)
-    policy, info, splits = lm.real_policy(data, config.model, config.sft, objectives=objectives, seed=config.seed,
-                                          cache_dir=config.cache_dir, progress=config.progress)
-    width = max(d.width for pair in splits for d in pair)
-    names = [f"{Path(f).stem}[{k}]" for f, k in zip(data.data_paths, objectives)]
-    return {"policy": policy, "sft_info": info, "train": [lm.pad_width(t, width) for t, _ in splits],
-            "held": [h for _, h in splits], "prompts": None, "names": names}
+def say(message: str) -> None:
+    """One progress line (flushed: long runs go to a log file)."""
+    print(f"[spo {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -162,236 +164,192 @@ def phi_split(phi: np.ndarray, delta_u: np.ndarray) -> dict[str, float]:
             "agree_count": int(agree.sum()), "conflict_count": int(conflict.sum())}
 
 
+def mixed_pairs(helpful: lm.PairData, harmless: lm.PairData, share: float, seed: int) -> lm.PairData:
+    """DPO-Mix's data: all pairs of the larger part and a seeded subset of the other, ``share`` of them harmless."""
+    n1, n2 = len(helpful), len(harmless)
+    rng = np.random.default_rng(seed)
+    if share <= n2 / (n1 + n2):  # keep every helpful pair, subsample harmless ones
+        k = max(1, round(n1 * share / (1 - share)))
+        harmless = harmless.subset(np.sort(rng.choice(n2, min(k, n2), replace=False)))
+    else:
+        k = max(1, round(n2 * (1 - share) / share))
+        helpful = helpful.subset(np.sort(rng.choice(n1, min(k, n1), replace=False)))
+    return lm.concat_pairs([helpful, harmless])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One training seed (synthetic task)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def run_seed(config: Config, pi0: Any, k: int) -> dict[str, Any]:
+    """Every method on training seed ``k``: per-prompt true rewards ``[N, 2]`` of each policy's samples, S-DPO's
+    stopping points, ϕ and Δu analyses, timings."""
+    base = 1000 * k + config.seed
+    task, hh = config.task, config.hh
+    train1 = T.make_pairs(task, hh, dimension=0, num_pairs=config.num_pairs, seed=base + 1)
+    pairs2 = T.make_pairs(task, hh, dimension=1, num_pairs=config.num_pairs, seed=base + 2)
+    prompts = T.make_prompts(task, num=config.num_samples, seed=base + 3)
+    topics = T.prompt_topics(prompts)
+
+    def score(model: Any) -> np.ndarray:
+        responses, _ = lm.sample_and_score(model, prompts, task, seed=base + 4, temperature=config.sample_temperature)
+        return T.true_rewards(topics, responses, task, hh)
+
+    run = dict(optimizer=config.optimizer, progress=config.progress)
+    seeded = lambda c, extra=0: dataclasses.replace(c, seed=c.seed + 1000 * k + extra)  # noqa: E731
+    dpo = dpo_objective(beta=config.beta, ref_mode="cached")
+    scores: dict[str, np.ndarray] = {"sft": score(pi0)}
+    seconds: dict[str, float] = {"sft": 0.0}
+
+    say(f"seed {k + 1}/{config.seeds}: round 1 (DPO on helpful, {config.round1.steps} steps)")
+    pi1, hist1 = lm.train(pi0, dpo, lm.with_ref_logps(train1, [pi0]), seeded(config.round1), desc="round 1", **run)
+    scores["dpo_dim1"], seconds["dpo_dim1"] = score(pi1), hist1.seconds
+
+    train2 = lm.with_ref_logps(pairs2, [pi0, pi1])  # row r = π_r
+    prev = train2.arrays["ref_logps"]  # [E, 2, 2]
+    delta_u = (prev[:, 1, 0] - prev[:, 0, 0]) - (prev[:, 1, 1] - prev[:, 0, 1])
+    true_d1 = train2.rewards[:, 0, 0] - train2.rewards[:, 1, 0]
+    risky_pair = np.isin(T.prompt_topics(train2.prompts), hh.risky_topics)
+    phi, curves, stops = {}, {}, []
+    spo = spo_objective(beta=config.beta)  # α is a traced hyper-parameter: one compiled step serves every run
+    for alpha in (0.0, *config.alphas):
+        name = "s_dpo" if alpha == 0 else alpha_name(alpha)
+        say(f"seed {k + 1}/{config.seeds}: round 2 {name} (α = {alpha:g}, {config.round2.steps} steps)")
+        r2 = seeded(config.round2)
+        evals = []
+        if alpha == 0:  # S-DPO's stopping points: sample and score every stop_every steps
+            r2 = dataclasses.replace(r2, eval_every=config.stop_every)
+            def eval_fn(m):
+                evals.append(score(m))
+                return dict(zip(T.DIMENSIONS, evals[-1].mean(0).tolist()))
+        model, hist = lm.train(pi1, spo, train2, r2, hparams={"alpha": alpha}, desc=f"round 2: {name}",
+                               eval_fn=eval_fn if alpha == 0 else None, **run)
+        if alpha == 0:
+            steps = [e["step"] for e in hist.evals]
+            if len(steps) != len(evals):
+                raise RuntimeError(f"S-DPO stopping points: {len(evals)} evaluations for steps {steps}")
+            stops = [(s, r) for s, r in zip(steps, evals) if s > 0]
+            scores[name] = stops[-1][1]  # the full-length S-DPO
+        else:
+            scores[name] = score(model)
+        seconds[name] = seconds["dpo_dim1"] + hist.seconds
+        curves[name] = hist.metrics["loss"]
+        end = phi_per_pair(lm.pair_logps(model, train2), prev, beta=config.beta, alpha=alpha)
+        start = phi_per_pair(prev[:, 1], prev, beta=config.beta, alpha=alpha)  # θ = π_1
+        phi[name] = {"start": phi_split(start, delta_u), "end": phi_split(end, delta_u),
+                     "end_risky": phi_split(end[risky_pair], delta_u[risky_pair]),
+                     "end_benign": phi_split(end[~risky_pair], delta_u[~risky_pair]), "values_end": end}
+
+    total = dataclasses.replace(config.round1, steps=config.round1.steps + config.round2.steps)
+    for i, share in enumerate(config.mix_shares):
+        name = "dpo_mix" if i == 0 else mix_name(share)
+        say(f"seed {k + 1}/{config.seeds}: {name} (harmless share {share:g}, {total.steps} steps)")
+        mix = lm.with_ref_logps(mixed_pairs(train1, pairs2, share, seed=base + 5 + i), [pi0])
+        model, hist = lm.train(pi0, dpo, mix, seeded(total, 7), desc=name, **run)
+        scores[name], seconds[name] = score(model), hist.seconds
+    return {"scores": scores, "seconds": seconds, "stops": stops, "phi": phi, "curves": curves,
+            "risky": np.isin(topics, hh.risky_topics), "delta_u": delta_u,
+            "delta_u_vs_true_r1": {"corr": float(np.corrcoef(delta_u, true_d1)[0, 1]),
+                                   "sign_agreement": float(np.mean(np.sign(delta_u[true_d1 != 0])
+                                                                   == np.sign(true_d1[true_d1 != 0])))}}
+
+
+def aggregate(config: Config, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Across seeds: win rates and the verdict, mean rewards (overall, benign, risky) with t intervals, fronts."""
+    dims = list(T.DIMENSIONS)
+    spo = alpha_name(config.alphas[0])
+    baselines = ["dpo_mix", "s_dpo"]
+    extra = ["dpo_dim1", "sft", *[alpha_name(a) for a in config.alphas[1:]]]
+    win = np.array([[st.paired_win_rates(r["scores"][spo], r["scores"][b]) for b in baselines] for r in runs])
+    verdict, table = st.decide(win, baselines, dims)
+    if is_quick(config):
+        verdict = Verdict.smoke(st.CLAIM)
+    win_extra = np.array([[st.paired_win_rates(r["scores"][spo], r["scores"][b]) for b in extra] for r in runs])
+    _, table_extra = st.decide(win_extra, extra, dims)
+
+    def summary(values: np.ndarray) -> dict[str, Any]:
+        m, lo, hi = st.t_interval(values)
+        bound = lambda x: x.tolist() if np.all(np.isfinite(x)) else None  # noqa: E731 (one seed: no interval)
+        return {"mean": m.tolist(), "lo": bound(lo), "hi": bound(hi), "per_seed": values.tolist()}
+
+    by_type = {b: {part: summary(np.array([st.paired_win_rates(r["scores"][spo][mask], r["scores"][b][mask])
+                                            for r in runs for mask in [r["risky"] if part == "risky" else ~r["risky"]]]))
+                   for part in ("benign", "risky")} for b in baselines}
+
+    methods = {}
+    for name in runs[0]["scores"]:
+        parts = {"all": [r["scores"][name].mean(0) for r in runs],
+                 "benign": [r["scores"][name][~r["risky"]].mean(0) for r in runs],
+                 "risky": [r["scores"][name][r["risky"]].mean(0) for r in runs]}
+        methods[name] = {p: summary(np.array(v)) for p, v in parts.items()}
+        methods[name]["train_seconds"] = float(np.mean([r["seconds"][name] for r in runs]))
+        methods[name]["win_rate_vs_sft"] = summary(np.array([st.paired_win_rates(r["scores"][name],
+                                                                                 r["scores"]["sft"]) for r in runs]))
+    families = {
+        "SPO (α sweep)": np.array([[r["scores"][alpha_name(a)].mean(0) for a in config.alphas] for r in runs]),
+        "DPO-Mix (harmless share)": np.array([[r["scores"]["dpo_mix" if i == 0 else mix_name(s)].mean(0)
+                                               for i, s in enumerate(config.mix_shares)] for r in runs]),
+        "S-DPO (stopping step)": np.array([[sc.mean(0) for _, sc in r["stops"]] for r in runs]),
+    }
+    labels = {"SPO (α sweep)": [f"α={a:g}" for a in config.alphas],
+              "DPO-Mix (harmless share)": [f"{s:g}" for s in config.mix_shares],
+              "S-DPO (stopping step)": [str(s) for s, _ in runs[0]["stops"]]}
+    reference = [0.0, 0.0]
+    hv = st.front_hypervolumes(families, reference)
+    spo_hv = hv["SPO (α sweep)"]
+    fronts = {name: {"points_mean": pts.mean(0).tolist(), "points_per_seed": pts.tolist(), "labels": labels[name],
+                     "hypervolume": summary(hv[name]),
+                     "hypervolume_spo_minus_this": None if name.startswith("SPO") else summary(spo_hv - hv[name])}
+              for name, pts in families.items()}
+    phi_keys = ("start", "end", "end_risky", "end_benign")
+    phi = {name: {w: {s: float(np.nanmean([r["phi"][name][w][s] for r in runs]))
+                      for s in ("agree_mean", "conflict_mean", "agree_count", "conflict_count")}
+                  for w in phi_keys} for name in runs[0]["phi"]}
+    return {"verdict": verdict, "dimensions": dims, "spo": spo, "synthetic": True,
+            "win_rates": table, "win_rates_other": table_extra, "win_rates_by_prompt_type": by_type, "methods": methods,
+            "fronts": fronts, "front_reference": reference, "phi": phi,
+            "delta_u_vs_true_r1": {key: summary(np.array([r["delta_u_vs_true_r1"][key] for r in runs]))
+                                   for key in ("corr", "sign_agreement")},
+            "task": {"hh": config.hh, "base_correlations": T.base_correlations(config.task, config.hh),
+                     "attainable_front": "ideal point (1, 1)" if config.hh.harmful_tokens < config.task.tokens_per_class
+                     else "segment (1, 1 - rho) to (1 - rho, 1), rho = share of risky prompts"},
+            "round2_curves": runs[0]["curves"]}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------------------------------------------
 
 
 def main(config: Config) -> Path:
-    """Round 1, round 2 (SPO per α and S-DPO), DPO-Mix; evaluate and write the run directory."""
+    """Every seed on the synthetic task (or one run on real pairs); aggregate, decide, write the run directory."""
+    from experiments import _spo_report as R
+
     run_dir = config.start("spo")
-    data = build_data(config)
-    pi0 = data["policy"]
-    train1 = lm.with_ref_logps(data["train"][0], [pi0])
-    dpo = dpo_objective(beta=config.beta, ref_mode="cached")
-    models: dict[str, Any] = {"sft": pi0}
-    seconds: dict[str, float] = {"sft": 0.0}
-    histories: dict[str, lm.History] = {}
-    run = dict(optimizer=config.optimizer, progress=config.progress)
+    if config.data.real:
+        from experiments import _spo_real
 
-    pi1, hist1 = lm.train(pi0, dpo, train1, config.round1, desc="round 1: DPO dim 1", **run)
-    models["dpo_dim1"], seconds["dpo_dim1"] = pi1, hist1.seconds
-
-    # Round 2 data: dimension-2 pairs with the cached log-probs of every earlier model, row r = π_r.
-    train2 = lm.with_ref_logps(data["train"][1], [pi0, pi1])
-    prev = train2.arrays["ref_logps"]  # [E, 2, 2]
-    delta_u = (prev[:, 1, 0] - prev[:, 0, 0]) - (prev[:, 1, 1] - prev[:, 0, 1])
-    phi: dict[str, Any] = {}
-    spo = spo_objective(beta=config.beta)  # α is a traced hyper-parameter: one compiled step serves every run
-    for alpha in (0.0, *config.alphas):
-        name = "s_dpo" if alpha == 0 else alpha_name(alpha)
-        model, hist = lm.train(pi1, spo, train2, config.round2, hparams={"alpha": alpha}, desc=f"round 2: {name}",
-                               **run)
-        models[name], seconds[name], histories[name] = model, seconds["dpo_dim1"] + hist.seconds, hist
-        end = phi_per_pair(lm.pair_logps(model, train2), prev, beta=config.beta, alpha=alpha)
-        start = phi_per_pair(prev[:, 1], prev, beta=config.beta, alpha=alpha)  # θ = π_1
-        phi[name] = {"start": phi_split(start, delta_u), "end": phi_split(end, delta_u), "values_end": end}
-
-    mix = lm.with_ref_logps(lm.concat_pairs(data["train"]), [pi0])
-    mix_run = dataclasses.replace(config.round1, steps=config.round1.steps + config.round2.steps)
-    models["dpo_mix"], hist_mix = lm.train(pi0, dpo, mix, mix_run, desc="DPO-Mix", **run)
-    seconds["dpo_mix"] = hist_mix.seconds
-
-    metrics = evaluate(config, data, models, seconds, phi, delta_u, train2)
-    metrics["round2_curves"] = {n: {"loss": h.metrics["loss"], "phi_mean": h.metrics.get("phi_mean", [])}
-                                for n, h in histories.items()}
+        metrics, extras = _spo_real.run(config)
+        save_metrics(run_dir, metrics)
+        R.write_real(run_dir, config, metrics, extras)
+        say(f"report: {run_dir / 'report.md'}")
+        return run_dir
+    say(f"π_0: SFT decoder ({'quick' if is_quick(config) else 'default'} preset; cached after the first run)")
+    pi0, _ = lm.sft_policy(config.task, config.model, config.sft, model_path=config.data.model_path,
+                           cache_dir=config.cache_dir, progress=config.progress)
+    runs = []
+    for k in range(config.seeds):
+        t0 = time.perf_counter()
+        runs.append(run_seed(config, pi0, k))
+        with open(run_dir / "seeds.pkl", "wb") as f:  # raw per-seed results: re-aggregate without retraining
+            pickle.dump(runs, f)
+        say(f"seed {k + 1}/{config.seeds} done in {time.perf_counter() - t0:.0f} s")
+    metrics = aggregate(config, runs)
     save_metrics(run_dir, metrics)
-    write_outputs(run_dir, config, metrics, phi, delta_u)
-    print(f"report: {run_dir / 'report.md'}")
+    R.write_synthetic(run_dir, config, metrics, runs[0])
+    say(f"verdict: {metrics['verdict'].result}; report: {run_dir / 'report.md'}")
     return run_dir
-
-
-def evaluate(config: Config, data: dict[str, Any], models: dict[str, Any], seconds: dict[str, float],
-             phi: dict[str, Any], delta_u: np.ndarray, train2: lm.PairData) -> dict[str, Any]:
-    """Per-dimension scores of every policy (true rewards of samples, or held-out implicit-reward accuracy)."""
-    synthetic = data["prompts"] is not None
-    pi0 = models["sft"]
-    out: dict[str, Any] = {"dimensions": data["names"], "synthetic": synthetic, "methods": {}, "spo_vs": {}}
-    if synthetic:
-        d = list(config.dimensions)
-        scores = {n: lm.sample_and_score(m, data["prompts"], config.task, seed=config.seed + 7,
-                                         temperature=config.sample_temperature)[1][:, d] for n, m in models.items()}
-        for n in models:
-            out["methods"][n] = {"mean_true_rewards": scores[n].mean(0).tolist(),
-                                 "win_rate_vs_sft": lm.win_rates(scores[n], scores["sft"]).tolist(),
-                                 "train_seconds": seconds[n]}
-        for a in config.alphas:
-            out["spo_vs"][alpha_name(a)] = {b: lm.win_rates(scores[alpha_name(a)], scores[b]).tolist()
-                                            for b in ("sft", "dpo_dim1", "s_dpo", "dpo_mix")}
-        # π_1's implicit reward on the dimension-2 pairs vs the true dimension-1 reward difference of those pairs.
-        true_d1 = train2.rewards[:, 0, config.dimensions[0]] - train2.rewards[:, 1, config.dimensions[0]]
-        out["delta_u_vs_true_r1"] = {"corr": float(np.corrcoef(delta_u, true_d1)[0, 1]),
-                                     "sign_agreement": float(np.mean(np.sign(delta_u[true_d1 != 0])
-                                                                     == np.sign(true_d1[true_d1 != 0])))}
-        front_pts = np.array([out["methods"][n]["mean_true_rewards"] for n in ("s_dpo", *map(alpha_name,
-                                                                                             config.alphas))])
-        reference = np.array(out["methods"]["sft"]["mean_true_rewards"]) - 0.1
-    else:
-        held = data["held"]
-        ref = [lm.pair_logps(pi0, h) for h in held]
-        for n, m in models.items():
-            acc = []
-            for h, r in zip(held, ref):
-                lp = lm.pair_logps(m, h)
-                acc.append(float(np.mean((lp[:, 0] - r[:, 0]) - (lp[:, 1] - r[:, 1]) > 0)))
-            out["methods"][n] = {"held_out_accuracy": acc, "train_seconds": seconds[n]}
-        front_pts = np.array([out["methods"][n]["held_out_accuracy"] for n in ("s_dpo", *map(alpha_name,
-                                                                                             config.alphas))])
-        reference = np.zeros(2)
-    front, hv = lm.front_hypervolume(front_pts, reference)
-    out["front"] = {"points": front_pts.tolist(), "non_dominated": front.tolist(), "reference": reference.tolist(),
-                    "hypervolume": hv, "methods": ["s_dpo", *map(alpha_name, config.alphas)]}
-    out["phi"] = {n: {"start": v["start"], "end": v["end"]} for n, v in phi.items()}
-    out["claim"] = claim_summary(config, out)
-    return out
-
-
-def claim_summary(config: Config, out: dict[str, Any]) -> dict[str, Any]:
-    """Decided from the numbers: does SPO keep dimension 1 (vs S-DPO) while gaining dimension 2 (vs π_1)?"""
-    if not out["synthetic"]:
-        return {}
-    spo = alpha_name(config.alphas[0])
-    vs = out["spo_vs"][spo]
-    n = config.num_samples
-    se = 0.5 / np.sqrt(n)  # the largest standard error of a win rate on n paired prompts
-    phi_end = out["phi"][spo]["end"]
-    return {
-        "spo": spo,
-        "keeps_dim1_vs_s_dpo": bool(vs["s_dpo"][0] > 0.5 + 2 * se),
-        "keeps_dim1_vs_sft": bool(out["methods"][spo]["win_rate_vs_sft"][0] > 0.5 + 2 * se),
-        "gains_dim2_vs_pi1": bool(vs["dpo_dim1"][1] > 0.5 + 2 * se),
-        "beats_dpo_mix_dim2": bool(vs["dpo_mix"][1] > 0.5 + 2 * se),
-        "phi_agree_gt_conflict": bool(phi_end["agree_mean"] > phi_end["conflict_mean"]),
-        "two_se": float(2 * se),
-    }
-
-
-def plot_phi(path: Path, phi: dict[str, Any], delta_u: np.ndarray) -> Path:
-    """Histograms of ϕ at the end of round 2 for agreeing (Δu > 0) and conflicting (Δu < 0) pairs, per run."""
-    panels = {n: {"agreeing (Δu > 0)": v["values_end"][delta_u > 0],
-                  "conflicting (Δu < 0)": v["values_end"][delta_u < 0]} for n, v in phi.items()}
-    return plot_histograms(path, panels, xlabels="ϕ at the end of round 2", bins=np.linspace(0, 1, 26))
-
-
-LABELS = {"sft": "SFT (π_0)", "dpo_dim1": "DPO dim 1 (π_1)", "s_dpo": "S-DPO", "dpo_mix": "DPO-Mix"}
-
-
-def label(name: str) -> str:
-    """Display name of a method key."""
-    return LABELS.get(name, name.replace("spo_a", "SPO α="))
-
-
-def write_outputs(run_dir: Path, config: Config, metrics: dict[str, Any], phi: dict[str, Any],
-                  delta_u: np.ndarray) -> None:
-    """Plots and ``report.md``."""
-    names, methods = metrics["dimensions"], metrics["methods"]
-    key = "mean_true_rewards" if metrics["synthetic"] else "held_out_accuracy"
-    plot_pareto_fronts(run_dir / "rewards.png", {label(n): [m[key]] for n, m in methods.items()},
-                       objective_names=[f"{names[0]} ({'true reward' if metrics['synthetic'] else 'accuracy'})",
-                                        f"{names[1]}"], title="per-dimension score of each policy")
-    plot_phi(run_dir / "phi.png", phi, delta_u)
-    plot_curves(run_dir / "round2.png", {label(n): c["loss"] for n, c in metrics["round2_curves"].items()},
-                ylabel="round-2 training loss", smooth=10)
-    write_spo_report(run_dir, config, metrics)
-
-
-def write_spo_report(run_dir: Path, config: Config, metrics: dict[str, Any]) -> Path:
-    """``report.md`` from ``metrics`` (the plots of :func:`write_outputs` must already be in ``run_dir``)."""
-    names, methods = metrics["dimensions"], metrics["methods"]
-    rows = []
-    for n, m in methods.items():
-        row = {"method": label(n)}
-        if metrics["synthetic"]:
-            row.update({f"mean {names[0]}": m["mean_true_rewards"][0], f"mean {names[1]}": m["mean_true_rewards"][1],
-                        f"win vs SFT ({names[0]})": m["win_rate_vs_sft"][0],
-                        f"win vs SFT ({names[1]})": m["win_rate_vs_sft"][1]})
-        else:
-            row.update({f"accuracy {names[0]}": m["held_out_accuracy"][0],
-                        f"accuracy {names[1]}": m["held_out_accuracy"][1]})
-        row["train s (incl. round 1)"] = m["train_seconds"]
-        rows.append(row)
-    tables: dict[str, Any] = {"Per-dimension results": rows}
-    if metrics["synthetic"]:
-        tables["SPO win rate against each baseline (per dimension)"] = [
-            {"SPO run": label(s), "vs": label(b), names[0]: w[0], names[1]: w[1]}
-            for s, vs in metrics["spo_vs"].items() for b, w in vs.items()]
-    tables["Gradient weight ϕ on dimension-2 pairs (mean)"] = [
-        {"run": label(n), "Δu > 0 (start)": v["start"]["agree_mean"], "Δu < 0 (start)": v["start"]["conflict_mean"],
-         "Δu > 0 (end)": v["end"]["agree_mean"], "Δu < 0 (end)": v["end"]["conflict_mean"],
-         "pairs Δu > 0": v["end"]["agree_count"], "pairs Δu < 0": v["end"]["conflict_count"]}
-        for n, v in metrics["phi"].items()]
-    info = (f"π_0: {'a tiny decoder' if config.data.model_path is None else f'`{config.data.model_path}`'} "
-            "fitted by SFT. "
-            + (f"{config.num_pairs} pairs per dimension labelled by Bradley–Terry on `{names[0]}` then `{names[1]}`; "
-               f"{config.num_samples} held-out prompts sampled at temperature {config.sample_temperature}. "
-               if metrics["synthetic"] else f"Real pairs: {', '.join(config.data.data_paths)}. ")
-            + f"Round 1: {config.round1.steps} steps, round 2: {config.round2.steps} steps, DPO-Mix: "
-              f"{config.round1.steps + config.round2.steps} steps; β = {config.beta}, α ∈ {list(config.alphas)}.")
-    sections = {"Front over α": f"S-DPO and the SPO runs as points ({names[0]}, {names[1]}): hypervolume "
-                f"{metrics['front']['hypervolume']:.4g} with reference {np.round(metrics['front']['reference'], 4)}."}
-    if metrics["synthetic"]:
-        du = metrics["delta_u_vs_true_r1"]
-        sections["Does π_1's implicit reward track dimension 1?"] = (
-            f"On the dimension-2 training pairs, Δu = Δ[logπ_1 − logπ_0] has correlation {du['corr']:.3f} with the "
-            f"true `{names[0]}` difference and the same sign on {du['sign_agreement']:.1%} of pairs.")
-    return write_report(run_dir, title="SPO: sequential multi-dimensional preference alignment",
-                 what_ran=info, command=command_line(), tables=tables,
-                 plots=[("rewards.png", "per-dimension score of each policy"),
-                        ("phi.png", "ϕ at the end of round 2, agreeing vs conflicting pairs"),
-                        ("round2.png", "round-2 training loss")],
-                 sections=sections, claim=claim_paragraph(config, metrics))
-
-
-def claim_paragraph(config: Config, metrics: dict[str, Any]) -> str:
-    """One paragraph from the measured numbers."""
-    names = metrics["dimensions"]
-    if not metrics["synthetic"]:
-        m = metrics["methods"]
-        spo = alpha_name(config.alphas[0])
-        return (f"Real data has no true rewards, so only held-out implicit-reward accuracy is reported: SPO "
-                f"{m[spo]['held_out_accuracy'][0]:.3f} / {m[spo]['held_out_accuracy'][1]:.3f}, S-DPO "
-                f"{m['s_dpo']['held_out_accuracy'][0]:.3f} / {m['s_dpo']['held_out_accuracy'][1]:.3f}, DPO-Mix "
-                f"{m['dpo_mix']['held_out_accuracy'][0]:.3f} / {m['dpo_mix']['held_out_accuracy'][1]:.3f} on "
-                f"({names[0]}, {names[1]}). The sample is too small to decide the paper's claim.")
-    c, vs = metrics["claim"], metrics["spo_vs"][metrics["claim"]["spo"]]
-    m = metrics["methods"]
-    spo = c["spo"]
-    ph = metrics["phi"][spo]["end"]
-    text = (f"SPO ({label(spo)}) against S-DPO wins {vs['s_dpo'][0]:.1%} on {names[0]} and {vs['s_dpo'][1]:.1%} on "
-            f"{names[1]}; against π_1 it wins {vs['dpo_dim1'][1]:.1%} on {names[1]} and {vs['dpo_dim1'][0]:.1%} on "
-            f"{names[0]}; against DPO-Mix {vs['dpo_mix'][0]:.1%} / {vs['dpo_mix'][1]:.1%}. Mean true rewards "
-            f"({names[0]}, {names[1]}): SFT {m['sft']['mean_true_rewards'][0]:.3f}/{m['sft']['mean_true_rewards'][1]:.3f}"
-            f", π_1 {m['dpo_dim1']['mean_true_rewards'][0]:.3f}/{m['dpo_dim1']['mean_true_rewards'][1]:.3f}, S-DPO "
-            f"{m['s_dpo']['mean_true_rewards'][0]:.3f}/{m['s_dpo']['mean_true_rewards'][1]:.3f}, SPO "
-            f"{m[spo]['mean_true_rewards'][0]:.3f}/{m[spo]['mean_true_rewards'][1]:.3f}, DPO-Mix "
-            f"{m['dpo_mix']['mean_true_rewards'][0]:.3f}/{m['dpo_mix']['mean_true_rewards'][1]:.3f}. "
-            f"At the end of round 2 the mean ϕ is {ph['agree_mean']:.3f} on agreeing pairs (Δu > 0) and "
-            f"{ph['conflict_mean']:.3f} on conflicting ones. ")
-    points = np.array([v["mean_true_rewards"] for v in m.values()])
-    optimal = [label(n) for n, keep in zip(m, pareto_front(points, return_mask=True)) if keep]
-    text += f"Pareto-optimal among all policies here (mean true rewards): {', '.join(optimal)}. "
-    keeps, gains = c["keeps_dim1_vs_s_dpo"], c["gains_dim2_vs_pi1"]
-    if keeps and gains:
-        text += ("So SPO kept more of dimension 1 than S-DPO while still gaining dimension 2 over π_1 (margins beyond "
-                 f"two standard errors, {c['two_se']:.3f}): the paper's claim held here.")
-    else:
-        text += ("The claim that SPO keeps dimension 1 while gaining dimension 2 "
-                 + ("did not hold: " if not (keeps and gains) else "")
-                 + ("it did not beat S-DPO on dimension 1 beyond two standard errors" if not keeps else "")
-                 + (" and " if not keeps and not gains else "")
-                 + ("it did not gain on dimension 2 over π_1 beyond two standard errors" if not gains else "")
-                 + f" ({c['two_se']:.3f}).")
-    return text
 
 
 if __name__ == "__main__":
