@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from experiments._report import command_line, plot_curves, plot_pareto_fronts, write_report
+from experiments._report import Verdict, command_line, plot_curves, plot_pareto_fronts, write_report
 from mojax.metrics import hypervolume, pareto_front
 from mojax.simplex import vertex_indices
 
-METHOD_LABELS = {"w_cos_dpo": "W-COS-DPO", "dpo_ls": "DPO-LS", "dpo_soup": "DPO Soup", "mo_dpo": "MO-DPO",
-                 "t_cos_dpo": "T-COS-DPO"}
+METHOD_LABELS = {"w_cos_dpo": "W-COS-DPO", "w_cos_dpo_vc": "W-COS-DPO (vertex cover)", "dpo_ls": "DPO-LS",
+                 "dpo_soup": "DPO Soup", "mo_dpo": "MO-DPO", "t_cos_dpo": "T-COS-DPO"}
 
 
 def method_summary(points: np.ndarray, mains: np.ndarray, base_point: np.ndarray, *, seconds: float, params: int,
@@ -46,9 +46,29 @@ def front_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 
+def _ci(entry: dict[str, Any], fmt: str = ".4g") -> str:
+    """``mean [lo, hi]`` of a :func:`experiments._ltr_verdict.seed_summary` interval (the mean alone for 1 seed)."""
+    if entry["lo"] is None:
+        return format(entry["mean"], fmt)
+    return f"{entry['mean']:{fmt}} [{entry['lo']:{fmt}}, {entry['hi']:{fmt}}]"
+
+
+def seed_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The over-seeds table: per method, HV, its relative difference to DPO-LS, the vertex gap, main NDCG, time."""
+    rows = []
+    for m, e in metrics["summary"].items():
+        rows.append({"method": METHOD_LABELS[m], "HV mean [95% CI]": _ci(e["hypervolume"]),
+                     "(HV − HV DPO-LS) / HV DPO-LS [95% CI]": _ci(e["hv_rel_diff_to_dpo_ls"], "+.2%")
+                     if "hv_rel_diff_to_dpo_ls" in e else "–",
+                     "vertex gap to DPO-LS (NDCG) [95% CI]": _ci(e["vertex_gap"], "+.4f") if "vertex_gap" in e else "–",
+                     "main NDCG@10 [95% CI]": _ci(e["main_ndcg_mean"]),
+                     "train s (median)": e["train_seconds_median"]})
+    return rows
+
+
 def write_outputs(run_dir: Path, c: Any, metrics: dict[str, Any], curves: dict[str, np.ndarray],
-                  tcos_fronts: dict[str, np.ndarray]) -> None:
-    """Plots and ``report.md`` from the measured metrics."""
+                  tcos_fronts: dict[str, np.ndarray], verdict: Verdict | None = None) -> None:
+    """Plots (first seed) and ``report.md`` from the measured metrics."""
     results = metrics["methods"]
     names = [f"NDCG@{c.ndcg_k} {n}" for n in metrics["objectives"]]
     base_point = np.asarray(metrics["base"]["aux_ndcg"])
@@ -88,7 +108,17 @@ def write_outputs(run_dir: Path, c: Any, metrics: dict[str, Any], curves: dict[s
                  f"main NDCG@{c.ndcg_k} (mean ± std)": f"{base['main_ndcg']:.4f}",
                  "train seconds": base["train_seconds"],
                  "# params": base["num_params"], "runs": 1, "steps": c.base_steps})
-    tables: dict[str, Any] = {"Methods (test split)": rows}
+    tables: dict[str, Any] = {}
+    if len(metrics.get("seeds", [])) > 1:
+        tables[f"Over {len(metrics['seeds'])} seeds (Student-t 95 % intervals)"] = seed_rows(metrics)
+    tables["Methods (test split" + (f", first seed {metrics['seed']})" if len(metrics.get("seeds", [])) > 1
+                                     else ")")] = rows
+    if metrics.get("vertex"):
+        tables["At the vertices (first seed): DPO-LS's objective-k NDCG at e_k minus the method's"] = [
+            {"method": METHOD_LABELS[m], "mean gap": v["gap"], "per vertex": ", ".join(f"{g:+.4f}" for g in v["gaps"]),
+             "its e_k points are nearest DPO-LS's w =": "; ".join(
+                 "(" + ", ".join(f"{x:.2f}" for x in w) + ")" for w in v["nearest_ls_weight"])}
+            for m, v in metrics["vertex"].items()]
     pts_rows = []
     for i, w in enumerate(metrics["weights"]):
         row = {"w": "(" + ", ".join(f"{x:.2f}" for x in w) + ")"}
@@ -105,22 +135,35 @@ def write_outputs(run_dir: Path, c: Any, metrics: dict[str, Any], curves: dict[s
             {"compared with the β model": f"β={c.beta_alt:g} model, raw", "mean front distance":
              p["front_distance_raw"], "relative RMS of f − f_ref": p["score_rel_rms_raw"], "HV": "–"}]
     d = metrics["data"]
+    shares = ", ".join(f"{n} {v:.0%}" for n, v in d.get("label_zero_share", {}).items())
+    reader = d.get("reader")
     what = (f"Data: {d['source']} ({d['train_queries']} train / {d['test_queries']} test queries, lists of up to "
-            f"{d['list_size']} items, {d['num_features']} features), K = {len(names)} auxiliary objectives "
-            f"({', '.join(metrics['objectives'])}). Base ranker: ListNet on relevance, {c.base_steps} steps, width "
-            f"{c.base_d_model}. Fine-tuning: `{c.conditioning}` parametrisation, width {c.d_model}, {c.num_layers} "
-            f"layer(s), AdamW lr {c.learning_rate:g} ({c.lr_schedule}), batch {c.batch_size} queries, listwise DPO "
-            f"at β = {c.beta:g} "
-            f"with `{c.label_norm}` label normalisation; {c.run_steps} steps per DPO-LS / single / MO-DPO run, "
-            f"{c.cos_steps} steps for the single W-COS-DPO / T-COS-DPO run (Dirichlet α = {c.concentration:g}"
+            f"{d['list_size']} items, {d['num_features']} features"
+            + (f"; file: kept {reader['kept']} of {reader['total']} lines, skipped {reader['skipped'] or 'none'}, "
+               f"altered {reader['altered'] or 'none'}" if reader else "")
+            + (f"; {d['lists_dropped_single_document']} one-document lists dropped"
+               if d.get("lists_dropped_single_document") else "")
+            + f"), K = {len(names)} auxiliary objectives "
+            f"({', '.join(metrics['objectives'])}; share of zero labels: {shares}). Seeds: "
+            f"{[s['seed'] for s in metrics.get('seeds', [])] or [metrics.get('seed')]}. Base ranker: ListNet on "
+            f"relevance, {c.base_steps} steps, width {c.base_d_model}. Fine-tuning: `{c.conditioning}` "
+            f"parametrisation, width {c.d_model}, {c.num_layers} layer(s), AdamW lr {c.learning_rate:g} "
+            f"({c.lr_schedule}), batch {c.batch_size} queries, listwise DPO at β = {c.beta:g} "
+            f"with `{d.get('label_norm', c.label_norm)}` label normalisation (config `{c.label_norm}`); "
+            f"{c.run_steps} steps per DPO-LS / single / MO-DPO run, "
+            f"{c.cos_steps} steps for the single W-COS-DPO / T-COS-DPO run (= {c.cos_steps / c.run_steps:.3g} DPO-LS "
+            f"runs; the paper's Table 1 timings: 3.0) (Dirichlet α = {c.concentration:g}"
             + (f" mixed with {c.vertex_fraction:.0%} vertex draws for W-COS-DPO" if c.vertex_fraction else "")
-            + f", one w per {'list' if c.per_example_weights else 'step'}, penalty μ = {c.penalty:g}). Every method "
+            + f", one w per {'list' if c.per_example_weights else 'step'}, penalty μ = {c.penalty:g}"
+            + (f"; vertex cover: α = {c.cover_concentration:g}, {metrics['cover_vertex_fraction']:.0%} exact vertices"
+               if "w_cos_dpo_vc" in results else "") + "). Every method "
             f"is evaluated at the same {c.num_weights} weights on the test "
             f"queries; HV reference point = 0 (gain column: reference = the base model's point). Train seconds "
             f"include JIT compilation; DPO Soup and MO-DPO reuse DPO-LS's vertex runs as their single-objective "
             f"models and count their time.")
     write_report(run_dir, title=f"COS-DPO learning-to-rank (K = {len(names)})", what_ran=what,
-                 command=command_line(), tables=tables, plots=plots, claim=claim_paragraph(c, metrics))
+                 command=command_line(), tables=tables, plots=plots, claim=claim_paragraph(c, metrics),
+                 verdict=verdict)
 
 
 def gap_analysis(c: Any, metrics: dict[str, Any], beaten: list[str]) -> str:
@@ -151,10 +194,33 @@ def gap_analysis(c: Any, metrics: dict[str, Any], beaten: list[str]) -> str:
             f"{metrics['data']['train_queries']} training lists).")
 
 
+def smoke_paragraph(metrics: dict[str, Any]) -> str:
+    """A smoke run's paragraph: what was measured, with no reading of it against the paper."""
+    r = metrics["methods"]
+    hvs = ", ".join(f"{METHOD_LABELS[m]} {e['hypervolume']:.4g}" for m, e in r.items())
+    return (f"Smoke run (`--quick`: tiny task, models and budgets): it checks that every method, the evaluation and "
+            f"the report run end to end. Measured HV (reference 0): {hvs}. These numbers say nothing about the "
+            f"paper's claims.")
+
+
 def claim_paragraph(c: Any, metrics: dict[str, Any]) -> str:
-    """Whether the paper's §4.1 claims held in this run, written from the measured numbers."""
+    """Whether the paper's §4.1 claims held in this run, written from the measured numbers (none for a smoke run)."""
+    if c.smoke:
+        return smoke_paragraph(metrics)
     r = metrics["methods"]
     parts = []
+    summary, seeds = metrics.get("summary", {}), len(metrics.get("seeds", []))
+    if seeds > 1 and "hv_rel_diff_to_dpo_ls" in summary.get("w_cos_dpo", {}):
+        d = summary["w_cos_dpo"]["hv_rel_diff_to_dpo_ls"]
+        parts.append(f"Over {seeds} seeds W-COS-DPO's HV differs from DPO-LS's by {_ci(d, '+.2%')} (relative, 95 % "
+                     f"Student-t interval; the verdict above reads it); the paper's Table 1 has +24 %.")
+        if "w_cos_dpo_vc" in summary:
+            v, g0, g1 = (summary["w_cos_dpo_vc"]["hv_rel_diff_to_dpo_ls"], summary["w_cos_dpo"]["vertex_gap"],
+                         summary["w_cos_dpo_vc"]["vertex_gap"])
+            parts.append(f"With the vertex-cover sampler ({metrics['cover_vertex_fraction']:.0%} exact vertices): "
+                         f"{_ci(v, '+.2%')}; the mean vertex gap to DPO-LS (NDCG of objective k at e_k) goes from "
+                         f"{_ci(g0, '+.4f')} to {_ci(g1, '+.4f')}.")
+        parts.append("The single-seed sentences below are about the first seed.")
     if "w_cos_dpo" in r:
         w = r["w_cos_dpo"]
         baselines = [m for m in ("dpo_ls", "dpo_soup", "mo_dpo") if m in r]

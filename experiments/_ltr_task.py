@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 AUX_GRADE_MAX = 4.0  # auxiliary labels are rescaled per query to [0, 4], the range of MSLR's relevance grades
+SPARSE_ZERO_SHARE = 0.5  # an auxiliary label is "sparse" when at least this share of its valid items is 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +67,34 @@ def synthetic_correlation(num_objectives: int, relevance_corr: float, aux_corr: 
     return sigma
 
 
-def load_task(config: Any) -> tuple[Task, Task, list[str]]:
-    """Train/test splits (by query id) and the auxiliary objectives' names, for a ``cos_dpo_ltr.Config``."""
+def zero_share(aux: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """``[K]``: the share of valid items whose auxiliary label is 0, per objective (``aux [Q,K,L]``, ``where [Q,L]``).
+
+    Measured on the raw columns: MSLR's click counts are mostly 0 (sparse), its quality scores and the synthetic
+    Gaussians almost never are (dense).
+    """
+    mask = np.broadcast_to(np.asarray(where, bool)[:, None, :], aux.shape)
+    return (np.sum((np.asarray(aux) == 0) & mask, axis=(0, 2)) / np.maximum(mask.sum(axis=(0, 2)), 1)).astype(float)
+
+
+def resolve_label_norm(label_norm: str, zero_shares: np.ndarray) -> str:
+    """The ListNet label normalisation actually used: ``auto`` picks the paper's rule (COS-DPO eq. 7 and Fig. 2:
+    ``l1`` for sparse labels, ``softmax`` for dense ones) — ``l1`` when every auxiliary label is sparse (at least
+    :data:`SPARSE_ZERO_SHARE` of its items are 0), else ``softmax`` (one normalisation serves all K objectives)."""
+    if label_norm != "auto":
+        return label_norm
+    return "l1" if np.all(np.asarray(zero_shares) >= SPARSE_ZERO_SHARE) else "softmax"
+
+
+def load_task(config: Any) -> tuple[Task, Task, list[str], dict[str, Any]]:
+    """Train/test splits (by query id), the auxiliary objectives' names and the data report, for a
+    ``cos_dpo_ltr.Config``.
+
+    The data report (``metrics.json["data"]``) holds the source, the reader's counts for a file (lines kept and
+    skipped, lists split), the lists dropped for having fewer than 2 documents, each objective's share of zero
+    labels and the label normalisation that ``label_norm="auto"`` resolved to.
+    """
+    info: dict[str, Any] = {"source": config.data_path or "synthetic"}
     if config.data_path is None:
         from mojax.data.synthetic_ltr import SyntheticLTRConfig, make_ranking_data
 
@@ -89,11 +116,16 @@ def load_task(config: Any) -> tuple[Task, Task, list[str]]:
             objectives=("label", *dropped), max_list_size=config.list_size, long_lists="split",
             normalization="log1p_zscore"))
         print(report.summary(), file=sys.stderr)
+        info["reader"] = {k: v for k, v in report.to_dict().items() if k in ("kept", "total", "skipped", "altered")}
         rows = [0] + [1 + dropped.index(col) for col in cols]
         data = dataclasses.replace(data, labels=data.labels[:, rows])
         names = [f"f{col}" for col in cols]
     keep = np.flatnonzero(data.where.sum(-1) >= 2)  # a one-document list has no ranking to learn or measure
+    info["lists_dropped_single_document"] = int(len(data.where) - len(keep))
     data = data.subset(keep)
+    shares = zero_share(np.asarray(data.labels)[:, 1:], np.asarray(data.where))
+    info["label_zero_share"] = dict(zip(names, shares.round(4).tolist()))
+    info["label_norm"] = resolve_label_norm(config.label_norm, shares)
     train, test = data.split((1 - config.test_fraction, config.test_fraction), seed=config.seed)
     if len(train) < 2 or len(test) < 1:
         raise ValueError(f"{len(data)} usable lists: too few to split into train and test")
@@ -103,5 +135,5 @@ def load_task(config: Any) -> tuple[Task, Task, list[str]]:
         return Task(np.asarray(d.features, np.float32), np.asarray(d.where, bool), labels[:, 0],
                     grade_aux_labels(labels[:, 1:], d.where))
 
-    return task(train), task(test), names
+    return task(train), task(test), names, info
 

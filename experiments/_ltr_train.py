@@ -116,7 +116,8 @@ class Experiment:
     def __init__(self, config: Any):
         self.config = config
         self.mesh = make_mesh(MeshConfig())
-        self.train, self.test, self.objective_names = load_task(config)
+        self.train, self.test, self.objective_names, self.data_info = load_task(config)
+        self.label_norm = self.data_info["label_norm"]  # `auto` resolved from the labels' sparsity
         self.num_objectives = self.train.aux.shape[1]
         self.num_features = self.train.features.shape[-1]
         # the weights every method's front is evaluated at
@@ -229,7 +230,7 @@ class Experiment:
         ``seed`` sets the data order (default ``config.seed + 1``, the experiment's); the initialisation is fixed.
         """
         c = self.config
-        obj = ltr_scalarized_dpo_objective(weights=tuple(weights[0].tolist()), beta=c.beta, label_norm=c.label_norm,
+        obj = ltr_scalarized_dpo_objective(weights=tuple(weights[0].tolist()), beta=c.beta, label_norm=self.label_norm,
                                            ref_mode=self.ref_mode)
         seed = c.seed + 1 if seed is None else seed
         runs = []
@@ -244,7 +245,7 @@ class Experiment:
         c = self.config
         single_diffs = np.stack([self.scores(s, self.train, self.ref_train) for s in singles], 1)  # [Q, K, L]
         data = self.train_data | {"single_diffs": single_diffs}
-        obj = ltr_modpo_objective(weights=tuple(weights[0].tolist()), beta=c.beta, label_norm=c.label_norm,
+        obj = ltr_modpo_objective(weights=tuple(weights[0].tolist()), beta=c.beta, label_norm=self.label_norm,
                                   ref_mode=self.ref_mode)
         runs = []
         for i, w in enumerate(weights):
@@ -254,20 +255,25 @@ class Experiment:
         return runs
 
     def train_w_cos(self, beta: float, *, steps: int | None = None, resume: Trained | None = None,
-                    seed: int | None = None) -> Trained:
+                    seed: int | None = None, concentration: float | None = None,
+                    vertex_fraction: float | None = None) -> Trained:
         """The one W-COS-DPO run (``cos_steps`` steps at temperature ``beta``), or ``steps`` more of ``resume``.
 
         ``seed`` sets the data order and the weight draws (default ``config.seed + 1``); the initialisation is fixed.
+        ``concentration`` and ``vertex_fraction`` override the config's weight sampler (the vertex-coverage
+        variant of :mod:`experiments.cos_dpo_ltr`).
         """
         c = self.config
         k = self.num_objectives
         model, wrt = (None, None) if resume is not None else self.finetune_model(k)
-        # w comes from the host sampler (batch["weights"]); `sampling` tells the objective K and the scalarisation
+        alpha = c.concentration if concentration is None else concentration
+        share = c.vertex_fraction if vertex_fraction is None else vertex_fraction
+        # w comes from the host sampler (batch["weights"]); `sampling` tells the objective K and the scalarisation,
+        # and keeps the config's α (unused in the step) so that a variant sampler shares the compiled step
         sampling = COSDPOSampling(num_objectives=k, concentration=c.concentration, per_example=c.per_example_weights)
-        obj = ltr_cos_dpo_objective(sampling=sampling, beta=c.beta, penalty=c.penalty, label_norm=c.label_norm,
+        obj = ltr_cos_dpo_objective(sampling=sampling, beta=c.beta, penalty=c.penalty, label_norm=self.label_norm,
                                     ref_mode=self.ref_mode)
-        draw = simplex_sampler(k, c.concentration, per_example=c.per_example_weights,
-                               vertex_fraction=c.vertex_fraction)
+        draw = simplex_sampler(k, alpha, per_example=c.per_example_weights, vertex_fraction=share)
         sampler = lambda rng, size: {"weights": draw(rng, size)}  # noqa: E731
         # a resumed chunk draws a fresh data order and fresh weights (another seed), as a longer run would
         seed = (c.seed + 1 if seed is None else seed) + (0 if resume is None else int(resume.state.step))
@@ -282,7 +288,7 @@ class Experiment:
         lo, hi = c.tcos_beta_range
         sampling = COSDPOSampling(num_objectives=k, concentration=c.concentration, temperature=True, beta_min=lo,
                                   beta_max=hi)
-        obj = ltr_cos_dpo_objective(sampling=sampling, beta=c.beta, penalty=c.penalty, label_norm=c.label_norm,
+        obj = ltr_cos_dpo_objective(sampling=sampling, beta=c.beta, penalty=c.penalty, label_norm=self.label_norm,
                                     ref_mode=self.ref_mode)
         model, wrt = self.finetune_model(2 * k)
         return self.fit(model, obj, self.train_data, steps=c.cos_steps, seed=c.seed + 1, wrt=wrt,
