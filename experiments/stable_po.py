@@ -1,217 +1,381 @@
-"""Stable Preference Optimization (bilevel SFT + DPO, docs/methods/stable-po.md): does it stop DPO's likelihood displacement?
+"""Stable Preference Optimization (bilevel SFT + DPO, docs/methods/stable-po.md) on a reasoning task with verifiable
+answers: does keeping the chosen (correct) answer likely give higher exact match than DPO?
 
 Run::
 
-    python -m experiments.stable_po                 # synthetic task, a few minutes on 2 CPU cores
-    python -m experiments.stable_po --quick         # seconds-long smoke preset (CI)
-    python -m experiments.stable_po --penalty 5.0   # a stronger hinge
-    python -m experiments.stable_po --data.model-path ../shared/data/tinyllamas-stories260K/stories260K.bin
-    python -m experiments.stable_po --data.data-paths ../shared/data/hh-rlhf/helpful-base-test-part1.jsonl.gz \\
-        --data.tokenizer-path ../shared/data/gpt2-bpe   # real pairs (a tiny GPT-2-vocabulary policy, SFT on them)
+    python -m experiments.stable_po            # full setting: 3 seeds, every method (tens of minutes on 2 CPU cores)
+    python -m experiments.stable_po --quick    # seconds-long smoke preset (CI; verdict "smoke")
 
-Protocol. π_0 is the tiny decoder fitted by SFT to the synthetic task's base responses (cached, shared with the
-other LM experiments). Preference pairs are two base responses per prompt labelled by Bradley–Terry on one true
-reward (``dimension``; default ``class_a``). From π_0, with the same data order, steps and optimiser:
+**Claim (tested, stated before the run).** From an SFT model of moderate accuracy, Stable PO (penalty form, λ/β = 1)
+keeps the held-out chosen log-prob from falling, and gives higher held-out greedy exact-match accuracy than DPO.
+**Test.** Paired by seed and held-out problem: a percentile bootstrap over problems (4,000 resamples; the seeds kept
+together) of (a) Stable PO's mean Δ chosen log-prob (final − π_0) — "holds" if its 95 % interval lies above −0.05
+nats, "falls" if below — and (b) the exact-match difference Stable PO − DPO — "higher" if its 95 % interval lies
+above 0, "lower" if below. ``held`` = holds and higher; ``did_not_hold`` = falls or lower; else ``inconclusive``.
+An exact McNemar test (discordant problems pooled over seeds) and per-seed means are reported beside it.
+
+**Task** (:mod:`experiments._stable_arith`): column addition of two 3-digit numbers, character level; the chosen
+response is the correct worked answer (column sums, then the answer), the rejected one a near miss (one column off
+by one: a slip or a dropped carry), so the two differ in two characters and the rejected answer is wrong.
+
+**Protocol.** Per seed: a tiny decoder (2 layers, d 64) fitted by SFT on the training problems' worked answers to a
+moderate accuracy (π_0), then from π_0, with the same pairs, data order, steps and optimiser:
 
 - **DPO** — ``−log σ(β Δ[logπ_θ − logπ_0])``;
-- **Stable PO** (penalty form) — DPO ``+ λ·max(0, logπ_0(y_w) − logπ_θ(y_w))``;
-- **Stable PO (bilevel)** — one inner SFT step on the chosen responses, ``θ⁺ = θ − η∇L_SFT(θ)``, then
-  ``L_DPO(θ⁺) + λ·hinge(θ⁺)``, differentiated through the inner step (a Hessian-vector product);
-- **SimPO** — ``−log σ(β/|y_w| logπ_θ(y_w) − β/|y_l| logπ_θ(y_l) − γ)`` (reference-free);
-- **SimPO + Stable PO** — SimPO ``+ λ·hinge`` against π_0.
+- **Stable PO (penalty)** — DPO ``+ λ·max(0, logπ_0(y_w) − logπ_θ(y_w))``, λ/β swept (``penalty_ratios``);
+- **Stable PO (bilevel)** — one inner SFT step ``θ⁺ = θ − η∇L_SFT(θ)``, then ``L_DPO(θ⁺) + λ·hinge(θ⁺)``,
+  differentiated through the inner step;
+- **Stable PO (value gap)** — DPO ``+ λ·(L_SFT(θ) − L_SFT(θ⁺))``, the penalty a value-function bilevel solver uses;
+- **SimPO** — ``−log σ(β/|y_w| logπ_θ(y_w) − β/|y_l| logπ_θ(y_l) − γ)``;
+- **SimPO + Stable PO** — SimPO ``+ λ·hinge``, λ at the primary ratio to SimPO's per-token scale β_SimPO/|y_w|.
 
-Measured on held-out pairs every ``eval_every`` steps: the mean log-prob of the chosen and of the rejected responses
-(the trajectories), preference accuracy under each method's own implicit reward (``Δ[logπ_θ − logπ_0] > 0`` for the
-DPO family, ``Δ[logπ_θ/|y|] > 0`` for SimPO) against the noisy labels and against the true reward order; at the end
-each policy samples one response per held-out prompt (temperature 1, same random numbers for every policy) and the
-responses are scored exactly with the true rewards (mean per objective and win rate against π_0).
+Every objective is a library objective run through :func:`mojax.train.fit` with its λ as a traced hyper-parameter,
+so a λ sweep compiles once. Measured on the held-out problems every ``eval_every`` steps: mean chosen / rejected
+log-probs and greedy exact match (the final answer after ``>``).
 
-Outputs: ``config.json``, ``metrics.json`` (``{"methods": {name: {"chosen_logp_delta", "rejected_logp_delta",
-"accuracy", "true_accuracy", "mean_true_rewards", "win_rate_vs_sft", "train_seconds", "trajectory": {...}}},
-"sft": {...}, "claim": {...}, "objectives": [...]}``), ``logp_trajectories.png``, ``accuracy.png``, ``report.md``.
+Outputs: ``config.json``; ``metrics.json`` (``{"verdict": {...}, "methods": {key: {"label", "exact_match",
+"exact_match_seeds", "chosen_logp_delta", "rejected_logp_delta", "vs_dpo": {...}, "trajectory": {...}}}, "sft":
+{...}, "claim": {...}}``); ``logp_trajectories.png``; ``exact_match.png``; ``report.md``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from flax import nnx
 
 from experiments import _lm_common as lm
-from experiments._common import (
-    Timer,
-    cli,
-    command_line,
-    plot_curve_panels,
-    plot_curves,
-    save_metrics,
-    write_report,
-)
-from mojax.train import DataConfig
-from mojax.train.objectives import bilevel_stable_po_objective, dpo_objective, stable_po_objective
+from experiments import _stable_arith as A
+from experiments import _stable_stats as st
+from experiments._common import Timer, Verdict, cli, command_line, plot_curve_panels, save_metrics, write_report
+from mojax.models import Decoder, DecoderConfig
+from mojax.train.objectives import (bilevel_stable_po_objective, dpo_objective, sft_objective, stable_po_objective,
+                                    value_gap_stable_po_objective)
 
-METHOD_LABELS = {
-    "dpo": "DPO",
-    "stable_po": "Stable PO (penalty)",
-    "stable_po_bilevel": "Stable PO (bilevel)",
-    "simpo": "SimPO",
-    "simpo_stable": "SimPO + Stable PO",
-}
-SIMPO_FAMILY = ("simpo", "simpo_stable")
+CLAIM = ("From an SFT model of moderate accuracy, Stable PO (penalty form, λ/β = 1) keeps the held-out chosen "
+         "log-prob from falling and gives higher held-out greedy exact-match accuracy than DPO.")
+TEST = ("paired by seed and held-out problem; percentile bootstrap over problems (4,000 resamples, seeds kept "
+        "together) at 95%: chosen holds if the interval of the mean Δ chosen log-prob is above −0.05 nats (falls if "
+        "below); exact match higher if the interval of (Stable PO − DPO) is above 0 (lower if below); held = holds "
+        "and higher, did_not_hold = falls or lower, else inconclusive; interval = the exact-match difference")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Config(lm.ExperimentConfig):
-    """Stable PO experiment settings (defaults: a few minutes on 2 CPU cores)."""
+class SFTSettings:
+    """SFT of π_0 on the training problems' worked answers (token NLL, AdamW, constant after warmup)."""
 
-    train: lm.TrainConfig = lm.TrainConfig(steps=300, batch_size=32, eval_every=20)
-    """Preference fine-tuning, the same for every method (``eval_every``: the held-out trajectories' interval)."""
+    steps: int = 400
+    """Optimizer steps (chosen for a moderate π_0 accuracy, leaving room both ways; not tuned on the claim)."""
+    batch_size: int = 64
+    """Sequences per step."""
+    learning_rate: float = 3e-3
+    """AdamW learning rate."""
+    warmup_steps: int = 20
+    """Linear warmup steps."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config:
+    """Stable PO on column addition (defaults: the full setting)."""
+
+    task: A.ArithmeticTask = A.ArithmeticTask()
+    """The arithmetic task (operand digits)."""
+    model: lm.ModelConfig = lm.ModelConfig()
+    """The tiny decoder."""
+    sft: SFTSettings = SFTSettings()
+    """SFT of π_0 (one per seed)."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Training seeds: model initialisation, SFT and preference data order, near-miss draws."""
+    num_train: int = 4096
+    """Training problems (SFT rows and preference pairs)."""
+    num_eval: int = 512
+    """Held-out problems (the same for every seed and method)."""
+    train: lm.TrainConfig = lm.TrainConfig(steps=150, batch_size=32, eval_every=25)
+    """Preference fine-tuning, the same for every method (``seed`` is replaced by each seed)."""
     optimizer: lm.OptimizerConfig = lm.OptimizerConfig(learning_rate=1e-3, warmup_steps=10)
-    """AdamW of every method."""
-    dimension: int = 0
-    """Which true reward labels the pairs (index into ``task.objectives``)."""
-    num_train_pairs: int = 2048
-    """Synthetic training pairs."""
-    num_eval_pairs: int = 512
-    """Synthetic held-out pairs."""
-    num_samples: int = 512
-    """Held-out prompts sampled for the true-reward evaluation."""
+    """AdamW of every preference method."""
     beta: float = 0.1
-    """DPO temperature β."""
-    penalty: float = 1.0
-    """The Stable PO hinge weight λ (1.0, the engine's default: not tuned)."""
-    penalty_sweep: tuple[float, ...] = (0.1,)
-    """Extra Stable PO (penalty form) runs at these λ, reported as ``stable_po_l<λ>`` (the trade-off between
-    keeping the chosen likelihood and accuracy)."""
+    """DPO β (also the bilevel and value-gap forms' preference term)."""
+    primary_ratio: float = 1.0
+    """λ/β of the tested Stable PO run (and of the bilevel, value-gap and SimPO + Stable PO runs)."""
+    penalty_ratios: tuple[float, ...] = (0.1, 1.0, 10.0)
+    """λ/β of the Stable PO (penalty) sweep; must include ``primary_ratio``."""
+    gap_ratios: tuple[float, ...] = (1.0,)
+    """λ/β of the value-gap runs."""
     inner_lr: float = 0.05
-    """The bilevel form's inner SFT step η."""
+    """η of the bilevel and value-gap forms' inner SFT step."""
     simpo_beta: float = 2.0
     """SimPO's β."""
     simpo_gamma: float = 1.0
-    """SimPO's margin γ (the SimPO paper's usual γ/β = 0.5)."""
-    methods: tuple[str, ...] = tuple(METHOD_LABELS)
-    """Which of ``METHOD_LABELS`` to run."""
-    sample_temperature: float = 1.0
-    """Sampling temperature of the true-reward evaluation."""
-    data: DataConfig = DataConfig(eval_fraction=0.2)
-    """Real preference pairs instead (one file; HH-RLHF / PKU-SafeRLHF / …): the policy is ``data.model_path`` or a
-    tiny decoder of the tokenizer's vocabulary, SFT on the training pairs' chosen responses; no true rewards, so no
-    sampling evaluation."""
-    real_objective: int = 0
-    """The label row of real data (PKU-SafeRLHF: 0 better, 1 safer)."""
+    """SimPO's margin γ (γ/β = 0.5, the SimPO paper's usual ratio)."""
+    methods: tuple[str, ...] = ("dpo", "stable_po", "bilevel", "value_gap", "simpo", "simpo_stable")
+    """Families to run (``dpo`` is always run: every comparison is against it)."""
+    n_boot: int = 4000
+    """Bootstrap resamples."""
+    quick: bool = False
+    """The smoke preset (set by ``--quick``): the verdict is "smoke" whatever the numbers."""
+    compile_cache: bool = True
+    """JAX's persistent compilation cache under ``runs/_cache/jax`` (or ``$MOJAX_CACHE``)."""
+    progress: bool = True
+    """Progress bars."""
+    out: str | None = None
+    """Run directory (default ``runs/stable_po/<UTC time>``)."""
 
     def __post_init__(self):
-        unknown = set(self.methods) - set(METHOD_LABELS)
-        if unknown or not self.methods:
-            raise ValueError(f"unknown or no methods {sorted(unknown)}; choose from {sorted(METHOD_LABELS)}")
-        if not 0 <= self.dimension < self.task.num_objectives:
-            raise ValueError(f"dimension {self.dimension} out of range for {self.task.num_objectives} objectives")
-        for name in ("beta", "simpo_beta"):
+        known = {"dpo", "stable_po", "bilevel", "value_gap", "simpo", "simpo_stable"}
+        if not self.methods or set(self.methods) - known:
+            raise ValueError(f"unknown or no methods {sorted(set(self.methods) - known)}; choose from {sorted(known)}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct and non-empty, got {self.seeds}")
+        for name in ("beta", "simpo_beta", "primary_ratio"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("penalty", "inner_lr", "simpo_gamma", "sample_temperature"):
+        for name in ("inner_lr", "simpo_gamma"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if any(lam <= 0 for lam in self.penalty_sweep):
-            raise ValueError(f"penalty_sweep values must be positive, got {self.penalty_sweep}")
-        lm.check_real_data(self.data, max_files=1)
+        if any(r <= 0 for r in self.penalty_ratios + self.gap_ratios):
+            raise ValueError("penalty_ratios and gap_ratios must be positive")
+        if "stable_po" in self.methods and self.primary_ratio not in self.penalty_ratios:
+            raise ValueError(f"penalty_ratios {self.penalty_ratios} must include primary_ratio {self.primary_ratio}")
+        if self.num_eval < 2 or self.num_train < self.train.batch_size:
+            raise ValueError("need num_eval >= 2 and num_train >= train.batch_size")
 
 
 def get_config(quick: bool = False) -> Config:
-    """The default run, or with ``quick`` the CI smoke preset (tiny model, few steps; numbers not meaningful)."""
+    """The full setting, or with ``quick`` the CI smoke preset (2-digit task, tiny model, a few steps)."""
     if not quick:
         return Config()
-    return Config(model=lm.QUICK_MODEL, sft=lm.QUICK_SFT, train=lm.TrainConfig(steps=6, batch_size=16, eval_every=3),
-                  optimizer=lm.OptimizerConfig(learning_rate=1e-3), num_train_pairs=64, num_eval_pairs=32,
-                  num_samples=32, penalty_sweep=(), compile_cache=False, progress=False)
+    return Config(task=A.ArithmeticTask(digits=2), model=lm.QUICK_MODEL,
+                  sft=SFTSettings(steps=20, batch_size=32, learning_rate=1e-2, warmup_steps=2), seeds=(0, 1),
+                  num_train=64, num_eval=32, train=lm.TrainConfig(steps=4, batch_size=16, eval_every=2),
+                  penalty_ratios=(1.0,), n_boot=200, quick=True, compile_cache=False, progress=False)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Methods and evaluation
+# Methods
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def sweep_name(penalty: float) -> str:
-    """Method key of an extra Stable PO (penalty) run, e.g. ``stable_po_l0.1``."""
-    return f"stable_po_l{penalty:g}"
+def run_list(config: Config) -> list[str]:
+    """Method keys in run order, e.g. ``dpo``, ``stable_po_r1``, ``value_gap_r1``, ``simpo``."""
+    runs = ["dpo"]
+    for fam in config.methods:
+        if fam == "stable_po":
+            runs += [f"stable_po_r{r:g}" for r in config.penalty_ratios]
+        elif fam in ("bilevel", "simpo_stable"):
+            runs.append(f"{fam}_r{config.primary_ratio:g}")
+        elif fam == "value_gap":
+            runs += [f"value_gap_r{r:g}" for r in config.gap_ratios]
+        elif fam == "simpo":
+            runs.append("simpo")
+    return runs
 
 
-def method_label(method: str) -> str:
+def method_label(key: str) -> str:
     """Display name of a method key."""
-    if method.startswith("stable_po_l"):
-        return f"Stable PO (penalty, λ={method[len('stable_po_l'):]})"
-    return METHOD_LABELS[method]
+    fam, _, ratio = key.rpartition("_r")
+    names = {"stable_po": "Stable PO (penalty)", "bilevel": "Stable PO (bilevel)",
+             "value_gap": "Stable PO (value gap)", "simpo_stable": "SimPO + Stable PO"}
+    if fam in names:
+        return f"{names[fam]}, λ/β={ratio}"
+    return {"dpo": "DPO", "simpo": "SimPO"}[key]
 
 
-def objective_for(method: str, config: Config):
-    """The engine objective of one method (reference = the cached π_0 log-probs in every batch)."""
-    if method.startswith("stable_po_l"):
-        lam = float(method[len("stable_po_l"):])
-        return stable_po_objective(beta=config.beta, penalty=lam, pref="dpo", ref_mode="cached")
-    if method == "dpo":
-        return dpo_objective(beta=config.beta, ref_mode="cached")
-    if method == "stable_po":
-        return stable_po_objective(beta=config.beta, penalty=config.penalty, pref="dpo", ref_mode="cached")
-    if method == "stable_po_bilevel":
-        return bilevel_stable_po_objective(beta=config.beta, penalty=config.penalty, inner_lr=config.inner_lr,
-                                           pref="dpo", ref_mode="cached")
-    if method == "simpo":
-        return stable_po_objective(beta=config.simpo_beta, gamma=config.simpo_gamma, penalty=0.0, pref="simpo",
-                                   ref_mode="cached")
-    if method == "simpo_stable":
-        return stable_po_objective(beta=config.simpo_beta, gamma=config.simpo_gamma, penalty=config.penalty,
-                                   pref="simpo", ref_mode="cached")
-    raise ValueError(f"unknown method {method!r}")
+def objective_for(key: str, config: Config, *, mean_chosen_length: float) -> tuple[Any, dict[str, float]]:
+    """``(library objective, hparams)`` of a method key; objectives of one family share one compiled step (λ, η,
+    β are traced hyper-parameters)."""
+    fam, _, ratio = key.rpartition("_r")
+    lam = config.beta * float(ratio) if fam else 0.0
+    if key == "dpo":
+        return dpo_objective(beta=config.beta), {}
+    if fam == "stable_po":
+        return stable_po_objective(beta=config.beta, pref="dpo"), {"penalty": lam}
+    if fam == "bilevel":
+        return bilevel_stable_po_objective(beta=config.beta, pref="dpo"), {"penalty": lam,
+                                                                           "inner_lr": config.inner_lr}
+    if fam == "value_gap":
+        return value_gap_stable_po_objective(beta=config.beta, pref="dpo"), {"penalty": lam,
+                                                                             "inner_lr": config.inner_lr}
+    simpo = stable_po_objective(beta=config.simpo_beta, gamma=config.simpo_gamma, pref="simpo")
+    if key == "simpo":
+        return simpo, {"penalty": 0.0}
+    if fam == "simpo_stable":  # λ relative to SimPO's per-token gradient scale β/|y_w| on logπ(y_w)
+        return simpo, {"penalty": float(ratio) * config.simpo_beta / mean_chosen_length}
+    raise ValueError(f"unknown method {key!r}")
 
 
-def pair_metrics(logps: np.ndarray, ref_logps: np.ndarray, lengths: np.ndarray,
-                 true_margin: np.ndarray | None) -> dict[str, float]:
-    """Held-out quantities from policy and reference log-probs ``[E, 2]`` (chosen, rejected).
+# ----------------------------------------------------------------------------------------------------------------
+# One seed
+# ----------------------------------------------------------------------------------------------------------------
 
-    ``accuracy_dpo``: fraction with ``Δ[logπ_θ − logπ_0] > 0`` (the DPO implicit reward ranks the labelled chosen
-    response first); ``accuracy_simpo``: the same for SimPO's ``logπ_θ/|y|``; ``true_*``: the same against the true
-    reward order (pairs with equal true rewards left out); ``chosen_logps``/``rejected_logps``: means.
-    """
-    dpo_margin = (logps[:, 0] - ref_logps[:, 0]) - (logps[:, 1] - ref_logps[:, 1])
-    norm = logps / np.maximum(lengths, 1)
-    simpo_margin = norm[:, 0] - norm[:, 1]
-    out = {"chosen_logps": float(logps[:, 0].mean()), "rejected_logps": float(logps[:, 1].mean()),
-           "accuracy_dpo": float(np.mean(dpo_margin > 0)), "accuracy_simpo": float(np.mean(simpo_margin > 0))}
-    if true_margin is not None:
-        strict = true_margin != 0
-        sign = np.sign(true_margin[strict])
-        out["true_accuracy_dpo"] = float(np.mean(np.sign(dpo_margin[strict]) == sign))
-        out["true_accuracy_simpo"] = float(np.mean(np.sign(simpo_margin[strict]) == sign))
+
+def build_decoder(config: Config, seed: int) -> nnx.Module:
+    """The untrained tiny decoder on the task's character vocabulary."""
+    m = config.model
+    dc = DecoderConfig(model_type="llama", vocab_size=A.VOCAB_SIZE, d_model=m.d_model, num_layers=m.num_layers,
+                       num_heads=m.num_heads, mlp_dim=m.mlp_dim, max_positions=2 * config.task.width,
+                       bos_token_id=A.BOS, eos_token_id=A.EOS, pad_token_id=A.PAD)
+    return Decoder(dc, rngs=nnx.Rngs(seed))
+
+
+def evaluate(model: nnx.Module, config: Config, held: lm.PairData, problems: A.Problems) -> dict[str, Any]:
+    """Held-out chosen / rejected log-probs ``[P]`` and greedy exact match ``[P]``."""
+    logps = lm.pair_logps(model, held)
+    correct = A.exact_match(A.greedy_answers(model, config.task, problems), problems, config.task)
+    return {"chosen": logps[:, 0], "rejected": logps[:, 1], "correct": correct}
+
+
+def run_seed(config: Config, seed: int, train_problems: A.Problems, eval_problems: A.Problems) -> dict[str, Any]:
+    """SFT π_0 for one seed, then every method from it; per-problem arrays and trajectories."""
+    held = A.pair_data(config.task, eval_problems, seed=10_000 + seed)
+    s = config.sft
+    with Timer() as t_sft:
+        policy, sft_hist = lm.train(build_decoder(config, seed), sft_objective(), A.sft_data(config.task, train_problems),
+                                    lm.TrainConfig(steps=s.steps, batch_size=s.batch_size, seed=seed,
+                                                   progress=config.progress),
+                                    lm.OptimizerConfig(learning_rate=s.learning_rate, warmup_steps=s.warmup_steps),
+                                    desc=f"SFT seed {seed}")
+    base = evaluate(policy, config, held, eval_problems)
+    print(f"seed {seed}: π_0 exact match {base['correct'].mean():.3f} (SFT {t_sft.seconds:.0f} s)", flush=True)
+    pairs = lm.with_ref_logps(A.pair_data(config.task, train_problems, seed=seed), [policy])
+    mean_len = float(pairs.arrays["loss_mask"][:, 0].sum(-1).mean())
+    out = {"sft": {**base, "seconds": t_sft.seconds, "final_nll": sft_hist.final("nll")}, "methods": {},
+           "mean_chosen_length": mean_len}
+
+    def eval_fn(model):
+        e = evaluate(model, config, held, eval_problems)
+        return {"chosen_logps": float(e["chosen"].mean()), "rejected_logps": float(e["rejected"].mean()),
+                "exact_match": float(e["correct"].mean())}
+
+    for key in run_list(config):
+        objective, hparams = objective_for(key, config, mean_chosen_length=mean_len)
+        with Timer() as timer:
+            trained, hist = lm.train(policy, objective, pairs, dataclasses.replace(config.train, seed=seed),
+                                     config.optimizer, hparams=hparams, eval_fn=eval_fn,
+                                     desc=f"{method_label(key)} seed {seed}", progress=config.progress)
+        final = evaluate(trained, config, held, eval_problems)
+        out["methods"][key] = {**final, "train_seconds": hist.seconds, "wall_seconds": timer.seconds,
+                               "compiled": hist.compiled, "hparams": hparams,
+                               "trajectory": {k: [e[k] for e in hist.evals]
+                                              for k in ("step", "chosen_logps", "rejected_logps", "exact_match")}}
+        print(f"seed {seed} {method_label(key)}: exact match {final['correct'].mean():.3f}, Δ chosen "
+              f"{(final['chosen'] - base['chosen']).mean():+.2f}, Δ rejected "
+              f"{(final['rejected'] - base['rejected']).mean():+.2f} ({timer.seconds:.0f} s)", flush=True)
     return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Data and the starting policy
+# Statistics and the verdict
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def build_setup(config: Config) -> dict[str, Any]:
-    """π_0, training pairs (with π_0 log-probs attached) and held-out pairs, synthetic or real."""
-    if not config.data.real:
-        policy, sft_info = lm.sft_policy(config.task, config.model, config.sft, model_path=config.data.model_path,
-                                         cache_dir=config.cache_dir, progress=config.progress)
-        train = lm.synthetic_pairs(config.task, dimension=config.dimension, num_pairs=config.num_train_pairs,
-                                   seed=config.seed)
-        held = lm.synthetic_pairs(config.task, dimension=config.dimension, num_pairs=config.num_eval_pairs,
-                                  seed=config.seed + 1)
-        true_margin = held.rewards[:, 0, config.dimension] - held.rewards[:, 1, config.dimension]
-        names = list(config.task.objectives)
+def summarize(per_seed: list[dict[str, Any]], config: Config) -> dict[str, Any]:
+    """Per-method numbers with paired intervals against DPO, and the verdict block."""
+    def stack(key, what):
+        return np.stack([s["methods"][key][what] if key != "sft" else s["sft"][what] for s in per_seed])
+
+    base_chosen, base_rejected = stack("sft", "chosen"), stack("sft", "rejected")
+    dpo_correct = stack("dpo", "correct")
+    methods: dict[str, Any] = {}
+    for key in per_seed[0]["methods"]:
+        correct = stack(key, "correct")
+        d_chosen, d_rejected = stack(key, "chosen") - base_chosen, stack(key, "rejected") - base_rejected
+        row = {"label": method_label(key), "exact_match": float(correct.mean()),
+               "exact_match_seeds": st.seed_means(correct),
+               "chosen_logp_delta": st.paired_bootstrap(d_chosen, n_boot=config.n_boot),
+               "chosen_logp_delta_seeds": st.seed_means(d_chosen),
+               "rejected_logp_delta": float(d_rejected.mean()), "hparams": per_seed[0]["methods"][key]["hparams"],
+               "train_seconds": [s["methods"][key]["train_seconds"] for s in per_seed]}
+        if key != "dpo":
+            diff = correct.astype(float) - dpo_correct.astype(float)
+            row["vs_dpo"] = {"exact_match_diff": st.paired_bootstrap(diff, n_boot=config.n_boot),
+                             "exact_match_diff_seeds": st.seed_means(diff),
+                             "mcnemar": st.mcnemar(correct, dpo_correct)}
+        traj = [s["methods"][key]["trajectory"] for s in per_seed]
+        row["trajectory"] = {"step": traj[0]["step"],
+                             **{k: np.mean([t[k] for t in traj], axis=0).tolist()
+                                for k in ("chosen_logps", "rejected_logps", "exact_match")}}
+        methods[key] = row
+    sft = {"exact_match": float(stack("sft", "correct").mean()), "exact_match_seeds": st.seed_means(
+        stack("sft", "correct")), "chosen_logps": float(base_chosen.mean()),
+        "rejected_logps": float(base_rejected.mean()), "seconds": [s["sft"]["seconds"] for s in per_seed],
+        "final_nll": [s["sft"]["final_nll"] for s in per_seed]}
+    primary = f"stable_po_r{config.primary_ratio:g}"
+    claim: dict[str, Any] = {"primary": primary}
+    if primary in methods:
+        dec = st.decide(methods[primary]["chosen_logp_delta"], methods[primary]["vs_dpo"]["exact_match_diff"])
+        claim.update(dec)
+        ci = methods[primary]["vs_dpo"]["exact_match_diff"]
+        verdict = Verdict(claim=CLAIM, result="smoke" if config.quick else dec["result"], test=TEST if not config.quick
+                          else "none: --quick smoke preset, numbers not meaningful", seeds=len(per_seed),
+                          ci=(ci["lo"], ci["hi"]))
+        dpo_fall = methods["dpo"]["chosen_logp_delta"]
+        claim["dpo_chosen_falls"] = bool(dpo_fall["hi"] < -st.CHOSEN_TOL)
     else:
-        policy, sft_info, [(train, held)] = lm.real_policy(config.data, config.model, config.sft,
-                                                           objectives=[config.real_objective], seed=config.seed,
-                                                           cache_dir=config.cache_dir, progress=config.progress)
-        true_margin = None
-        names = [f"objective_{config.real_objective}"]
-    return {"policy": policy, "sft_info": sft_info, "train": lm.with_ref_logps(train, [policy]),
-            "held": held, "held_ref": lm.pair_logps(policy, held), "true_margin": true_margin, "names": names}
+        verdict = Verdict(claim=CLAIM, result="smoke" if config.quick else "inconclusive",
+                          test="not tested: the Stable PO (penalty) family was not run", seeds=len(per_seed))
+    return {"verdict": dataclasses.asdict(verdict), "methods": methods, "sft": sft, "claim": claim,
+            "mean_chosen_length": float(np.mean([s["mean_chosen_length"] for s in per_seed]))}
+
+
+def claim_paragraph(metrics: dict[str, Any], quick: bool) -> str:
+    """What the numbers say, written from them (never canned)."""
+    m, claim = metrics["methods"], metrics["claim"]
+    primary = claim["primary"]
+    if quick:
+        return "Smoke preset: the pipeline ran end to end; the numbers say nothing about the paper."
+    if primary not in m:
+        return "The Stable PO (penalty) family was not run, so the claim was not tested."
+    dpo, spo = m["dpo"], m[primary]
+    d = spo["vs_dpo"]["exact_match_diff"]
+    parts = [f"π_0 (SFT) reaches exact match {metrics['sft']['exact_match']:.3f}. DPO moves the held-out chosen "
+             f"log-prob by {dpo['chosen_logp_delta']['mean']:+.2f} nats (95% CI [{dpo['chosen_logp_delta']['lo']:+.2f}, "
+             f"{dpo['chosen_logp_delta']['hi']:+.2f}]) and ends at exact match {dpo['exact_match']:.3f}; "
+             + ("likelihood displacement is present." if claim.get("dpo_chosen_falls") else
+                "the chosen log-prob did not fall significantly, so there is little displacement to fix."),
+             f"{spo['label']} moves it by {spo['chosen_logp_delta']['mean']:+.2f} "
+             f"([{spo['chosen_logp_delta']['lo']:+.2f}, {spo['chosen_logp_delta']['hi']:+.2f}]) and reaches "
+             f"{spo['exact_match']:.3f}: exact-match difference to DPO {d['mean']:+.3f} (95% CI [{d['lo']:+.3f}, "
+             f"{d['hi']:+.3f}], McNemar p = {spo['vs_dpo']['mcnemar']['p']:.3g})."]
+    verdicts = {"held": "The claim held: the chosen log-prob did not fall and exact match was higher than DPO's.",
+                "did_not_hold": "The claim did not hold: " + ("the chosen log-prob fell" if claim["chosen_falls"] else
+                                                              "exact match was lower than DPO's") + ".",
+                "inconclusive": "Inconclusive: " + ("the chosen log-prob held, but " if claim["chosen_holds"] else "")
+                + "the exact-match interval includes 0" + ("" if claim["chosen_holds"] else
+                                                           ", and the chosen log-prob's interval straddles the "
+                                                           "tolerance") + "."}
+    parts.append(verdicts[metrics["verdict"]["result"]])
+    better = [r["label"] for k, r in m.items() if k != "dpo" and r["vs_dpo"]["exact_match_diff"]["lo"] > 0]
+    worse = [r["label"] for k, r in m.items() if k != "dpo" and r["vs_dpo"]["exact_match_diff"]["hi"] < 0]
+    parts.append(f"Other runs (secondary, not corrected for multiple comparisons): significantly above DPO: "
+                 f"{', '.join(better) or 'none'}; significantly below: {', '.join(worse) or 'none'}.")
+    return " ".join(parts)
+
+
+def results_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's table: one row per method (π_0 first)."""
+    sft = metrics["sft"]
+    rows = [{"method": "π_0 (SFT)", "exact match": sft["exact_match"],
+             "per seed": " / ".join(f"{v:.3f}" for v in sft["exact_match_seeds"]), "Δ EM vs DPO [95% CI]": "–",
+             "McNemar p": None, "Δ chosen logp [95% CI]": f"0 ({sft['chosen_logps']:.2f})",
+             "Δ rejected logp": f"0 ({sft['rejected_logps']:.2f})"}]
+    for key, r in metrics["methods"].items():
+        c = r["chosen_logp_delta"]
+        row = {"method": r["label"], "exact match": r["exact_match"],
+               "per seed": " / ".join(f"{v:.3f}" for v in r["exact_match_seeds"]),
+               "Δ EM vs DPO [95% CI]": "–", "McNemar p": None,
+               "Δ chosen logp [95% CI]": f"{c['mean']:+.2f} [{c['lo']:+.2f}, {c['hi']:+.2f}]",
+               "Δ rejected logp": f"{r['rejected_logp_delta']:+.2f}",
+               "train s (mean)": float(np.mean(r["train_seconds"]))}
+        if "vs_dpo" in r:
+            d = r["vs_dpo"]["exact_match_diff"]
+            row["Δ EM vs DPO [95% CI]"] = f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+            row["McNemar p"] = f"{r['vs_dpo']['mcnemar']['p']:.3g}"
+        rows.append(row)
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -220,191 +384,48 @@ def build_setup(config: Config) -> dict[str, Any]:
 
 
 def main(config: Config) -> Path:
-    """Run every method from the same π_0 and write the run directory; returns its path."""
-    run_dir = config.start("stable_po")
-    setup = build_setup(config)
-    policy, held, held_ref = setup["policy"], setup["held"], setup["held_ref"]
-    lengths = held.arrays["loss_mask"].sum(-1)
-    synthetic = not config.data.real
+    """Run every seed and method; write the run directory and return its path."""
+    from experiments._common import make_run_dir, save_config
 
-    def eval_fn(model):
-        return pair_metrics(lm.pair_logps(model, held), held_ref, lengths, setup["true_margin"])
-
-    base_eval = eval_fn(policy)
-    if synthetic:
-        prompts = lm.synthetic_pairs(config.task, dimension=config.dimension, num_pairs=config.num_samples,
-                                     seed=config.seed + 2).prompts
-        sample = lambda m: lm.sample_and_score(m, prompts, config.task, seed=config.seed + 3,  # noqa: E731
-                                               temperature=config.sample_temperature)[1]
-        sft_rewards = sample(policy)
-
-    results: dict[str, dict[str, Any]] = {}
-    runs = list(config.methods) + ([sweep_name(lam) for lam in config.penalty_sweep]
-                                   if "stable_po" in config.methods else [])
-    for method in runs:
-        with Timer() as timer:
-            trained, hist = lm.train(policy, objective_for(method, config), setup["train"], config.train,
-                                     config.optimizer, eval_fn=eval_fn, desc=method_label(method),
-                                     progress=config.progress)
-        acc_key = "simpo" if method in SIMPO_FAMILY else "dpo"
-        final = hist.evals[-1]
-        row: dict[str, Any] = {
-            "chosen_logp_delta": final["chosen_logps"] - base_eval["chosen_logps"],
-            "rejected_logp_delta": final["rejected_logps"] - base_eval["rejected_logps"],
-            "accuracy": final[f"accuracy_{acc_key}"],
-            "train_seconds": hist.seconds,
-            "wall_seconds": timer.seconds,
-            "final_train_loss": hist.final("loss"),
-            "trajectory": {"step": [e["step"] for e in hist.evals],
-                           "chosen_logps": [e["chosen_logps"] for e in hist.evals],
-                           "rejected_logps": [e["rejected_logps"] for e in hist.evals],
-                           "accuracy": [e[f"accuracy_{acc_key}"] for e in hist.evals]},
-        }
-        if "hinge_active" in hist.metrics:
-            row["final_hinge_active"] = hist.final("hinge_active")
-        if synthetic:
-            rewards = sample(trained)
-            row["true_accuracy"] = final[f"true_accuracy_{acc_key}"]
-            row["mean_true_rewards"] = rewards.mean(0).tolist()
-            row["win_rate_vs_sft"] = lm.win_rates(rewards, sft_rewards).tolist()
-        results[method] = row
-
-    claim = claim_summary(results, n_eval=len(held), penalty=config.penalty)
-    metrics = {"methods": results, "objectives": setup["names"], "dimension": config.dimension,
-               "sft": {**{k: v for k, v in setup["sft_info"].items() if k not in ("train_nll", "vocab")}, **base_eval,
-                       **({"mean_true_rewards": sft_rewards.mean(0).tolist()} if synthetic else {})},
-               "claim": claim}
+    run_dir = make_run_dir("stable_po", config.out)
+    save_config(run_dir, config)
+    if config.compile_cache:
+        lm.enable_compilation_cache()
+    train_problems, eval_problems = A.make_problems(config.task, num_train=config.num_train,
+                                                    num_eval=config.num_eval, seed=0)
+    with Timer() as total:
+        per_seed = [run_seed(config, seed, train_problems, eval_problems) for seed in config.seeds]
+    metrics = summarize(per_seed, config)
+    metrics["total_seconds"] = total.seconds
     save_metrics(run_dir, metrics)
-    write_outputs(run_dir, config, metrics, synthetic)
+    m = metrics["methods"]
+    plot_curve_panels(run_dir / "logp_trajectories.png",
+                      {f"{what} (held-out, mean over seeds)": {r["label"]: (r["trajectory"]["step"],
+                                                                            r["trajectory"][f"{what}_logps"])
+                                                               for r in m.values()} for what in ("chosen", "rejected")},
+                      ylabels=["mean log π(y_w|x)", "mean log π(y_l|x)"])
+    plot_curve_panels(run_dir / "exact_match.png",
+                      {"greedy exact match (held-out, mean over seeds)": {
+                          r["label"]: (r["trajectory"]["step"], r["trajectory"]["exact_match"]) for r in m.values()}},
+                      ylabels="exact match")
+    c = config
+    what = (f"Column addition of two {c.task.digits}-digit numbers with a worked answer (chosen: correct; rejected: "
+            f"one column off by one). {c.num_train} training / {c.num_eval} held-out problems (the same held-out set "
+            f"for every seed). Per seed ({list(c.seeds)}): a decoder (d {c.model.d_model}, {c.model.num_layers} "
+            f"layers) SFT'd for {c.sft.steps} steps (π_0), then every method {c.train.steps} AdamW steps (lr "
+            f"{c.optimizer.learning_rate}, batch {c.train.batch_size}) from π_0; β = {c.beta}, λ/β ∈ "
+            f"{list(c.penalty_ratios)} (penalty), {c.primary_ratio:g} (bilevel, SimPO + Stable PO), "
+            f"{list(c.gap_ratios)} (value gap); η = {c.inner_lr}; SimPO β = {c.simpo_beta}, γ = {c.simpo_gamma}; "
+            f"mean chosen length {metrics['mean_chosen_length']:.1f} tokens. Total {total.seconds:.0f} s.")
+    write_report(run_dir, title="Stable PO vs DPO on a verifiable reasoning task", what_ran=what,
+                 command=command_line(), tables={"Held-out results (pooled over seeds)": results_rows(metrics)},
+                 plots=[("logp_trajectories.png", "held-out chosen / rejected log-probs during training"),
+                        ("exact_match.png", "held-out greedy exact match during training")],
+                 claim=claim_paragraph(metrics, config.quick), verdict=Verdict(**{
+                     **metrics["verdict"], "ci": None if metrics["verdict"]["ci"] is None
+                     else tuple(metrics["verdict"]["ci"])}))
     print(f"report: {run_dir / 'report.md'}")
     return run_dir
-
-
-def claim_summary(results: dict[str, dict[str, Any]], *, n_eval: int, penalty: float = 1.0) -> dict[str, Any]:
-    """The claim, decided from the numbers: DPO's chosen log-prob falls; Stable PO's does not; accuracy not worse.
-
-    "Falls": the held-out mean chosen log-prob ended more than 0.05 nats below π_0's (the tolerance absorbs the
-    evaluation noise of a policy that barely moved). "Holds": it did not fall by that criterion. Also reported:
-    ``displacement_removed`` = 1 − (method's fall)/(DPO's fall), the share of DPO's likelihood displacement a
-    method avoided. "Not worse": accuracy at least the base method's (DPO; SimPO for SimPO + Stable PO) minus two
-    binomial standard errors ``2·sqrt((p_a(1−p_a) + p_b(1−p_b))/n)``.
-    """
-    out: dict[str, Any] = {}
-    if "dpo" not in results:
-        return out
-    dpo = results["dpo"]
-    out["dpo_chosen_falls"] = bool(dpo["chosen_logp_delta"] < -0.05)
-    for m, r in results.items():
-        if m in ("dpo", "simpo"):
-            continue
-        base = results["simpo"] if m == "simpo_stable" and "simpo" in results else dpo
-        se = math.sqrt(sum(p * (1 - p) for p in (r["accuracy"], base["accuracy"])) / max(n_eval, 1))
-        fall = -base["chosen_logp_delta"]
-        out[m] = {"chosen_holds": bool(r["chosen_logp_delta"] >= -0.05),
-                  "displacement_removed": float(1 + r["chosen_logp_delta"] / fall) if fall > 0.05 else None,
-                  "accuracy_not_worse": bool(r["accuracy"] >= base["accuracy"] - 2 * se),
-                  "accuracy_diff": r["accuracy"] - base["accuracy"], "two_se": 2 * se}
-    if "stable_po" in out:
-        out["held"] = bool(out["dpo_chosen_falls"] and out["stable_po"]["chosen_holds"]
-                           and out["stable_po"]["accuracy_not_worse"])
-        # Any λ tried (the default and the sweep) at which both parts held.
-        held_at = [m for m in out if m.startswith("stable_po") and m != "stable_po_bilevel"
-                   and out[m]["chosen_holds"] and out[m]["accuracy_not_worse"]]
-        out["held_at_some_penalty"] = bool(out["dpo_chosen_falls"] and held_at)
-        out["penalty"] = penalty
-    return out
-
-
-def plot_trajectories(path: Path, results: dict[str, dict[str, Any]]) -> Path:
-    """Held-out mean chosen and rejected log-probs over training, one colour per method."""
-    panels = {f"{what} responses": {method_label(m): (r["trajectory"]["step"], r["trajectory"][f"{what}_logps"])
-                                    for m, r in results.items()} for what in ("chosen", "rejected")}
-    return plot_curve_panels(path, panels, ylabels=["mean log π(y_w|x), held-out", "mean log π(y_l|x), held-out"])
-
-
-def write_outputs(run_dir: Path, config: Config, metrics: dict[str, Any], synthetic: bool) -> None:
-    """Plots and ``report.md`` from the measured numbers."""
-    results, sft, claim = metrics["methods"], metrics["sft"], metrics["claim"]
-    plot_trajectories(run_dir / "logp_trajectories.png", results)
-    plot_curves(run_dir / "accuracy.png", {method_label(m): (r["trajectory"]["step"], r["trajectory"]["accuracy"])
-                                           for m, r in results.items()},
-                ylabel="held-out preference accuracy (own implicit reward)")
-    k = config.dimension if synthetic else 0
-    rows = []
-    for m, r in results.items():
-        row = {"method": method_label(m), "Δ chosen logp": r["chosen_logp_delta"],
-               "Δ rejected logp": r["rejected_logp_delta"], "accuracy (labels)": r["accuracy"]}
-        if synthetic:
-            row["accuracy (true order)"] = r["true_accuracy"]
-            row[f"mean {metrics['objectives'][k]} of samples"] = r["mean_true_rewards"][k]
-            row[f"win rate vs SFT ({metrics['objectives'][k]})"] = r["win_rate_vs_sft"][k]
-        row["train s"] = r["train_seconds"]
-        rows.append(row)
-    what = (f"π_0: {'a tiny decoder' if config.data.model_path is None else f'`{config.data.model_path}`'} "
-            f"fitted by SFT (held-out NLL {sft['nll_before']:.3f} → {sft['nll_after']:.3f} nats/token"
-            f"{', cached' if sft.get('cached') else ''}). "
-            + (f"{config.num_train_pairs} training and {config.num_eval_pairs} held-out synthetic pairs labelled by "
-               f"Bradley–Terry on `{metrics['objectives'][k]}` (temperature {config.task.temperature}). "
-               if synthetic else f"Real pairs from `{config.data.data_paths[0]}`. ")
-            + f"Each method: {config.train.steps} AdamW steps (lr {config.optimizer.learning_rate}, batch "
-              f"{config.train.batch_size}) from π_0; β = {config.beta}, λ = {config.penalty} (sweep: "
-              f"{list(config.penalty_sweep)}), η = {config.inner_lr}, "
-              f"SimPO β = {config.simpo_beta}, γ = {config.simpo_gamma}. Δ = held-out mean log-prob after training "
-              f"minus π_0's (π_0: chosen {sft['chosen_logps']:.3f}, rejected {sft['rejected_logps']:.3f}).")
-    write_report(run_dir, title="Stable Preference Optimization vs DPO: likelihood displacement",
-                 what_ran=what, command=command_line(), tables={"Final metrics (held-out)": rows},
-                 plots=[("logp_trajectories.png", "held-out chosen / rejected log-probs during training"),
-                        ("accuracy.png", "held-out preference accuracy during training")],
-                 claim=claim_paragraph(results, claim, dimension=k if synthetic else None,
-                                       objective=metrics["objectives"][k]))
-
-
-def _verdict(c: dict[str, Any]) -> str:
-    removed = c["displacement_removed"]
-    chosen = ("held" if c["chosen_holds"] else "fell" + (f" ({removed:.0%} of the base method's fall avoided)"
-                                                          if removed is not None else ""))
-    return f"chosen {chosen}; accuracy {'not worse' if c['accuracy_not_worse'] else 'worse'}"
-
-
-def claim_paragraph(results: dict[str, dict[str, Any]], claim: dict[str, Any], *, dimension: int | None = None,
-                    objective: str = "") -> str:
-    """One honest paragraph from the numbers (never canned); ``dimension`` adds the true-reward comparison."""
-    if "dpo" not in results or "stable_po" not in claim:
-        return ("The comparison needs both DPO and Stable PO (penalty); this run had "
-                f"{', '.join(method_label(m) for m in results)}, so the claim was not tested.")
-    dpo, spo, c = results["dpo"], results["stable_po"], claim["stable_po"]
-    parts = [f"Under DPO the held-out chosen log-prob moved by {dpo['chosen_logp_delta']:+.3f} nats "
-             f"(rejected {dpo['rejected_logp_delta']:+.3f}): "
-             + ("it fell — likelihood displacement is present here." if claim["dpo_chosen_falls"]
-                else "it did not fall, so this run shows no likelihood displacement to fix."),
-             f"Under Stable PO (penalty, λ = {claim['penalty']:g}) it moved by {spo['chosen_logp_delta']:+.3f} "
-             f"(rejected {spo['rejected_logp_delta']:+.3f}) with accuracy {spo['accuracy']:.3f} vs DPO's "
-             f"{dpo['accuracy']:.3f} (difference {c['accuracy_diff']:+.3f}, two standard errors {c['two_se']:.3f}): "
-             f"{_verdict(c)}."]
-    for m in results:
-        if m in claim and m not in ("stable_po",) and isinstance(claim[m], dict):
-            r = results[m]
-            parts.append(f"{method_label(m)}: chosen {r['chosen_logp_delta']:+.3f}, accuracy {r['accuracy']:.3f} "
-                         f"({_verdict(claim[m])}).")
-    if "simpo" in results:
-        parts.append(f"SimPO alone moved the chosen log-prob by {results['simpo']['chosen_logp_delta']:+.3f} "
-                     f"(accuracy {results['simpo']['accuracy']:.3f}).")
-    if dimension is not None and "mean_true_rewards" in dpo:
-        r_dpo, r_spo = dpo["mean_true_rewards"][dimension], spo["mean_true_rewards"][dimension]
-        parts.append(f"On the true reward the pairs were labelled by (`{objective}`), DPO's samples score "
-                     f"{r_dpo:.3f} (win rate {dpo['win_rate_vs_sft'][dimension]:.1%} against π_0) and Stable PO's "
-                     f"{r_spo:.3f} ({spo['win_rate_vs_sft'][dimension]:.1%}): "
-                     + ("the displaced likelihood went to responses the true reward prefers, so keeping the chosen "
-                        "(base-distribution) responses likely held the policy back here."
-                        if r_dpo > r_spo else "keeping the chosen likelihood did not cost true reward here."))
-    if claim.get("held"):
-        verdict = "The claim held in this run at the default λ."
-    elif claim.get("held_at_some_penalty"):
-        verdict = ("At the default λ the claim did not hold in full, but it did at another λ tried here: the hinge "
-                   "trades chosen likelihood against accuracy, and λ decides where on that trade-off a run lands.")
-    else:
-        verdict = "The claim did not hold in this run at any λ tried."
-    return " ".join(parts + [verdict])
 
 
 if __name__ == "__main__":
