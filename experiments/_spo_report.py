@@ -122,7 +122,10 @@ def write_real(run_dir: Path, config: Any, metrics: dict[str, Any], extras: dict
     rows = [{"policy": label(n), **{f"accuracy {d}": ("0.5 (reference)" if m["reference"] else
                                                       f"{m['held_out_accuracy'][k]:.3f}") for k, d in enumerate(names)},
              "train s": m["train_seconds"]} for n, m in metrics["methods"].items()]
-    reports = "\n\n".join(f"```\n{r}\n```" for r in metrics["data_reports"].values())
+    reports = ("Reader and tokeniser counts over each whole file"
+               + ("" if config.data.max_examples is None else
+                  f"; the run uses the first {config.data.max_examples} pairs the reader kept from each")
+               + ":\n\n" + "\n\n".join(f"```\n{r}\n```" for r in metrics["data_reports"].values()))
     se = 0.5 / np.sqrt(max(min(metrics["held_out_pairs"]), 1))
     what = (f"Real pairs: {', '.join(config.data.data_paths)}; {metrics['train_pairs']} train / "
             f"{metrics['held_out_pairs']} held-out pairs per dimension. Round 1 {config.round1.steps}, round 2 "
