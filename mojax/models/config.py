@@ -4,8 +4,8 @@ One frozen, keyword-only :class:`DecoderConfig` describes every supported family
 are a handful of switches (norm type, gated MLP, learned vs rotary positions, parallel residual, biases, tying,
 q/k norms, soft-capping, per-layer sliding windows). Each switch defaults to the plain Llama behaviour, so a family
 that does not set it computes exactly what it did before the switch existed. Which ``model_type`` values exist is
-decided by :mod:`mojax.models.families` (one module per family). Parameters are always stored in float32;
-``dtype`` is the compute dtype.
+decided by :mod:`mojax.models.families` (one module per family). Parameters are stored in ``param_dtype``
+(float32 by default, or bfloat16); ``dtype`` is the compute dtype.
 """
 
 from __future__ import annotations
@@ -104,7 +104,9 @@ class DecoderConfig:
       initializer_range: std of the normal initialiser of weights.
       checkpoint_dtype: the floating dtype of the checkpoint the weights came from (``"bfloat16"``, ...):
         :func:`mojax.models.save_hf` writes that dtype by default; ``None`` (a fresh model) writes float32.
-      dtype: compute dtype (parameters stay float32; logits and norms are computed in float32).
+      dtype: compute dtype of the matrix products (logits, norm statistics and attention softmax stay float32).
+      param_dtype: storage dtype of the parameters, float32 (default) or bfloat16 (half the memory; training then
+        keeps float32 master weights in the optimizer state, :func:`mojax.train.master_weights`).
       remat: rematerialise each block in the backward pass (saves activation memory); the same as
         ``remat_policy="nothing_saveable"``.
       attention_impl: ``"einsum"`` (the reference: explicit float32 scores), ``"fused"``
@@ -156,6 +158,7 @@ class DecoderConfig:
     initializer_range: float = 0.02
     checkpoint_dtype: str | None = None
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
     remat: bool = False
     attention_impl: Literal["einsum", "fused", "auto"] = "auto"
     scan_layers: bool | None = None
@@ -208,6 +211,8 @@ class DecoderConfig:
             raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
         if jnp.dtype(self.dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
             raise ValueError(f"compute dtype must be float32, bfloat16 or float16, got {self.dtype}")
+        if jnp.dtype(self.param_dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+            raise ValueError(f"param_dtype must be float32 or bfloat16, got {self.param_dtype}")
 
     # ---- derived sizes
     @property

@@ -55,17 +55,19 @@ class Decoder(nnx.Module):
     def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs):
         c = config
         self.config = c
-        self.embed = Embed(c.vocab_size, c.d_model, names=("vocab", "embed"), std=c.initializer_range, rngs=rngs)
+        pdt = c.param_dtype
+        self.embed = Embed(c.vocab_size, c.d_model, names=("vocab", "embed"), std=c.initializer_range,
+                           param_dtype=pdt, rngs=rngs)
         self.pos_embed = Embed(c.max_positions, c.d_model, names=(None, "embed"), std=c.initializer_range,
-                               rngs=rngs) if c.positional == "learned" else None
+                               param_dtype=pdt, rngs=rngs) if c.positional == "learned" else None
         self.blocks = nnx.List([Block(c, local=local, rngs=rngs) for local in c.sliding_layers])
-        self.final_norm = Norm(c.d_model, kind=c.norm, eps=c.norm_eps, dtype=c.dtype, rngs=rngs)
+        self.final_norm = Norm(c.d_model, kind=c.norm, eps=c.norm_eps, dtype=c.dtype, param_dtype=pdt, rngs=rngs)
         self.lm_head = None if c.tie_embeddings else Dense(
             (c.d_model,), (c.vocab_size,), names=("embed", "vocab"), std=c.initializer_range, dtype=c.dtype,
-            rngs=rngs)
+            param_dtype=pdt, rngs=rngs)
 
     def unembedding(self) -> jax.Array:
-        """The output matrix ``[D, V]`` (float32): logits = final-normed hidden ``@ unembedding()``.
+        """The output matrix ``[D, V]`` (in ``param_dtype``): logits = final-normed hidden ``@ unembedding()``.
 
         Raises ``ValueError`` for a model with ``final_logit_softcap`` (Gemma 2), whose logits are
         ``cap · tanh(hidden @ W / cap)``: a caller computing log-probs from the hidden states would silently skip
@@ -83,6 +85,26 @@ class Decoder(nnx.Module):
         (``logit_softcap=`` of :func:`mojax.losses.sequence_logps_from_hidden`); :meth:`unembedding` keeps refusing
         soft-capped models so that a caller unaware of the cap cannot skip it."""
         return self._output_matrix(), self.config.final_logit_softcap
+
+    def with_precision(self, *, dtype=None, param_dtype=None) -> Decoder:
+        """A copy with another compute ``dtype`` and/or parameter storage ``param_dtype`` (``None`` keeps the
+        current one): the same weights, cast (float32 → bfloat16 rounds to nearest even), each on its current
+        sharding. For a model built or loaded without the policy (experiments' cached π_0, a tiny test model).
+        Refused on a model holding LoRA adapters or other non-parameter state (apply the policy before
+        ``add_lora``)."""
+        c = self.config
+        config = c.replace(dtype=c.dtype if dtype is None else dtype,
+                           param_dtype=c.param_dtype if param_dtype is None else param_dtype)
+        _, state = nnx.split(self)
+        abstract = nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0)))
+        graphdef, target = nnx.split(abstract)
+        src, dst = nnx.to_pure_dict(state), nnx.to_pure_dict(target)
+        if jax.tree.structure(src) != jax.tree.structure(dst):
+            raise ValueError("with_precision needs a plain Decoder (no LoRA adapters or other added state); "
+                             "apply the precision before add_lora")
+        cast = jax.tree.map(lambda x, t: x.astype(t.dtype), src, dst)
+        nnx.replace_by_pure_dict(target, cast)
+        return nnx.merge(graphdef, target)
 
     def _output_matrix(self) -> jax.Array:
         if self.lm_head is None:

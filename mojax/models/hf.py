@@ -192,6 +192,10 @@ def param_shardings(model_or_state: Any, mesh: Mesh) -> Any:
     return nnx.to_pure_dict(state_shardings(state, mesh))  # state_shardings already applies sharding.fit_spec
 
 
+def _numpy_dtype(dtype) -> np.dtype:
+    return np.dtype(ml_dtypes.bfloat16) if jnp.dtype(dtype) == jnp.dtype(jnp.bfloat16) else np.dtype(dtype)
+
+
 def model_from_weights(config: DecoderConfig, weights: dict[tuple, np.ndarray], *, mesh: Mesh | None = None
                        ) -> Decoder:
     """Build a :class:`Decoder` abstractly (``nnx.eval_shape``: nothing allocated) and fill it from ``{path: array}``,
@@ -211,12 +215,15 @@ def model_from_weights(config: DecoderConfig, weights: dict[tuple, np.ndarray], 
         arr = weights[key]
         if tuple(arr.shape) != tuple(sds.shape):
             raise ValueError(f"weight {'/'.join(map(str, key))} has shape {arr.shape}, model expects {sds.shape}")
+        # The stored dtype is the config's param_dtype (float32 or bfloat16: ml_dtypes' NumPy bfloat16 converts
+        # with round-to-nearest-even, as a device cast would).
+        target = _numpy_dtype(sds.dtype)
         if shardings is None:
-            filled[key] = jnp.asarray(np.asarray(arr, np.float32))
+            filled[key] = jnp.asarray(np.asarray(arr, np.float32).astype(target))
         else:
             sh = shardings[key]
             filled[key] = jax.make_array_from_callback(
-                tuple(arr.shape), sh, lambda idx, a=arr: np.asarray(a[idx], np.float32))
+                tuple(arr.shape), sh, lambda idx, a=arr, t=target: np.asarray(a[idx], np.float32).astype(t))
     nnx.replace_by_pure_dict(abs_state, traverse_util.unflatten_dict(filled))
     return nnx.merge(graphdef, abs_state)
 
@@ -225,7 +232,8 @@ def model_from_weights(config: DecoderConfig, weights: dict[tuple, np.ndarray], 
 # public API
 
 
-def load_hf(path: str | os.PathLike, *, dtype=jnp.float32, mesh: Mesh | None = None) -> Decoder:
+def load_hf(path: str | os.PathLike, *, dtype=jnp.float32, mesh: Mesh | None = None,
+            param_dtype=jnp.float32) -> Decoder:
     """Load a Hugging Face causal LM from a local directory (``config.json`` + ``model.safetensors`` or a sharded
     ``model.safetensors.index.json``), without torch.
 
@@ -235,8 +243,10 @@ def load_hf(path: str | os.PathLike, *, dtype=jnp.float32, mesh: Mesh | None = N
 
     Args:
       path: checkpoint directory.
-      dtype: compute dtype of the model (parameters are float32).
+      dtype: compute dtype of the model.
       mesh: place every weight straight onto its ``NamedSharding`` (logical rules of :mod:`mojax.sharding`).
+      param_dtype: storage dtype of the parameters (float32, or bfloat16: half the memory; see
+        ``DecoderConfig.param_dtype``).
     Returns:
       a :class:`Decoder` whose logits match ``transformers``' to float32 precision.
     """
@@ -244,18 +254,20 @@ def load_hf(path: str | os.PathLike, *, dtype=jnp.float32, mesh: Mesh | None = N
     cfg_path = path / "config.json"
     if not cfg_path.exists():
         raise FileNotFoundError(f"{path}: no config.json")
-    return from_hf_state(json.loads(cfg_path.read_text()), _read_checkpoint(path), dtype=dtype, mesh=mesh)
+    return from_hf_state(json.loads(cfg_path.read_text()), _read_checkpoint(path), dtype=dtype, mesh=mesh,
+                         param_dtype=param_dtype)
 
 
 def from_hf_state(hf_config: dict, tensors: Mapping[str, np.ndarray], *, dtype=jnp.float32,
-                  mesh: Mesh | None = None) -> Decoder:
+                  mesh: Mesh | None = None, param_dtype=jnp.float32) -> Decoder:
     """A placed :class:`Decoder` from a Hugging Face ``config.json`` dict and its tensors under their Hugging Face
     names (``model.layers.0.self_attn.q_proj.weight``, ...; any float dtype, e.g. memory-mapped bf16).
 
     The common back end of :func:`load_hf` and of converters from other formats (GGUF): build the HF-style config
-    and the HF-named tensors, then call this. ``dtype`` and ``mesh`` are as in :func:`load_hf`.
+    and the HF-named tensors, then call this. ``dtype``, ``mesh`` and ``param_dtype`` are as in :func:`load_hf`.
     """
-    config = config_from_hf(dict(hf_config), dtype=dtype).replace(checkpoint_dtype=_checkpoint_dtype(tensors))
+    config = config_from_hf(dict(hf_config), dtype=dtype).replace(checkpoint_dtype=_checkpoint_dtype(tensors),
+                                                                  param_dtype=param_dtype)
     return model_from_weights(config, _weights_from_hf(config, tensors), mesh=mesh)
 
 
@@ -319,7 +331,8 @@ def save_hf(model: Decoder, path: str | os.PathLike, *, merge_lora: bool = True,
     (path / "config.json").write_text(json.dumps(hf_config, indent=2))
 
 
-def load_llama2c(path: str | os.PathLike, *, dtype=jnp.float32, mesh: Mesh | None = None) -> Decoder:
+def load_llama2c(path: str | os.PathLike, *, dtype=jnp.float32, mesh: Mesh | None = None,
+                 param_dtype=jnp.float32) -> Decoder:
     """Load a llama2.c (Karpathy) "version 0" checkpoint: a 7 × int32 header ``dim, hidden_dim, n_layers,
     n_heads, n_kv_heads, vocab_size, seq_len`` (negative vocab_size = untied classifier appended) followed by float32
     arrays ``token_embedding, rms_att, wq, wk, wv, wo, rms_ffn, w1, w2, w3, rms_final, freq_cis_real,
@@ -360,7 +373,7 @@ def load_llama2c(path: str | os.PathLike, *, dtype=jnp.float32, mesh: Mesh | Non
 
     config = DecoderConfig(model_type="llama", vocab_size=vocab, d_model=dim, num_layers=layers, num_heads=heads,
                            num_kv_heads=kv_heads, mlp_dim=hidden, max_positions=seq_len, norm_eps=1e-5,
-                           tie_embeddings=tied, dtype=dtype)
+                           tie_embeddings=tied, dtype=dtype, param_dtype=param_dtype)
     hf = {"model.embed_tokens.weight": emb, "model.norm.weight": rms_final}
     for i in range(layers):
         p = f"model.layers.{i}."

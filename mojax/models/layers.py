@@ -21,6 +21,12 @@ from mojax.sharding import constrain, partitioned
 _NEG = -1e30  # finite "minus infinity": fully masked rows (padding queries) give a uniform softmax, never NaN
 
 
+def _f32_init(init):
+    """``init`` drawn in float32 and then cast to the requested dtype: a bfloat16 model built from a seed holds the
+    float32 model's weights rounded (the same model at another storage precision), not other random numbers."""
+    return lambda key, shape, dtype=jnp.float32: init(key, shape, jnp.float32).astype(dtype)
+
+
 def activation_fn(name: str):
     """The MLP non-linearity for a Hugging Face ``hidden_act`` name."""
     if name == "silu":
@@ -46,17 +52,18 @@ class Dense(nnx.Module):
     """
 
     def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], *, names: Sequence[str | None],
-                 use_bias: bool = False, std: float = 0.02, dtype=jnp.float32, rngs: nnx.Rngs):
+                 use_bias: bool = False, std: float = 0.02, dtype=jnp.float32, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs):
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
         if len(names) != len(self.in_shape) + len(self.out_shape):
             raise ValueError(f"need {len(self.in_shape) + len(self.out_shape)} logical names, got {names}")
         self.names = tuple(names)
         self.dtype = dtype
-        self.kernel = nnx.Param(partitioned(nnx.initializers.normal(std), *names)(
-            rngs.params(), self.in_shape + self.out_shape, jnp.float32))
+        self.kernel = nnx.Param(partitioned(_f32_init(nnx.initializers.normal(std)), *names)(
+            rngs.params(), self.in_shape + self.out_shape, param_dtype))
         out_names = self.names[len(self.in_shape):]
         self.bias = nnx.Param(partitioned(nnx.initializers.zeros_init(), *out_names)(
-            rngs.params(), self.out_shape, jnp.float32)) if use_bias else None
+            rngs.params(), self.out_shape, param_dtype)) if use_bias else None
         self.lora = nnx.data(None)
 
     def __call__(self, x: jax.Array, *, use_lora: bool = True) -> jax.Array:
@@ -71,12 +78,12 @@ class Dense(nnx.Module):
 
 
 class Embed(nnx.Module):
-    """A lookup table ``[num, D]``; ``names`` are its two logical axis names."""
+    """A lookup table ``[num, D]`` stored in ``param_dtype``; ``names`` are its two logical axis names."""
 
     def __init__(self, num: int, features: int, *, names: tuple[str | None, str | None], std: float = 0.02,
-                 rngs: nnx.Rngs):
-        self.embedding = nnx.Param(partitioned(nnx.initializers.normal(std), *names)(
-            rngs.params(), (num, features), jnp.float32))
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.embedding = nnx.Param(partitioned(_f32_init(nnx.initializers.normal(std)), *names)(
+            rngs.params(), (num, features), param_dtype))
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         return jnp.take(self.embedding[...], ids, axis=0)
@@ -91,12 +98,13 @@ class Norm(nnx.Module):
     as Hugging Face's Gemma does.
     """
 
-    def __init__(self, features: int, *, kind: str, eps: float, dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, features: int, *, kind: str, eps: float, dtype=jnp.float32, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs):
         self.kind, self.eps, self.dtype = kind, eps, dtype
         init = nnx.initializers.zeros_init() if kind == "gemma_rmsnorm" else nnx.initializers.ones_init()
-        self.scale = nnx.Param(partitioned(init, "norm")(rngs.params(), (features,), jnp.float32))
+        self.scale = nnx.Param(partitioned(init, "norm")(rngs.params(), (features,), param_dtype))
         self.bias = nnx.Param(partitioned(nnx.initializers.zeros_init(), "norm")(
-            rngs.params(), (features,), jnp.float32)) if kind == "layernorm" else None
+            rngs.params(), (features,), param_dtype)) if kind == "layernorm" else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)
@@ -105,10 +113,11 @@ class Norm(nnx.Module):
             return self.scale[...].astype(self.dtype) * y.astype(self.dtype)
         if self.kind == "gemma_rmsnorm":
             y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-            return (y * (1.0 + self.scale[...])).astype(self.dtype)
+            return (y * (1.0 + self.scale[...].astype(jnp.float32))).astype(self.dtype)
         mean = jnp.mean(x32, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...].astype(jnp.float32) \
+            + self.bias[...].astype(jnp.float32)
         return y.astype(self.dtype)
 
 
@@ -225,12 +234,12 @@ class Attention(nnx.Module):
         self.config = c
         self.local = local
         H, K, h, D = c.num_heads, c.kv_heads, c.head_size, c.d_model
-        kw = dict(std=c.initializer_range, dtype=c.dtype, rngs=rngs)
+        kw = dict(std=c.initializer_range, dtype=c.dtype, param_dtype=c.param_dtype, rngs=rngs)
         self.q_proj = Dense((D,), (H, h), names=("embed", "heads", "head_dim"), use_bias=c.qkv_bias, **kw)
         self.k_proj = Dense((D,), (K, h), names=("embed", "kv_heads", "head_dim"), use_bias=c.qkv_bias, **kw)
         self.v_proj = Dense((D,), (K, h), names=("embed", "kv_heads", "head_dim"), use_bias=c.qkv_bias, **kw)
         self.o_proj = Dense((H, h), (D,), names=("heads", "head_dim", "embed"), use_bias=c.attn_out_bias, **kw)
-        norm = dict(kind=c.norm, eps=c.norm_eps, dtype=c.dtype, rngs=rngs)
+        norm = dict(kind=c.norm, eps=c.norm_eps, dtype=c.dtype, param_dtype=c.param_dtype, rngs=rngs)
         self.q_norm = Norm(h, **norm) if c.qk_norm else None
         self.k_norm = Norm(h, **norm) if c.qk_norm else None
 
@@ -297,7 +306,7 @@ class MLP(nnx.Module):
 
     def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs):
         c = config
-        kw = dict(std=c.initializer_range, dtype=c.dtype, use_bias=c.mlp_bias, rngs=rngs)
+        kw = dict(std=c.initializer_range, dtype=c.dtype, param_dtype=c.param_dtype, use_bias=c.mlp_bias, rngs=rngs)
         self.gated = c.gated_mlp
         self.act = c.activation
         self.gate_proj = Dense((c.d_model,), (c.mlp_dim,), names=("embed", "mlp"), **kw) if c.gated_mlp else None
@@ -320,7 +329,7 @@ class Block(nnx.Module):
     def __init__(self, config: DecoderConfig, *, local: bool = False, rngs: nnx.Rngs):
         c = config
         self.parallel = c.parallel_residual
-        norm = dict(kind=c.norm, eps=c.norm_eps, dtype=c.dtype, rngs=rngs)
+        norm = dict(kind=c.norm, eps=c.norm_eps, dtype=c.dtype, param_dtype=c.param_dtype, rngs=rngs)
         self.attn_norm = Norm(c.d_model, **norm)
         self.attn = Attention(c, local=local, rngs=rngs)
         self.post_attn_norm = Norm(c.d_model, **norm) if c.sandwich_norms else None

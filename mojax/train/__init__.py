@@ -17,6 +17,7 @@ from mojax.train.objectives import (AnchoredPolicy, COSDPOSampling, bilevel_stab
                                     sft_objective, spo_objective, stable_po_objective)
 from mojax.train.parse import parse_cli
 from mojax.train.ref_cache import attach_ref_logps, cached_reference_logps, ref_axis_first
+from mojax.train.precision import MasterWeightsState, master_weights
 from mojax.train.state import TrainState, batch_shardings, create_train_state, step_key
 from mojax.train.step import (Objective, OptimizerConfig, StatefulObjective, as_objective, init_extras,
                               initial_hparams, jit_train_step, make_optimizer, make_train_step)
@@ -30,6 +31,6 @@ __all__ = [
     "initialize", "install_sigterm_flag", "jit_train_step", "listwise_dpo_objective", "local_batch",
     "ltr_cos_dpo_objective", "ltr_listnet_objective", "ltr_listwise_dpo_objective", "ltr_modpo_objective",
     "ltr_scalarized_dpo_objective", "make_eval_fn", "make_mesh",
-    "make_optimizer", "make_train_step", "modpo_objective", "more_objective", "policy_logps", "process_batch_slice",
+    "make_optimizer", "make_train_step", "master_weights", "MasterWeightsState", "modpo_objective", "more_objective", "policy_logps", "process_batch_slice",
     "parse_cli", "ref_axis_first", "scalarized_dpo_objective", "sft_objective", "shard_batch", "spo_objective", "stable_po_objective", "step_key",
 ]

@@ -15,7 +15,8 @@ listwise, tokenized; JSONL, ``.gz``, JSON or Parquet)::
     python -m mojax.train --method dpo --data.data-paths pku.jsonl --objective-index 1 --data.model-path ./gpt2
     python -m mojax.train --method cos-dpo --data.data-paths pku.jsonl --data.model-path ./gpt2   # all K objectives
     python -m mojax.train --method cos-dpo --data.data-paths helpful.jsonl harmless.jsonl --data.model-path ./gpt2
-    python -m mojax.train --method dpo --finetune full --dtype bfloat16 --mesh.fsdp 2 --data.data-paths prefs.jsonl
+    python -m mojax.train --method dpo --finetune full --dtype bfloat16 --param-dtype bfloat16 --mesh.fsdp 2 \
+        --data.data-paths prefs.jsonl
     python -m mojax.train --method sft --data.data-paths prefs.jsonl --data.tokenizer-path ./tok   # tiny decoder
     python -m mojax.train --method dpo --data.data-paths ids.jsonl --data.model-path stories15M.bin  # llama2.c
 
@@ -92,8 +93,11 @@ class RunConfig:
       reference: full fine-tuning's reference: ``frozen`` (a frozen copy of the starting model, in the train state)
         or ``cached`` (the starting model's log-probs of every training and held-out example, computed once before
         training with ``mojax.train.ref_cache`` and fed with the batches: no second copy of the weights).
-      dtype: compute dtype of the decoder (``bfloat16``: matmuls in bfloat16; parameters, optimizer state, norms,
-        logits, log-probs and the loss stay float32).
+      dtype: compute dtype of the decoder (``bfloat16``: matmuls in bfloat16; norms, logits, log-probs and the
+        loss stay float32).
+      param_dtype: storage dtype of the decoder's parameters (``bfloat16``: half the weight memory, the frozen
+        reference's too; trained weights then keep float32 master copies in the optimizer state, whose moments stay
+        float32 — ``mojax.train.precision``). LoRA adapters stay float32.
       num_pairs: synthetic preference pairs to generate (only without ``data.data_paths``).
       data_seed: seed of the synthetic data, the held-out split and the shuffle.
       objective_index: the label row (preference dimension) the pairwise methods train on for multi-objective data;
@@ -117,6 +121,7 @@ class RunConfig:
     finetune: Literal["lora", "full"] = "lora"
     reference: Literal["frozen", "cached"] = "frozen"
     dtype: Literal["float32", "bfloat16"] = "float32"
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
     num_pairs: int = 256
     data_seed: int = 0
     objective_index: int = 0
@@ -420,16 +425,16 @@ def _check_model_path(config: RunConfig) -> None:
 
 def _load_model(config: RunConfig, mesh):
     """The pretrained decoder at ``config.data.model_path`` (HF directory or llama2.c ``.bin``), placed on ``mesh``
-    with compute dtype ``config.dtype``."""
+    with compute dtype ``config.dtype`` and parameters stored in ``config.param_dtype``."""
     import jax.numpy as jnp
 
     from mojax.models import load_hf, load_llama2c
 
     _check_model_path(config)
     path = Path(config.data.model_path)
-    dtype = jnp.dtype(config.dtype)
+    kw = dict(dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype), mesh=mesh)
     try:
-        return load_hf(path, dtype=dtype, mesh=mesh) if path.is_dir() else load_llama2c(path, dtype=dtype, mesh=mesh)
+        return load_hf(path, **kw) if path.is_dir() else load_llama2c(path, **kw)
     except MemoryError:
         raise ValueError(f"{path}: the checkpoint does not fit in memory (or is corrupt)") from None
 
@@ -581,7 +586,8 @@ def run(config: RunConfig) -> TrainResult:
         multiple = math.lcm(64, mesh.shape["tensor"])
         vocab = -(-vocab // multiple) * multiple
         positions = max(128, config.data.max_length if real else 0)
-        dec_cfg = DecoderConfig.tiny(vocab_size=vocab, max_positions=positions, dtype=jnp.dtype(config.dtype))
+        dec_cfg = DecoderConfig.tiny(vocab_size=vocab, max_positions=positions, dtype=jnp.dtype(config.dtype),
+                                     param_dtype=jnp.dtype(config.param_dtype))
     if data.vocab_needed > dec_cfg.vocab_size:
         raise ValueError(f"the data holds token id {data.vocab_needed - 1} but the model's vocabulary has "
                          f"{dec_cfg.vocab_size} entries: tokenizer and model do not match")

@@ -43,6 +43,7 @@ from mojax.train.checkpoint import CheckpointConfig, Checkpointer, StopFlag
 from mojax.train.distributed import note_progress, shard_batch
 from mojax.train.mesh import MeshConfig, check_global_batch, make_mesh
 from mojax.train.jsonable import to_jsonable
+from mojax.train.precision import master_weights, needs_master
 from mojax.train.run_dir import DEFAULT_ALLOW, SkipMonitor, check_resume_step, claim_for_fit
 from mojax.train.state import TrainState, batch_axis, create_train_state, replicated, step_key
 from mojax.train.step import (COUNT, Objective, OptimizerConfig, StatefulObjective, as_objective, init_extras,
@@ -234,8 +235,9 @@ def _step_key(objective: Objective, graphdef, optimizer: Any, wrt: Any, mesh: Me
     part of the key), the model graph, the optimizer, the trainable filter, the mesh, the batch and hparams
     signatures, accumulation and compiler options."""
     hp = tuple(sorted((k, tuple(np.shape(v))) for k, v in dict(state.hparams).items()))
+    dtypes = tuple(sorted({str(x.dtype) for x in jax.tree.leaves(state.params)}))  # bf16 params: master weights
     return (objective.fn, objective.init_extras, graphdef, optimizer, repr(wrt), mesh, _batch_signature(batch), hp,
-            jax.tree.structure(state.extras), config.accum_steps, config.compiler_options)
+            jax.tree.structure(state.extras), config.accum_steps, config.compiler_options, dtypes)
 
 
 def _compiled_step(key: tuple, build: Callable[[], Callable]) -> tuple[Callable, bool]:
@@ -341,6 +343,14 @@ def fit(
     start_hparams = obj.initial_hparams(hparams)
     # Not under jax.set_mesh: nnx would read the variables' logical axis names as mesh axes; placement goes through
     # the logical rules instead (mojax.sharding.state_shardings).
+    # Mixed precision: trainable parameters stored below float32 (bf16) train through float32 master weights.
+    if isinstance(model_or_state, TrainResult):
+        trainable = model_or_state.state.params
+    else:
+        abstract = model_or_state if isinstance(model_or_state, nnx.Module) else nnx.eval_shape(model_or_state)
+        trainable = nnx.split(abstract, wrt, ...)[1]
+    if needs_master(trainable):
+        tx = master_weights(tx)
     if isinstance(model_or_state, TrainResult):
         graphdef = model_or_state.graphdef
         state = jax.tree.map(jnp.copy, model_or_state.state).replace(

@@ -8,6 +8,10 @@ legacy :class:`StatefulObjective` is wrapped with no hyper-parameters. The step 
 and the state, differentiates the objective with respect to the trainable variables only, accumulates over
 microbatches, applies the optax update, and drops non-finite updates.
 
+Gradients are float32 from the differentiation on (accumulated, clipped and given to the optimizer in float32)
+whatever the parameters' storage dtype; with bfloat16 parameters the optimizer keeps float32 master weights
+(:mod:`mojax.train.precision`).
+
 Accumulation averages by sum/count: an objective reports how many examples its loss averages over as
 ``metrics["count"]`` (default 1); the step differentiates ``loss · count`` per microbatch, sums, and divides by the
 total count, so ``accum_steps = A`` on a batch equals one step on the whole batch for any loss that is a mean of
@@ -30,6 +34,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from mojax.sharding import constrain
+from mojax.train.precision import apply_update, to_float32
 from mojax.train.state import TrainState, batch_axis, batch_shardings, replicated
 
 COUNT = "count"
@@ -304,7 +309,7 @@ def make_train_step(
         if accum_steps == 1:
             (_, (metrics, extras, count)), grads = grad_fn(state.params, state.rest, batch, rng, state.extras, hp)
             metrics = jax.tree.map(lambda m: m * count, metrics)
-            return grads, metrics, extras, count
+            return to_float32(grads), metrics, extras, count
         micro = split_microbatches(batch, accum_steps)
         rngs = jax.random.split(rng, accum_steps)
         first = jax.tree.map(lambda x: x[0], micro)
@@ -316,11 +321,12 @@ def make_train_step(
             grads, metrics, extras, count = carry
             mb, key = xs
             (_, (m, extras, c)), g = grad_fn(state.params, state.rest, mb, key, extras, hp)
-            grads = jax.tree.map(jnp.add, grads, g)
+            grads = jax.tree.map(jnp.add, grads, to_float32(g))  # float32 sums whatever the parameters' dtype
             metrics = jax.tree.map(lambda acc, v: acc + v * c, metrics, m)
             return (grads, metrics, extras, count + c), None
 
-        init = (jax.tree.map(jnp.zeros_like, state.params), zeros(metric_shapes), state.extras, jnp.float32(0))
+        init = (to_float32(jax.tree.map(jnp.zeros_like, state.params)), zeros(metric_shapes), state.extras,
+                jnp.float32(0))
         (grads, metrics, extras, count), _ = jax.lax.scan(body, init, (micro, rngs))
         return grads, metrics, extras, count
 
@@ -338,7 +344,8 @@ def make_train_step(
         # memory on the tiny DPO benchmark (docs/benchmarks.md).
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        # bf16 parameters with master weights (mojax.train.precision): the float32 master rounded, not p + u
+        params = apply_update(state.params, updates, opt_state)
         # The update and the new parameters too: finite gradients can still give an inf update (an inf learning
         # rate of a hand-built optax chain) or overflowing parameters (a 1e38 learning rate): nothing non-finite is
         # ever written. Norms again: non-finite iff an entry is, or the sum of squares overflows float32

@@ -53,6 +53,7 @@ def test_presets_have_the_published_sizes(preset, count):
     (dict(model_type="bert"), "model_type"),
     (dict(rotary_pct=0.1), "rotary"),
     (dict(dtype=jnp.int32), "dtype"),
+    (dict(param_dtype=jnp.float16), "param_dtype"),
     (dict(d_model=30, num_heads=4), "divisible"),
 ])
 def test_config_validation(bad, match):
@@ -211,6 +212,39 @@ def test_bf16_compute_is_close_to_fp32(model_type):
     pa, pb = jax.nn.softmax(a), jax.nn.softmax(b)
     assert float(jnp.abs(pa - pb)[mask == 1].max()) < 0.02
     assert 0 < np.abs(a - b).max() < 0.1 * np.abs(a).max()
+
+
+def test_bf16_parameter_storage_rounds_the_float32_model(tmp_path):
+    """``param_dtype=bfloat16``: every parameter stored in bfloat16, holding the float32 model's weights (same
+    seed) rounded to nearest even — at build, through ``with_precision`` and through HF load; an export of it
+    loads back bit-exactly; logits within bfloat16's tolerance of float32."""
+    from mojax.models import load_hf, save_hf
+
+    cfg = DecoderConfig.tiny("llama", vocab_size=97)
+    f32 = Decoder(cfg, rngs=nnx.Rngs(4))
+    built = Decoder(cfg.replace(param_dtype=jnp.bfloat16, dtype=jnp.bfloat16), rngs=nnx.Rngs(4))
+    cast = f32.with_precision(dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+    save_hf(f32, tmp_path / "f32")
+    loaded = load_hf(tmp_path / "f32", dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+    rounded = [np.asarray(x.astype(jnp.bfloat16), np.float32) for x in jax.tree.leaves(nnx.state(f32, nnx.Param))]
+    for model in (built, cast, loaded):
+        leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
+        assert {x.dtype for x in leaves} == {jnp.dtype(jnp.bfloat16)}
+        for a, b in zip(leaves, rounded):
+            np.testing.assert_array_equal(np.asarray(a, np.float32), b)
+    assert float(jnp.abs(jax.tree.leaves(nnx.state(f32))[0] - rounded[0]).max()) > 0  # rounding did happen
+    save_hf(built, tmp_path / "bf16", dtype="float32")
+    again = load_hf(tmp_path / "bf16", param_dtype=jnp.bfloat16)
+    for a, b in zip(jax.tree.leaves(nnx.state(again)), jax.tree.leaves(nnx.state(built))):
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+    ids, mask = batch("left", B=3, T=8)
+    a, b = forward(f32, ids, mask), forward(built, ids, mask)
+    assert b.dtype == np.float32
+    assert float(jnp.abs(jax.nn.softmax(a) - jax.nn.softmax(b))[mask == 1].max()) < 0.02
+    with pytest.raises(ValueError, match="plain Decoder"):
+        from mojax.models.lora import LoRAConfig, add_lora
+        add_lora(Decoder(cfg, rngs=nnx.Rngs(0)), LoRAConfig(rank=2), rngs=nnx.Rngs(1)).with_precision(
+            param_dtype=jnp.bfloat16)
 
 
 def test_bad_inputs_raise(tiny):

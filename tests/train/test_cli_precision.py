@@ -1,5 +1,6 @@
 """The CLI's precision policy and full fine-tuning (issue 13 §4): ``--dtype bfloat16`` computes in bfloat16 with
-float32 parameters and loss (agreement with float32 within a stated tolerance), and ``--finetune full`` trains every
+float32 parameters and loss (agreement with float32 within a stated tolerance), ``--param-dtype bfloat16`` stores
+the weights in bfloat16 with float32 master weights, and ``--finetune full`` trains every
 weight against a frozen copy, sharded over ``fsdp × data`` with the same losses as on one device."""
 
 from __future__ import annotations
@@ -48,6 +49,18 @@ def test_bfloat16_compute_agrees_with_float32(tmp_path):
     assert len(f32) == len(bf16) == 2 and np.isfinite(bf16).all()
     assert np.abs(bf16 - f32).max() <= BF16_ATOL, (f32, bf16)
     assert np.abs(bf16 - f32).max() > 1e-6, "bfloat16 compute had no effect"  # the flag reached the model
+
+    # --param-dtype bfloat16: the (frozen) base weights stored in bfloat16 — the float32 model's, rounded — while
+    # the LoRA adapters and their optimizer state stay float32; loss within the same tolerance of the float32 run.
+    # (Master weights for bfloat16 *trained* weights: tests/train/test_precision.py.)
+    result = main(["--method", "sft", "--dtype", "bfloat16", "--param-dtype", "bfloat16", "--train.steps", "2",
+                   "--train.run-dir", str(tmp_path / "bf16-params"), *COMMON])
+    half = np.asarray(_losses(tmp_path / "bf16-params"))
+    floats = lambda tree: {x.dtype for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)}  # noqa
+    assert floats(result.state.rest) == {jnp.dtype(jnp.bfloat16)}
+    assert floats((result.state.params, result.state.opt_state)) == {jnp.dtype(jnp.float32)}
+    assert result.model().config.param_dtype == jnp.dtype(jnp.bfloat16)
+    assert len(half) == 2 and np.isfinite(half).all() and np.abs(half - f32).max() <= BF16_ATOL, (f32, half)
 
 
 _MULTI = """
