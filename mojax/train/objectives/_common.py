@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from mojax import losses as L
@@ -81,8 +82,13 @@ def policy_logps(model: nnx.Module, batch: Batch, *, chunk_size: int | None = CH
       conditioning: per-example model inputs ``[B, ...]`` (e.g. ``weights``), repeated for each of the N responses.
 
     A packed batch (``segment_index``, :mod:`mojax.data.packing`) goes through
-    :func:`mojax.data.packing.packed_sequence_logps` (same ``[B, N]`` result; ``compact`` is implied).
+    :func:`mojax.data.packing.packed_sequence_logps` (same ``[B, N]`` result; ``compact`` is implied); a
+    shared-prompt batch (``prompt_ids``, :func:`split_shared_prompt`) through :func:`shared_prompt_logps`.
     """
+    if "prompt_ids" in batch:
+        if conditioning:
+            raise ValueError("conditioning cannot be given with a shared-prompt batch")
+        return shared_prompt_logps(model, batch, chunk_size=chunk_size, compact=compact, use_lora=use_lora)
     if "segment_index" in batch:
         if conditioning:
             raise ValueError("conditioning is per pair and cannot be given with a packed batch (rows hold many pairs)")
@@ -102,16 +108,141 @@ def policy_logps(model: nnx.Module, batch: Batch, *, chunk_size: int | None = CH
         return L.sequence_logps(logits, targets, where=where).reshape(b, n)
     hidden = model(flat(ids), attention_mask=flat(batch["attention_mask"]), return_hidden=True, use_lora=use_lora,
                    **cond)  # [B·N, T, D]
+    return _head_logps(model, hidden, targets, where, chunk_size=chunk_size, compact=compact).reshape(b, n)
+
+
+def _head_logps(model, hidden, targets, where, *, chunk_size: int, compact: bool) -> jax.Array:
+    """Summed log-probs ``[R]`` of ``targets [R, T]`` at ``where`` from final-normed ``hidden [R, T, D]``."""
+    rows = hidden.shape[0]
     head = getattr(model, "output_head", None)  # a Decoder's soft-cap (Gemma 2) goes to the chunked head
     unembedding, softcap = head() if head is not None else (model.unembedding(), None)
-    chunk_size = max(chunk_size, -(-MIN_CHUNK_LOGITS // (b * n * unembedding.shape[-1])))
+    chunk_size = max(chunk_size, -(-MIN_CHUNK_LOGITS // (rows * unembedding.shape[-1])))
     if compact:
-        logps = L.compact_sequence_logps_from_hidden(hidden, unembedding, targets, where=where,
-                                                     chunk_rows=b * n * chunk_size, logit_softcap=softcap)
-    else:
-        logps = L.sequence_logps_from_hidden(hidden, unembedding, targets, where=where, chunk_size=chunk_size,
-                                             logit_softcap=softcap)
-    return logps.reshape(b, n)
+        return L.compact_sequence_logps_from_hidden(hidden, unembedding, targets, where=where,
+                                                    chunk_rows=rows * chunk_size, logit_softcap=softcap)
+    return L.sequence_logps_from_hidden(hidden, unembedding, targets, where=where, chunk_size=chunk_size,
+                                        logit_softcap=softcap)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shared prompt: the prompt of a pair runs once, its keys/values serve every response (issue 13 §3).
+
+
+def _bucket(n: int, multiple: int) -> int:
+    return max(multiple, -(-int(n) // multiple) * multiple)
+
+
+def split_shared_prompt(batch: Mapping[str, np.ndarray], *, multiple: int = 16) -> dict[str, np.ndarray]:
+    """The shared-prompt layout of a host batch whose N responses of an example share their prompt.
+
+    Input: the ordinary right-padded layout, ``input_ids``/``attention_mask``/``loss_mask`` ``[B, N, T]`` with
+    each row ``prompt + response`` (:func:`mojax.data.tokenize.collate`). The prompt of example b is its tokens
+    before the first loss token; it must be identical in all N rows (``ValueError`` otherwise).
+
+    Output: ``prompt_ids``, ``prompt_mask`` ``[B, Tp]`` (right-padded) and the responses alone as ``input_ids``,
+    ``attention_mask``, ``loss_mask`` ``[B, N, Tr]`` (right-padded), ``Tp`` and ``Tr`` the longest prompt and
+    response rounded up to ``multiple`` (few shapes, few compiles); every other entry unchanged. The LM objectives
+    then run each prompt once (:func:`shared_prompt_logps`): ``B·Tp + B·N·Tr`` token slots instead of ``B·N·T``.
+    """
+    ids, mask = np.asarray(batch["input_ids"]), np.asarray(batch["attention_mask"]).astype(bool)
+    loss = np.asarray(batch["loss_mask"]).astype(bool) & mask
+    if ids.ndim != 3:
+        raise ValueError(f"input_ids must be [B, N, T], got shape {ids.shape}")
+    b, n, t = ids.shape
+    real = mask.sum(-1)  # [B, N]; rows are right-padded
+    if not (mask == (np.arange(t) < real[..., None])).all():
+        raise ValueError("split_shared_prompt needs right-padded rows (attention_mask a prefix of ones)")
+    first = np.where(loss.any(-1), loss.argmax(-1), real)  # [B, N] first loss token (or the row's end)
+    plen = first.min(-1)  # [B]
+    same = (ids == ids[:, :1]) | (np.arange(t) >= plen[:, None, None])
+    if not same.all():
+        bad = int(np.argmin(same.all((1, 2))))
+        raise ValueError(f"example {bad}: its responses do not share the prompt (the tokens before the first loss "
+                         "token differ), so the prompt cannot be computed once")
+    tp = _bucket(max(int(plen.max()), 1), multiple)
+    rlen = real - plen[:, None]
+    tr = _bucket(max(int(rlen.max()), 1), multiple)
+    prompt_ids = np.zeros((b, tp), ids.dtype)
+    prompt_mask = np.zeros((b, tp), np.int32)
+    r_ids = np.zeros((b, n, tr), ids.dtype)
+    r_mask = np.zeros((b, n, tr), np.int32)
+    r_loss = np.zeros((b, n, tr), bool)
+    for i in range(b):
+        p = int(plen[i])
+        prompt_ids[i, :p], prompt_mask[i, :p] = ids[i, 0, :p], 1
+        for j in range(n):
+            r = int(rlen[i, j])
+            r_ids[i, j, :r] = ids[i, j, p:p + r]
+            r_mask[i, j, :r] = 1
+            r_loss[i, j, :r] = loss[i, j, p:p + r]
+    return {**batch, "prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "input_ids": r_ids,
+            "attention_mask": r_mask, "loss_mask": r_loss}
+
+
+def shared_prompt_logps(model: nnx.Module, batch: Batch, *, chunk_size: int | None = CHUNK_SIZE,
+                        compact: bool = True, use_lora: bool = True) -> jax.Array:
+    """Summed response log-probs ``[B, N]`` of a shared-prompt batch (:func:`split_shared_prompt`), each prompt
+    computed once.
+
+    The prompts ``[B, Tp]`` run through the decoder's KV-cache path (with gradients); their keys/values, repeated
+    for the N responses, are the cache the responses ``[B·N, Tr]`` are then appended to: a response token attends
+    to the prompt's real tokens and to the earlier tokens of its own response, with positions continuing from the
+    prompt's length — the attention and positions of the unshared row ``prompt + response``. The first response
+    token is predicted from the prompt's last hidden state. Equal to :func:`policy_logps` on the unsplit batch up
+    to float rounding (tested ≤ 1e-5, gradients too). Needs a decoder with ``init_cache`` whose sliding window (if
+    any) covers ``Tp + Tr`` slots (the cache's slot distances include the prompt's padding).
+    """
+    from mojax.models.decoder import KVCache  # the objectives do not import the models at module level
+
+    if not hasattr(model, "init_cache"):
+        raise TypeError(f"a shared-prompt batch needs a decoder with a KV cache (init_cache); got "
+                        f"{type(model).__name__}")
+    prompt, pmask = jnp.asarray(batch["prompt_ids"]), jnp.asarray(batch["prompt_mask"]).astype(bool)
+    ids = jnp.asarray(batch["input_ids"])
+    if ids.ndim != 3 or prompt.ndim != 2 or prompt.shape[0] != ids.shape[0]:
+        raise ValueError(f"a shared-prompt batch needs prompt_ids [B, Tp] and input_ids [B, N, Tr], got "
+                         f"{prompt.shape} and {ids.shape}")
+    b, n, tr = ids.shape
+    tp = prompt.shape[1]
+    c = getattr(model, "config", None)
+    if c is not None and any(c.sliding_layers) and c.sliding_window < tp + tr:
+        raise ValueError(f"shared_prompt: sliding window {c.sliding_window} < {tp + tr} slots; the prompt's padding "
+                         "would count towards the window — use the unshared layout")
+    hidden_p, cache = model(prompt, attention_mask=pmask, cache=model.init_cache(b, tp), return_hidden=True,
+                            use_lora=use_lora)  # [B, Tp, D]
+    plen = jnp.sum(pmask, axis=-1, dtype=jnp.int32)  # [B]
+    last = jnp.take_along_axis(hidden_p, jnp.maximum(plen - 1, 0)[:, None, None], axis=1)  # [B, 1, D]
+
+    def widen(kv, axis):  # [.., B, Tp, K, h] -> [.., B·N, Tp + Tr, K, h]: each prompt's keys for its N responses
+        kv = jnp.repeat(kv, n, axis=axis)
+        pad = [(0, 0)] * kv.ndim
+        pad[axis + 1] = (0, tr)
+        return jnp.pad(kv, pad)
+
+    if isinstance(cache.keys, (tuple, list)):
+        keys, values = tuple(widen(k, 0) for k in cache.keys), tuple(widen(v, 0) for v in cache.values)
+    else:  # a scanned model's stacked [L, B, S, K, h] cache
+        keys, values = widen(cache.keys, 1), widen(cache.values, 1)
+    shared = KVCache(keys=keys, values=values,
+                     key_mask=jnp.pad(jnp.repeat(pmask, n, axis=0), ((0, 0), (0, tr))),
+                     index=jnp.asarray(tp, jnp.int32), lengths=jnp.repeat(plen, n))
+    flat = lambda x: jnp.asarray(x).reshape(b * n, tr)  # noqa: E731
+    hidden_r, _ = model(flat(ids), attention_mask=flat(batch["attention_mask"]).astype(bool), cache=shared,
+                        return_hidden=True, use_lora=use_lora)  # [B·N, Tr, D]
+    # Position 0 holds the prompt's last state (it predicts response token 0), then the response's own states.
+    hidden = jnp.concatenate([jnp.repeat(last, n, axis=0).astype(hidden_r.dtype), hidden_r], axis=1)
+    aligned = jnp.concatenate([jnp.zeros((b * n, 1), ids.dtype), flat(ids)], axis=1)
+    loss = jnp.concatenate([jnp.zeros((b * n, 1), bool), flat(batch["loss_mask"]).astype(bool)], axis=1)
+    targets, where = L.next_token_targets(aligned, loss)
+    # An empty prompt has no state before response token 0: that token is not predicted (as in the unshared row).
+    where = where.at[:, 0].set(where[:, 0] & jnp.repeat(plen > 0, n))
+    if chunk_size is None:
+        unembedding, softcap = model.output_head()
+        logits = jnp.dot(hidden, unembedding.astype(hidden.dtype), preferred_element_type=jnp.float32)
+        if softcap is not None:
+            logits = jnp.tanh(logits / softcap) * softcap
+        return L.sequence_logps(logits, targets, where=where).reshape(b, n)
+    return _head_logps(model, hidden, targets, where, chunk_size=chunk_size, compact=compact).reshape(b, n)
 
 
 def reference_logps(model: nnx.Module, batch: Batch, *, ref_mode: str, chunk_size: int | None = CHUNK_SIZE,
@@ -176,12 +307,17 @@ class LMOpening:
       ref_mode: one of :data:`REF_MODES`, or None for objectives without (or with their own table of) references.
       chunk_size, compact: the log-prob path (see :func:`policy_logps`).
       pairs: require N = 2 responses (chosen, rejected).
+      shared_prompt: require the shared-prompt layout (:func:`split_shared_prompt`: ``prompt_ids`` beside the
+        responses), whose prompt is computed once for all N responses (:func:`shared_prompt_logps`) — for the
+        policy and a model/LoRA reference alike. A batch in that layout is recognised without the flag too; the flag
+        makes a pipeline that forgot to split fail at trace time instead of silently running the prompt N times.
     """
 
     ref_mode: str | None = "cached"
     chunk_size: int | None = CHUNK_SIZE
     compact: bool = True
     pairs: bool = False
+    shared_prompt: bool = False
 
     def __post_init__(self):
         if self.ref_mode is not None:
@@ -201,6 +337,9 @@ class LMOpening:
         """Policy and reference log-probs, example mask, lengths and count of one batch."""
         if self.pairs:
             _pairs(batch)
+        if self.shared_prompt and "prompt_ids" not in batch:
+            raise ValueError("LMOpening(shared_prompt=True) needs a shared-prompt batch (prompt_ids, prompt_mask and "
+                             "the responses alone: mojax.train.objectives.split_shared_prompt)")
         logps = self.policy(model, batch, conditioning=conditioning)
         ref = None if self.ref_mode is None else reference_logps(model, batch, ref_mode=self.ref_mode,
                                                                  chunk_size=self.chunk_size, compact=self.compact)
