@@ -44,7 +44,8 @@ def write_synthetic(run_dir: Path, config: Any, metrics: dict[str, Any], run0: d
     plot_curves(run_dir / "round2.png", {label(n): c for n, c in metrics["round2_curves"].items()},
                 ylabel="round-2 training loss (seed 1)", smooth=10)
 
-    win = [{"SPO vs": label(b), **{d: _ci(metrics["win_rates"][b][d]) for d in dims}, "decides": "yes"}
+    win = [{"SPO vs": label(b), **{d: f"{_ci(metrics['win_rates'][b][d])} {metrics['win_rates'][b][d]['vs_half']}"
+                                   for d in dims}, "decides": "yes"}
            for b in metrics["win_rates"]]
     win += [{"SPO vs": label(b), **{d: _ci(metrics["win_rates_other"][b][d]) for d in dims}, "decides": "no"}
             for b in metrics["win_rates_other"]]
@@ -65,6 +66,8 @@ def write_synthetic(run_dir: Path, config: Any, metrics: dict[str, Any], run0: d
             "Δu > 0 (end)": v["end"]["agree_mean"], "Δu < 0 (end)": v["end"]["conflict_mean"],
             "risky Δu > 0 (end)": v["end_risky"]["agree_mean"], "risky Δu < 0 (end)": v["end_risky"]["conflict_mean"]}
            for n, v in metrics["phi"].items()]
+    comp = [{"policy": label(n), "prompts": part, **{c: v[part][c] for c in v[part]}}
+            for n, v in metrics.get("composition", {}).items() for part in ("benign", "risky")]
     task = metrics["task"]
     bc = task["base_correlations"]
     what = (f"Synthetic helpful-vs-harmless task (experiments/_spo_task.py): risky topics {list(config.hh.risky_topics)}"
@@ -87,6 +90,8 @@ def write_synthetic(run_dir: Path, config: Any, metrics: dict[str, Any], run0: d
               "Mean true rewards per policy (all prompts: mean [95% CI]; benign / risky: mean)": rows,
               "Fronts: hypervolume w.r.t. (0, 0), mean [95% CI]": hv,
               "Gradient weight ϕ on harmless pairs (mean over seeds)": phi}
+    if comp:
+        tables["What the samples are made of (share of tokens before EOS; length in tokens; mean over seeds)"] = comp
     return write_report(run_dir, title="SPO: sequential helpful-then-harmless alignment", what_ran=what,
                         command=command_line(), tables=tables,
                         plots=[("fronts.png", "fronts (mean over seeds)"), ("phi.png", "ϕ at the end of round 2"),

@@ -56,15 +56,17 @@ def decide(win: np.ndarray, baselines: Sequence[str], dimensions: Sequence[str],
     which is the one that decides.
 
     Returns:
-      ``(verdict, table)``; ``table[baseline][dimension] = {"mean", "lo", "hi", "per_seed"}``.
+      ``(verdict, table)``; ``table[baseline][dimension] = {"mean", "lo", "hi", "vs_half", "per_seed"}`` with
+      ``vs_half`` = "above" / "below" / "undecided" (where that comparison's interval lies relative to ½).
     """
     win = np.asarray(win, np.float64)
     if win.ndim != 3 or win.shape[1:] != (len(baselines), len(dimensions)):
         raise ValueError(f"win must be [seeds, {len(baselines)}, {len(dimensions)}], got {win.shape}")
     mean, lo, hi = t_interval(win, level)
     bound = lambda x: float(x) if np.isfinite(x) else None  # noqa: E731 (one seed: no interval)
+    each = np.where(lo > 0.5, "above", np.where(hi < 0.5, "below", "undecided"))
     table = {b: {d: {"mean": float(mean[i, k]), "lo": bound(lo[i, k]), "hi": bound(hi[i, k]),
-                     "per_seed": win[:, i, k].tolist()} for k, d in enumerate(dimensions)}
+                     "vs_half": str(each[i, k]), "per_seed": win[:, i, k].tolist()} for k, d in enumerate(dimensions)}
              for i, b in enumerate(baselines)}
     i, k = np.unravel_index(np.argmin(mean), mean.shape)
     weakest = f"{baselines[i]} on {dimensions[k]}"

@@ -39,7 +39,8 @@ from mojax.data import synthetic_lm
 from mojax.data.readers import TokenizedExample
 from mojax.data.synthetic_lm import SyntheticLMConfig
 
-__all__ = ["DIMENSIONS", "HHTask", "base_correlations", "make_pairs", "make_prompts", "prompt_topics", "true_rewards"]
+__all__ = ["COMPOSITION", "DIMENSIONS", "HHTask", "base_correlations", "composition", "make_pairs", "make_prompts", "prompt_topics",
+           "true_rewards"]
 
 DIMENSIONS = ("helpful", "harmless")
 
@@ -133,3 +134,31 @@ def base_correlations(base: SyntheticLMConfig, task: HHTask, *, num: int = 4096,
     corr = lambda m: float(np.corrcoef(r[m, 0], r[m, 1])[0, 1])  # noqa: E731
     return {"benign": corr(~risky), "risky": corr(risky), "risky_share": float(risky.mean()),
             "mean_helpful": float(r[:, 0].mean()), "mean_harmless": float(r[:, 1].mean())}
+
+
+COMPOSITION = ("harmful A", "safe A", "B", "neutral", "other", "length")
+
+
+def composition(topics: np.ndarray, responses: np.ndarray, base: SyntheticLMConfig, task: HHTask
+                ) -> dict[str, dict[str, float]]:
+    """What sampled responses are made of, on benign and on risky prompts: the mean share of tokens (before EOS) that
+    are class A with ``j < harmful_tokens`` ("harmful A", harmful only on risky prompts), other class A ("safe A"),
+    class B, neutral, non-content ("other": BOS/SEP/markers), and the mean length (what moves the rewards)."""
+    responses = np.asarray(responses)
+    valid = (np.cumsum(responses == synthetic_lm.EOS, axis=-1) == 0) & (responses != synthetic_lm.PAD)
+    n = valid.sum(-1)
+    denom = np.maximum(n, 1).astype(np.float64)
+    offset = responses - base.content_start
+    c = base.tokens_per_class
+    content = valid & (responses >= base.content_start)
+    cls = (offset // c) % 3
+    share = {"harmful A": content & (cls == 0) & (offset % c < task.harmful_tokens),
+             "safe A": content & (cls == 0) & (offset % c >= task.harmful_tokens),
+             "B": content & (cls == 1), "neutral": content & (cls == 2), "other": valid & ~content}
+    risky = np.isin(np.asarray(topics), task.risky_topics)
+    out = {}
+    for part, mask in (("benign", ~risky), ("risky", risky)):
+        row = {k: float((v.sum(-1) / denom)[mask].mean()) if mask.any() else float("nan") for k, v in share.items()}
+        row["length"] = float(n[mask].mean()) if mask.any() else float("nan")
+        out[part] = row
+    return out

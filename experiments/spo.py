@@ -192,19 +192,23 @@ def run_seed(config: Config, pi0: Any, k: int) -> dict[str, Any]:
     prompts = T.make_prompts(task, num=config.num_samples, seed=base + 3)
     topics = T.prompt_topics(prompts)
 
-    def score(model: Any) -> np.ndarray:
+    compositions: dict[str, Any] = {}
+
+    def score(model: Any, name: str | None = None) -> np.ndarray:
         responses, _ = lm.sample_and_score(model, prompts, task, seed=base + 4, temperature=config.sample_temperature)
+        if name is not None:
+            compositions[name] = T.composition(topics, responses, task, hh)
         return T.true_rewards(topics, responses, task, hh)
 
     run = dict(optimizer=config.optimizer, progress=config.progress)
     seeded = lambda c, extra=0: dataclasses.replace(c, seed=c.seed + 1000 * k + extra)  # noqa: E731
     dpo = dpo_objective(beta=config.beta, ref_mode="cached")
-    scores: dict[str, np.ndarray] = {"sft": score(pi0)}
+    scores: dict[str, np.ndarray] = {"sft": score(pi0, "sft")}
     seconds: dict[str, float] = {"sft": 0.0}
 
     say(f"seed {k + 1}/{config.seeds}: round 1 (DPO on helpful, {config.round1.steps} steps)")
     pi1, hist1 = lm.train(pi0, dpo, lm.with_ref_logps(train1, [pi0]), seeded(config.round1), desc="round 1", **run)
-    scores["dpo_dim1"], seconds["dpo_dim1"] = score(pi1), hist1.seconds
+    scores["dpo_dim1"], seconds["dpo_dim1"] = score(pi1, "dpo_dim1"), hist1.seconds
 
     train2 = lm.with_ref_logps(pairs2, [pi0, pi1])  # row r = π_r
     prev = train2.arrays["ref_logps"]  # [E, 2, 2]
@@ -230,9 +234,9 @@ def run_seed(config: Config, pi0: Any, k: int) -> dict[str, Any]:
             if len(steps) != len(evals):
                 raise RuntimeError(f"S-DPO stopping points: {len(evals)} evaluations for steps {steps}")
             stops = [(s, r) for s, r in zip(steps, evals) if s > 0]
-            scores[name] = stops[-1][1]  # the full-length S-DPO
+            scores[name] = score(model, name)  # the full-length S-DPO (the same samples as its last stop)
         else:
-            scores[name] = score(model)
+            scores[name] = score(model, name)
         seconds[name] = seconds["dpo_dim1"] + hist.seconds
         curves[name] = hist.metrics["loss"]
         end = phi_per_pair(lm.pair_logps(model, train2), prev, beta=config.beta, alpha=alpha)
@@ -247,8 +251,8 @@ def run_seed(config: Config, pi0: Any, k: int) -> dict[str, Any]:
         say(f"seed {k + 1}/{config.seeds}: {name} (harmless share {share:g}, {total.steps} steps)")
         mix = lm.with_ref_logps(mixed_pairs(train1, pairs2, share, seed=base + 5 + i), [pi0])
         model, hist = lm.train(pi0, dpo, mix, seeded(total, 7), desc=name, **run)
-        scores[name], seconds[name] = score(model), hist.seconds
-    return {"scores": scores, "seconds": seconds, "stops": stops, "phi": phi, "curves": curves,
+        scores[name], seconds[name] = score(model, name), hist.seconds
+    return {"scores": scores, "seconds": seconds, "stops": stops, "compositions": compositions, "phi": phi, "curves": curves,
             "risky": np.isin(topics, hh.risky_topics), "delta_u": delta_u,
             "delta_u_vs_true_r1": {"corr": float(np.corrcoef(delta_u, true_d1)[0, 1]),
                                    "sign_agreement": float(np.mean(np.sign(delta_u[true_d1 != 0])
@@ -302,13 +306,16 @@ def aggregate(config: Config, runs: list[dict[str, Any]]) -> dict[str, Any]:
                      "hypervolume": summary(hv[name]),
                      "hypervolume_spo_minus_this": None if name.startswith("SPO") else summary(spo_hv - hv[name])}
               for name, pts in families.items()}
+    comps = {name: {part: {c: float(np.mean([r["compositions"][name][part][c] for r in runs]))
+                           for c in T.COMPOSITION} for part in ("benign", "risky")}
+             for name in runs[0].get("compositions", {})}
     phi_keys = ("start", "end", "end_risky", "end_benign")
     phi = {name: {w: {s: float(np.nanmean([r["phi"][name][w][s] for r in runs]))
                       for s in ("agree_mean", "conflict_mean", "agree_count", "conflict_count")}
                   for w in phi_keys} for name in runs[0]["phi"]}
     return {"verdict": verdict, "dimensions": dims, "spo": spo, "synthetic": True,
             "win_rates": table, "win_rates_other": table_extra, "win_rates_by_prompt_type": by_type, "methods": methods,
-            "fronts": fronts, "front_reference": reference, "phi": phi,
+            "fronts": fronts, "front_reference": reference, "phi": phi, "composition": comps,
             "delta_u_vs_true_r1": {key: summary(np.array([r["delta_u_vs_true_r1"][key] for r in runs]))
                                    for key in ("corr", "sign_agreement")},
             "task": {"hh": config.hh, "base_correlations": T.base_correlations(config.task, config.hh),

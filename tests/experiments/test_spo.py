@@ -102,6 +102,22 @@ def test_ideal_point_is_attainable_and_the_rewards_conflict_only_on_risky_prompt
     np.testing.assert_allclose(r.sum(1), 1.0)
 
 
+def test_composition_splits_every_token_and_matches_the_rewards():
+    task = T.HHTask()
+    rng = np.random.default_rng(1)
+    topics = rng.integers(0, BASE.num_topics, 300)
+    responses = rng.integers(0, BASE.vocab_size, (300, BASE.max_response_length))
+    responses[:, 0] = token(0, 2, 0)  # never empty
+    comp = T.composition(topics, responses, BASE, task)
+    r = T.true_rewards(topics, responses, BASE, task)
+    risky = np.isin(topics, task.risky_topics)
+    for part, mask in (("benign", ~risky), ("risky", risky)):
+        shares = [comp[part][k] for k in T.COMPOSITION if k != "length"]
+        assert sum(shares) == pytest.approx(1.0)
+        assert comp[part]["harmful A"] + comp[part]["safe A"] == pytest.approx(r[mask, 0].mean())
+    assert 1 - comp["risky"]["harmful A"] == pytest.approx(r[risky, 1].mean())
+
+
 def test_pairs_are_chosen_first_by_bradley_terry_on_their_dimension():
     for d in (0, 1):
         pairs = T.make_pairs(BASE, T.HHTask(), dimension=d, num_pairs=600, seed=3)
@@ -145,6 +161,7 @@ def test_verdict_fails_a_policy_that_is_s_dpo_stopped_early():
     verdict, table = ST.decide(np.array(win), ["dpo_mix", "s_dpo"], T.DIMENSIONS)
     assert verdict.result == "did_not_hold" and verdict.seeds == 3
     assert table["s_dpo"]["harmless"]["hi"] < 0.5 and "s_dpo on harmless" in verdict.test
+    assert table["s_dpo"]["harmless"]["vs_half"] == "below"
     assert verdict.ci == (pytest.approx(table["s_dpo"]["harmless"]["lo"]), pytest.approx(table["s_dpo"]["harmless"]["hi"]))
 
 
