@@ -18,8 +18,15 @@ writes ``from experiments import _lm_common as lm``):
 4. **Evaluation** (:mod:`experiments._lm_eval`): :func:`pair_logps`, :func:`sample_and_score` (true rewards of
    sampled responses), :func:`win_rates`, :func:`front_hypervolume`.
 
+5. **Precision** (:class:`Precision`): the mixed-precision policy shared by every LM experiment config — compute
+   dtype and parameter storage dtype (float32 master weights and optimizer state follow automatically in
+   :func:`mojax.train.fit`, :mod:`mojax.train.precision`); ``config.precision.apply(policy)`` after SFT.
+
 Everything is deterministic given the config seeds.
 """
+
+import dataclasses
+from typing import Literal
 
 from experiments._lm_data import (
     PairData,
@@ -74,8 +81,36 @@ from experiments._lm_train import (
 )
 from mojax.models import load_tokenizer
 
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Precision:
+    """The mixed-precision policy of an LM experiment (the CLI's ``--dtype`` / ``--param-dtype``; issue 13 §4).
+
+    Compute in ``dtype``, parameters stored in ``param_dtype``; optimizer state, master weights (kept by
+    :func:`mojax.train.fit` when the trained weights are bfloat16), logits, log-probs and losses stay float32.
+    Nest it in an experiment config (``precision: Precision = Precision()``, flags ``--precision.dtype`` /
+    ``--precision.param-dtype``) and call :meth:`apply` on the policy before training.
+    """
+
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Compute dtype of the decoder's matrix products."""
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Storage dtype of the decoder's parameters."""
+
+    def apply(self, model):
+        """``model`` (a :class:`mojax.models.Decoder` without LoRA) with this policy: the same weights, cast; the model
+        itself when it already has it."""
+        import jax.numpy as jnp
+
+        c = model.config
+        if jnp.dtype(c.dtype) == jnp.dtype(self.dtype) and jnp.dtype(c.param_dtype) == jnp.dtype(self.param_dtype):
+            return model
+        return model.with_precision(dtype=jnp.dtype(self.dtype), param_dtype=jnp.dtype(self.param_dtype))
+
+
 __all__ = [
-    "CACHE_VERSION", "ExperimentConfig", "History", "ModelConfig", "OptimizerConfig", "PairData", "QUICK_MODEL",
+    "CACHE_VERSION", "ExperimentConfig", "History", "ModelConfig", "OptimizerConfig", "PairData", "Precision",
+    "QUICK_MODEL",
     "QUICK_SFT", "SFTConfig", "TrainConfig", "at_weight", "build_decoder", "check_real_data", "chosen_first",
     "collate_pairs", "compact_vocabulary", "concat_pairs", "config_key", "copy_model", "default_cache_dir",
     "enable_compilation_cache", "front_hypervolume", "iterate_batches", "left_pad", "load_model", "load_params",

@@ -164,6 +164,14 @@ class Decoder(nnx.Module):
             return x, (jnp.stack(new_keys), jnp.stack(new_values))
         return x, (tuple(new_keys), tuple(new_values))
 
+    def _stacked_blocks(self):
+        """``(graphdef of one block, its state with every leaf stacked [L, ...])``: the scan's input. Stacked here,
+        inside the traced step, from the per-layer parameters (one concatenate per leaf, sliced back in the
+        backward pass); a subclass storing its blocks stacked returns them as they are
+        (``benchmarks/compile_depth.py --layout stacked`` measures the difference)."""
+        graphdef, _ = nnx.split(self.blocks[0])  # blocks differ only in `local`, overridden by the scanned flag
+        return graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.state(b) for b in self.blocks])
+
     def _scan_blocks(self, x, pos, attn_mask, local_mask, kv_in, index, layer_prefixes, *, use_lora, causal):
         """The blocks under one ``lax.scan`` over their stacked parameters: one compiled block whatever the depth.
 
@@ -172,8 +180,7 @@ class Decoder(nnx.Module):
         per layer), not Python branches.
         """
         c = self.config
-        graphdef, _ = nnx.split(self.blocks[0])  # blocks differ only in `local`, overridden by the scanned flag
-        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.state(b) for b in self.blocks])
+        graphdef, stacked = self._stacked_blocks()
         flags = jnp.asarray(c.sliding_layers)
         mixed = len(set(c.sliding_layers)) > 1
         window = c.sliding_window if all(c.sliding_layers) else None
