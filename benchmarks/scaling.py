@@ -5,9 +5,11 @@ Run::
     python benchmarks/scaling.py                  # writes runs/scaling/<timestamp>/scaling.png
     python benchmarks/scaling.py --quick          # a seconds-long smoke run
 
-Both methods use the demo's rankers (``experiments/cos_dpo_ltr.py``: the augmentation network on a frozen base, so
-only the correction network runs in a step) and the engine's jitted step, on random batches of the demo's feature
-width. Per setting: one compile, ``warmup`` steps, then the median over ``repeats`` blocks of ``steps`` steps.
+Both methods use the experiment's ranker shapes (``experiments/cos_dpo_ltr.py``'s defaults, the paper's: 2 layers,
+width 64, base width 128), wrapped as the augmentation network on a frozen base so that only the correction network
+runs in a step (the same network, hence the same step cost, as the default ``concat`` ranker), and the engine's
+jitted step, on random batches of the demo's feature width. Per setting: one compile, ``warmup`` steps, then the
+median over ``repeats`` blocks of ``steps`` steps.
 
 - W-COS-DPO: the ranker is conditioned on w (K inputs) and a step computes K listwise-DPO losses; one run serves
   the whole front, so its front cost is ``cos_steps × step``.

@@ -51,7 +51,8 @@ def vertex_analysis(weights: np.ndarray, front: np.ndarray, ls_front: np.ndarray
     gaps, nearest = [], []
     for k, v in enumerate(vertex_indices(weights)):
         gaps.append(float(ls_front[v, k] - front[v, k]))
-        nearest.append(weights[int(np.argmin(np.linalg.norm(ls_front - front[v], axis=-1)))].tolist())
+        # rounded: the weights arrive as float32 (0.9 → 0.89999998), and this is a label
+        nearest.append(np.round(weights[int(np.argmin(np.linalg.norm(ls_front - front[v], axis=-1)))], 6).tolist())
     return {"gap": float(np.mean(gaps)), "gaps": gaps, "nearest_ls_weight": nearest}
 
 

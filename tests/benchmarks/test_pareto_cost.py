@@ -83,3 +83,22 @@ def test_quick_run_prints_tables_and_ends_with_the_headline(capsys):
     assert constant[2] == round0[3]  # DPO-LS 6 steps per run vs round 0's DPO-LS HV
     assert constant[1] == cells(rows[0])[1]  # a fresh 6-step W-COS-DPO run vs round 0's first chunk
     assert next(line for line in out if line.startswith("| cosine |"))
+
+
+def test_step_budget_for_four_x_from_compile_and_step_times():
+    # DPO-LS: 12 s and 20 s fronts of 100 steps (2 s compile) -> median 16 s, steps of 0.10 and 0.18 s
+    ls = [_front(100, 12.0, 0.7, compile_seconds=2.0), _front(100, 20.0, 0.7, compile_seconds=2.0)]
+    # W-COS-DPO: compile 1 s; 50 steps in 1 + 50·0.02 s, and 1 + 50·0.04 s
+    cos = [[_front(25, 1.5, 0.6, compile_seconds=1.0), _front(50, 2.0, 0.7, compile_seconds=1.0)],
+           [_front(25, 2.0, 0.6, compile_seconds=1.0), _front(50, 3.0, 0.7, compile_seconds=1.0)]]
+    b = P.step_budget_for(ls, cos, 4.0)
+    assert b["dpo_ls_seconds"] == 16.0 and b["cos_compile_seconds"] == 1.0
+    assert b["dpo_ls_step_ms"] == pytest.approx(140.0) and b["cos_step_ms"] == pytest.approx(30.0)
+    assert b["steps_allowed"] == pytest.approx((16.0 / 4 - 1.0) / 0.03)  # 100 steps
+    assert b["cap"] == 16.0
+    tight = P.step_budget_for(ls, cos, 20.0)  # 16/20 s < the 1 s compile: no step fits
+    assert tight["steps_allowed"] < 0
+    # in CPU time (_front: cpu = 2 × wall, compile CPU = 2 × compile): DPO-LS 32 s, W-COS compile 2 s, 60 ms per step
+    c = P.step_budget_for(ls, cos, 4.0, cpu=True)
+    assert c["dpo_ls_seconds"] == 32.0 and c["cos_compile_seconds"] == 2.0 and c["cos_step_ms"] == pytest.approx(60.0)
+    assert c["steps_allowed"] == pytest.approx((32.0 / 4 - 2.0) / 0.06)
