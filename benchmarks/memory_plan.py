@@ -73,7 +73,12 @@ MODELS: dict[str, dict] = {
                           original_max_position_embeddings=8192),
         attention_bias=False, mlp_bias=False, tie_word_embeddings=False, bos_token_id=128000,
         eos_token_id=128001, initializer_range=0.02),
-    # Not a real model: a Llama-shaped config small enough to compile in seconds (tests, quick checks).
+    # Not real models: Llama-shaped configs small enough to compile in seconds (tests; checking the estimate).
+    "small": dict(
+        model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=2048, hidden_size=256,
+        intermediate_size=1024, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
+        hidden_act="silu", max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0,
+        tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, initializer_range=0.02),
     "tiny": dict(
         model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=256, hidden_size=64,
         intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -85,6 +90,13 @@ PUBLISHED_PARAMS = {"qwen2.5-0.5b": 494_032_768, "llama-3.2-1b": 1_235_814_400, 
 LORA_RANK = 16
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SEGMENTS = 16  # segments per packed row at most (the packer's max_segments)
+# Bytes per attention score [rows, H/tp, T, T] live in one layer's backward on the XLA attention path: float32
+# scores (4), float32 softmax (4), bfloat16 probabilities (2), float32 score gradient (4).
+ATTN_BYTES = 14
+# LLVM code generation at -O0: the memory figures come from XLA's buffer assignment, which runs on the optimised
+# HLO before code generation, so they do not change (checked on the tiny config: every memory_analysis field
+# equal), while the compile takes about a third less CPU time. --slow-compile turns it off.
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -180,70 +192,84 @@ def _shard_bytes(tree) -> int:
     return total
 
 
-def analytic(plan: Plan, config, *, param_bytes: int, trainable_bytes: int, trainable_f32_bytes: int,
-             opt_bytes: int, batch_bytes: int, block_bytes: int, layer_params: int) -> dict[str, int]:
-    """Per-device analytic estimate of the step's memory, in bytes, by component.
+def analytic(plan: Plan, config, inputs: dict[str, int]) -> dict[str, int]:
+    """Per-device analytic estimate of the step's memory, in bytes, by component (see the module docstring).
 
-    Args:
-      plan, config: the plan and its ``DecoderConfig``.
-      param_bytes: every parameter's shard (trainable and frozen), storage dtype.
-      trainable_bytes: the trainable parameters' shards, storage dtype (the gradient has their dtype).
-      trainable_f32_bytes: the same in float32 (AdamW's moments are float32).
-      opt_bytes: the optimizer state's shards as the train state holds them.
-      batch_bytes: the batch's shards.
-      block_bytes: the per-layer block parameters' shards (what the scan stacks), storage dtype.
-      layer_params: parameters of one block (unsharded), for the gathered-weights term.
+    ``inputs`` (from :func:`measure`, exact shard shapes of every leaf): ``params`` (every parameter's shard,
+    storage dtype), ``opt`` (the optimizer state's shards), ``batch`` (the batch's shards), ``grads`` (the trainable
+    parameters' shards in float32: the step casts gradients to float32), ``block`` (the block parameters' shards in
+    storage dtype: what the scan stacks), ``block_grads`` (the same for trainable blocks: the stacked gradient has
+    the stacked parameters' dtype; 0 under LoRA) and ``layer_params`` (one block's parameter count, unsharded).
 
-    The components:
-      ``params``, ``opt``, ``batch``: what the state and batch hold (the step's arguments).
-      ``grads``: one gradient per trainable parameter.
-      ``saved_acts``: what the backward pass keeps from the forward: under ``nothing_saveable`` each layer's input
-        ``[rows, T, D]`` (compute dtype); under ``dots_saveable`` also every matmul output of the block; under
-        ``none`` every intermediate (approximated as the dots plus the attention probabilities).
-      ``layer_work``: the largest transient of one layer's backward (recomputed forward + gradients): float32
-        scores, bfloat16 probabilities and float32 score gradients ``[rows, H/tp, T, T]`` (the XLA attention path
-        materialises them; cuDNN flash attention would not), the MLP's ``[rows, T, F/tp]`` intermediates and their
-        gradients, plus the layer's weights gathered over ``fsdp`` in the compute dtype (forward and backward).
-      ``head``: one LM-head chunk of float32 logits and its gradient.
-      ``scan_stack``: the scan stacks the per-layer block parameters inside the step (a copy in storage dtype)
-        and slices the stacked gradient back (a copy in the gradient's dtype) — only for trainable blocks the
-        gradient copy exists.
+    The step's arguments are ``params + opt + batch``. Its temporaries are the larger of two phases:
+
+    - **backward** (the scan over layers in reverse): the stacked block parameters (the scan stacks the per-layer
+      leaves inside the step: one copy, ``scan_stack``) and the stacked gradient being filled (float32, trainable
+      blocks only), the other parameters' gradients, the activations saved under the remat policy
+      (``saved_acts``: under ``nothing_saveable`` each layer's input ``[rows, T, D]`` in the compute dtype; under
+      ``dots_saveable`` also every matmul output; under ``none`` also the attention probabilities and the MLP
+      intermediates), one layer's recomputed working set (``layer_work``: :data:`ATTN_BYTES` per attention score
+      ``[rows, H/tp, T, T]`` — the XLA attention path materialises them, cuDNN flash attention would not — the
+      MLP's ``[rows, T, F/tp]`` intermediates and gradients, and the layer's weights gathered over ``fsdp`` in the
+      compute dtype, forward and backward), and one LM-head chunk of float32 logits and their gradient (``head``;
+      once the head runs in several chunks, the compact head sorts positions globally, so a chunk is counted whole
+      on every device);
+    - **update**: the per-layer gradients sliced out of the stacked one while it is alive, then AdamW.
     """
     import jax.numpy as jnp
 
     m = plan.mesh_shape
     shards = m["data"] * m["fsdp"]
     tp = m["tensor"]
-    rows = plan.rows / shards  # rows per device (batch split over data x fsdp)
+    rows = plan.rows / shards  # rows per device (the batch splits over data x fsdp)
     t, d, f, v = plan.seq, config.d_model, config.mlp_dim, config.vocab_size
-    h_loc = config.num_heads / tp if config.num_heads % tp == 0 else config.num_heads
-    kv_loc = config.kv_heads / tp if config.kv_heads % tp == 0 else config.kv_heads
-    f_loc = f / tp if f % tp == 0 else f
+    split = lambda n: n / tp if n % tp == 0 else n  # noqa: E731 - a dimension the tensor axis shards, if it divides
+    h_loc, kv_loc, f_loc, v_loc = split(config.num_heads), split(config.kv_heads), split(f), split(v)
     hs = config.head_size
     c = jnp.dtype(config.dtype).itemsize
-    layers = config.num_layers
     tok = rows * t
-    dots = tok * (h_loc * hs + 2 * kv_loc * hs + h_loc * hs + d + 2 * f_loc + d) * c  # q k v attn o gate up down
+    dots = tok * (2 * h_loc * hs + 2 * kv_loc * hs + 2 * d + 2 * f_loc) * c  # q k v attn o gate up down outputs
+    layers = config.num_layers
     if plan.remat == "nothing_saveable":
         saved = layers * tok * d * c
-    elif plan.remat in ("dots_saveable", "checkpoint_dots"):
+    elif plan.remat in ("dots_saveable", "checkpoint_dots", "dots_with_no_batch_dims_saveable"):
         saved = layers * (tok * d * c + dots)
     else:  # "none" and the rest: everything, approximated
-        saved = layers * (tok * d * c + dots + rows * h_loc * t * t * c + tok * f_loc * c * 2)
-    attn = rows * h_loc * t * t * (4 + c + 4)
+        saved = layers * (tok * d * c + dots + rows * h_loc * t * t * c + 2 * tok * f_loc * c)
+    attn = rows * h_loc * t * t * ATTN_BYTES
     mlp = tok * f_loc * (3 * c + 3 * 4)
-    gathered = 2 * layer_params / tp * c
-    work = int(attn + mlp + gathered)
-    # packed_sequence_logps's head chunk (global rows; one chunk of every position when they all fit).
-    chunk_rows = min(plan.rows * t, max(plan.rows * 32, -(-2 ** 24 // v)))
-    head = int(chunk_rows / shards * (v / tp if v % tp == 0 else v) * 4 * 2)
-    train_blocks = plan.finetune == "full"
-    stack = block_bytes + (block_bytes if train_blocks else 0) if plan.scan else 0
-    grads = trainable_bytes if plan.finetune == "full" else trainable_f32_bytes
-    out = {"params": param_bytes, "grads": grads, "opt": opt_bytes, "batch": batch_bytes, "saved_acts": int(saved),
-           "layer_work": work, "head": head, "scan_stack": int(stack)}
-    out["total"] = sum(out.values())
+    gathered = 2 * inputs["layer_params"] / tp * c
+    positions = plan.rows * t
+    chunk = min(positions, max(plan.rows * 32, -(-2 ** 24 // v)))  # packed_sequence_logps's head chunk rows
+    head = chunk * v_loc * 4 * 2 / (shards if chunk == positions else 1)
+    stack = inputs["block"] if plan.scan else 0
+    stack_grads = inputs["block_grads"] if plan.scan else 0
+    backward = stack + stack_grads + (inputs["grads"] - inputs["block_grads"]) + saved + attn + mlp + gathered + head
+    update = inputs["grads"] + stack_grads
+    out = {"params": inputs["params"], "opt": inputs["opt"], "batch": inputs["batch"], "grads": inputs["grads"],
+           "saved_acts": int(saved), "layer_work": int(attn + mlp + gathered), "head": int(head),
+           "scan_stack": int(stack + stack_grads), "backward": int(backward), "update": int(update)}
+    out["temp"] = max(out["backward"], out["update"])
+    out["total"] = out["params"] + out["opt"] + out["batch"] + out["temp"]
     return out
+
+
+def largest_shapes(hlo_text: str, top: int = 8) -> list[str]:
+    """The largest array shapes produced by instructions of an optimised HLO module, with how often each occurs
+    (a view of what dominates the temporaries; it says nothing about liveness)."""
+    import re
+
+    import numpy as np
+
+    sizes = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "f32": 4, "s32": 4, "u32": 4, "f64": 8,
+             "s64": 8}
+    counts: dict[str, int] = {}
+    for dt, dims in re.findall(r"= (pred|[sufb]f?\d+)\[([\d,]+)\]", hlo_text):
+        if dt in sizes:
+            counts[f"{dt}[{dims}]"] = counts.get(f"{dt}[{dims}]", 0) + 1
+    nbytes = lambda s: sizes[s.split("[")[0]] * int(np.prod([int(x) for x in s[s.index("[") + 1:-1].split(",")]))  # noqa: E731
+    best = sorted(counts, key=nbytes, reverse=True)[:top]
+    return [f"{s} {nbytes(s) / 2 ** 20:.0f} MiB x{counts[s]}" for s in best]
 
 
 def measure(plan: Plan) -> dict:
@@ -288,6 +314,10 @@ def measure(plan: Plan) -> dict:
         return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
     tx = make_optimizer(OptimizerConfig(learning_rate=1e-5))
+    if plan.param_dtype != "float32":  # bfloat16 storage trains through float32 master weights (what fit does)
+        from mojax.train.precision import master_weights, needs_master
+        if needs_master(params):
+            tx = master_weights(tx)
     opt_sh = optimizer_shardings(tx, params, param_sh, mesh)
     rep = replicated(mesh)
     objective = dpo_objective(ref_mode=ref_mode)
@@ -331,18 +361,22 @@ def measure(plan: Plan) -> dict:
 
     all_params = nnx.state(abstract, nnx.Param)
     trainable = structs(params, param_sh)
-    est = analytic(
-        plan, config, param_bytes=_shard_bytes(sharded(all_params)), trainable_bytes=_shard_bytes(trainable),
-        trainable_f32_bytes=_shard_bytes(jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=x.sharding), trainable)),
-        opt_bytes=_shard_bytes(state.opt_state), batch_bytes=_shard_bytes(batch),
-        block_bytes=_shard_bytes(sharded(nnx.state(decoder.blocks, base_filter))),
-        layer_params=count(nnx.state(decoder.blocks[0], base_filter)))
+    f32 = lambda tree: jax.tree.map(  # noqa: E731
+        lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=x.sharding), tree)
+    blocks = sharded(nnx.state(decoder.blocks, base_filter))
+    inputs = {"params": _shard_bytes(sharded(all_params)), "opt": _shard_bytes(state.opt_state),
+              "batch": _shard_bytes(batch), "grads": _shard_bytes(f32(trainable)), "block": _shard_bytes(blocks),
+              "block_grads": _shard_bytes(blocks) if plan.finetune == "full" else 0,
+              "layer_params": count(nnx.state(decoder.blocks[0], base_filter))}
+    if inputs["layer_params"] != layer_params(config):  # the formula recompute() uses for older results
+        raise ValueError(f"layer_params formula {layer_params(config)} != {inputs['layer_params']}")
+    est = analytic(plan, config, inputs)
     n_base = count(nnx.state(decoder, base_filter))
     if plan.model in PUBLISHED_PARAMS and n_base != PUBLISHED_PARAMS[plan.model]:
         raise ValueError(f"{plan.model}: {n_base} parameters, published {PUBLISHED_PARAMS[plan.model]}")
     return {"plan": dataclasses.asdict(plan), "label": plan.label, "mesh": plan.mesh_shape,
             "base_params": n_base, "trainable_params": count(params), "compiled": mem, "analytic": est,
+            "analytic_inputs": inputs, "largest_shapes": largest_shapes(compiled.as_text()),
             "state_bytes": _shard_bytes(state), "batch_bytes": _shard_bytes(batch),
             "build_s": build_s, "lower_s": t2 - t1, "compile_s": t3 - t2, "compile_cpu_s": c3 - c0,
             "host_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB}
@@ -360,16 +394,43 @@ def _child(devices: int, plans: list[dict]) -> None:
         print(json.dumps(out), flush=True)
 
 
-def run_children(plans: list[Plan], *, log=sys.stderr, save: Path | None = None) -> list[dict]:
+def layer_params(config) -> int:
+    """Parameters of one Llama/Qwen2-style block (attention, gated MLP, two norms, optional q/k/v biases)."""
+    d, h, k, hs, f = config.d_model, config.num_heads, config.kv_heads, config.head_size, config.mlp_dim
+    return 2 * d * h * hs + 2 * d * k * hs + 3 * d * f + 2 * d + ((h + 2 * k) * hs if config.qkv_bias else 0)
+
+
+def recompute(result: dict) -> dict:
+    """A saved result with its analytic estimate recomputed by this version of :func:`analytic` (results saved
+    before ``analytic_inputs`` existed get them back from their stored components)."""
+    if "error" in result:
+        return result
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    plan = Plan(**result["plan"])
+    config = decoder_config(plan)
+    inputs = result.get("analytic_inputs")
+    if inputs is None:
+        a = result["analytic"]
+        full = plan.finetune == "full"
+        block = a["scan_stack"] // 2 if full else a["scan_stack"]
+        inputs = {"params": a["params"], "opt": a["opt"], "batch": a["batch"], "grads": a["grads"], "block": block,
+                  "block_grads": block if full else 0, "layer_params": layer_params(config)}
+    return {**result, "analytic_inputs": inputs, "analytic": analytic(plan, config, inputs)}
+
+
+def run_children(plans: list[Plan], *, log=sys.stderr, save: Path | None = None,
+                 fast_compile: bool = True) -> list[dict]:
     """One child process per device count (the device count is fixed when JAX starts); results in plan order.
 
     With ``save``, the results so far are rewritten there after every configuration (long runs keep what they got).
+    ``fast_compile`` adds :data:`FAST_COMPILE` to the children's ``XLA_FLAGS``.
     """
     results: dict[str, dict] = {}
     for devices in sorted({p.devices for p in plans}):
         group = [dataclasses.asdict(p) for p in plans if p.devices == devices]
+        flags = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE if fast_compile else ''}"
         env = {**os.environ, "JAX_PLATFORMS": "cpu",
-               "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"}
+               "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={devices}"}
         proc = subprocess.Popen([sys.executable, __file__, "--child", str(devices), json.dumps(group)], env=env,
                                 stdout=subprocess.PIPE, text=True)
         for line in proc.stdout:
@@ -395,7 +456,7 @@ def _gib(x: float) -> str:
 def table(results: list[dict]) -> str:
     """The per-device table (GiB): compiled figures next to the analytic estimate and its components."""
     head = ["config", "params", "trainable", "argument", "output", "alias", "temp", "code MiB", "peak",
-            "analytic", "an. params+opt", "an. grads", "an. acts", "an. work+head", "an. scan stack", "fits 80 GB",
+            "analytic", "an. temp", "an. grads", "an. saved acts", "an. layer+head", "an. scan stack", "fits 80 GB",
             "compile s"]
     rows = []
     for r in results:
@@ -406,7 +467,7 @@ def table(results: list[dict]) -> str:
         rows.append([r["label"], f"{r['base_params'] / 1e9:.3f}B", f"{r['trainable_params'] / 1e6:.1f}M",
                      _gib(c["argument"]), _gib(c["output"]), _gib(c["alias"]), _gib(c["temp"]),
                      f"{c['generated_code'] / 2 ** 20:.1f}", _gib(c["peak"]), _gib(a["total"]),
-                     _gib(a["params"] + a["opt"]), _gib(a["grads"]), _gib(a["saved_acts"]),
+                     _gib(a["temp"]), _gib(a["grads"]), _gib(a["saved_acts"]),
                      _gib(a["layer_work"] + a["head"]), _gib(a["scan_stack"]),
                      "yes" if c["peak"] <= 80e9 else "NO", f"{r['compile_s']:.1f}"])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
@@ -431,6 +492,7 @@ def main() -> None:
     ap.add_argument("--remat", default="nothing_saveable")
     ap.add_argument("--no-scan", action="store_true", help="unrolled layers (slow to compile for deep models)")
     ap.add_argument("--json", help="also write every result to this JSON file")
+    ap.add_argument("--slow-compile", action="store_true", help="compile with LLVM optimisations (see FAST_COMPILE)")
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="print the table of earlier --json files and exit")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -438,7 +500,7 @@ def main() -> None:
         _child(int(args.child[0]), json.loads(args.child[1]))
         return
     if args.merge:
-        results = [r for path in args.merge for r in json.loads(Path(path).read_text())]
+        results = [recompute(r) for path in args.merge for r in json.loads(Path(path).read_text())]
         order = {m: i for i, m in enumerate(MODELS)}
         results.sort(key=lambda r: (order[r["plan"]["model"]], r["plan"]["finetune"], r["plan"]["param_dtype"],
                                     r["plan"]["devices"], r["plan"]["mesh"]))
@@ -455,7 +517,7 @@ def main() -> None:
           f"({args.rows * args.pairs_per_row} pairs), remat {args.remat}, scan {not args.no_scan}; "
           f"{len(plans)} configurations; per-device GiB")
     t0 = time.perf_counter()
-    results = run_children(plans, save=Path(args.json) if args.json else None)
+    results = run_children(plans, save=Path(args.json) if args.json else None, fast_compile=not args.slow_compile)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     report(results)
