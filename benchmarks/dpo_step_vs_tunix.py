@@ -25,7 +25,7 @@ tokens; ``small``: d 256, 4 layers, 8/4 heads of 32, MLP 1,024, vocabulary 32,00
   1e-8, weight_decay=0))`` constant lr, float32, each library's own trainer loop with its defaults (progress bar on,
   no checkpoints, metrics every step: mojax ``fit(..., TrainConfig(log_every=1))``, Tunix ``DPOTrainer.train``).
 
-Timing: each process runs ``--warmup + --steps`` steps; a step's time is the interval between consecutive
+Timing (wall, and process CPU seconds between the same callbacks): each process runs ``--warmup + --steps`` steps; a step's time is the interval between consecutive
 end-of-step callbacks (mojax ``on_metrics``, after the step's metrics reached the host; Tunix's
 ``TrainingHooks.on_train_step_end``, which Tunix fires one step late, after the next step is dispatched — in steady
 state both intervals are one step), so batch preparation, the reference forward and the host loop are included on
@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -161,13 +162,17 @@ def role_mojax(args) -> dict:
     batches = [mojax_batch(g, prompt, response, pad=vocab - 1) for g in batches_for(args.config, total)]
     model = AnchoredPolicy(load_hf(args.model_dir), load_hf(args.model_dir))
     ends: list[float] = []
-    start = time.perf_counter()
+    cpus: list[float] = []
+    start, cpu0 = time.perf_counter(), time.process_time()
     result = fit(model, dpo_objective(beta=BETA, ref_mode="model"), iter(batches),
                  config=TrainConfig(steps=total, batch_size=PAIRS, log_every=1),
                  optimizer=OptimizerConfig(learning_rate=args.lr, max_grad_norm=1.0, weight_decay=0.0),
-                 wrt=AnchoredPolicy.trainable, on_metrics=lambda step, host: ends.append(time.perf_counter()))
+                 wrt=AnchoredPolicy.trainable,
+                 on_metrics=lambda step, host: (ends.append(time.perf_counter()), cpus.append(time.process_time())))
     step_s = [b - a for a, b in zip([start] + ends[:-1], ends)]
-    return {"side": "mojax", "step_s": step_s[args.warmup:], "first_step_s": step_s[0],
+    step_cpu_s = [b - a for a, b in zip([cpu0] + cpus[:-1], cpus)]
+    return {"side": "mojax", "step_s": step_s[args.warmup:], "step_cpu_s": step_cpu_s[args.warmup:],
+            "first_step_s": step_s[0],
             "compile_s": result.compile_seconds, "loss": [float(v) for v in result.metrics("loss")],
             "chosen_logps": [float(v) for v in result.metrics("chosen_logps")], "peak_rss_self": peak_rss_bytes(),
             "versions": {"jax": jax.__version__}}
@@ -206,10 +211,10 @@ def role_tunix(args) -> dict:
 
     class Timer(hooks.TrainingHooks):
         def __init__(self):
-            self.ends, self.losses = [], {}
+            self.ends, self.cpus, self.losses = [], [], {}
 
         def on_train_start(self, ctx):
-            self.start = time.perf_counter()
+            self.start, self.cpu0 = time.perf_counter(), time.process_time()
 
         def on_train_end(self, ctx):
             pass
@@ -219,6 +224,7 @@ def role_tunix(args) -> dict:
 
         def on_train_step_end(self, ctx, step, loss):
             self.ends.append(time.perf_counter())
+            self.cpus.append(time.process_time())
             self.losses[int(step)] = float(np.asarray(loss))
 
         def on_eval_step_start(self, ctx):
@@ -231,9 +237,11 @@ def role_tunix(args) -> dict:
     trainer.with_training_hooks(timer)
     trainer.train(iter(batches))
     step_s = [b - a for a, b in zip([timer.start] + timer.ends[:-1], timer.ends)]
+    step_cpu_s = [b - a for a, b in zip([timer.cpu0] + timer.cpus[:-1], timer.cpus)]
     steady = median(step_s[args.warmup:])
     import importlib.metadata as md
-    return {"side": "tunix", "step_s": step_s[args.warmup:], "first_step_s": step_s[0],
+    return {"side": "tunix", "step_s": step_s[args.warmup:], "step_cpu_s": step_cpu_s[args.warmup:],
+            "first_step_s": step_s[0],
             "compile_s": step_s[0] - steady, "loss": [timer.losses[k] for k in sorted(timer.losses)],
             "chosen_logps": [first_chosen], "peak_rss_self": peak_rss_bytes(),
             "versions": {"tunix": md.version("google-tunix"), "jax": jax.__version__, "flax": flax.__version__}}
@@ -283,7 +291,8 @@ def summarise(config: str, result: dict) -> tuple[list, float, dict]:
     rows = []
     for side in runs:
         step = median(med[side])
-        rows.append([config, f"{result['params'] / 1e6:.2f}M", side, PAIRS / step, step,
+        cpu = median([median(r["step_cpu_s"]) for r in runs[side]]) if "step_cpu_s" in runs[side][0] else math.nan
+        rows.append([config, f"{result['params'] / 1e6:.2f}M", side, PAIRS / step, step, cpu,
                      median([r["first_step_s"] for r in runs[side]]), median([r["compile_s"] for r in runs[side]]),
                      rss[side] / MIB])
     return rows, speedup, notes
@@ -328,7 +337,7 @@ def main() -> None:
         for config in configs:
             r, speedups[config], notes[config] = summarise(config, run_config(args, config, tmp))
             rows += r
-    print(format_table(["config", "params", "side", "pairs/s", "step s", "first step s", "compile s",
+    print(format_table(["config", "params", "side", "pairs/s", "step s", "CPU s/step", "first step s", "compile s",
                         "peak RSS MiB"], rows))
     for config in configs:
         n = notes[config]
