@@ -1,9 +1,11 @@
 """MORE vs hybrid / sequential / ensemble reward heads on frozen-backbone features (HH-RLHF × SmolLM2-135M).
 
-Run (after ``python -m experiments._more_hh`` has cached the features; see that module)::
+Run through the experiment's entry point (features computed with progress where not cached; see
+:mod:`experiments._more_hh`)::
 
-    python -m experiments._more_heads --out runs/more_hh          # the real-data run (minutes)
-    python -m experiments._more_heads --quick --out /tmp/more_q    # smoke: random features, no model
+    python -m experiments.more_rm --preset hh-smollm2                  # the decisive real-data run
+    python -m experiments.more_rm --preset hh-smollm2 --cached-only    # only the feature rounds already cached
+    python -m experiments.more_rm --preset hh-smollm2 --quick          # smoke: random features, no model
 
 Protocol. K = 4 datasets (the HH-RLHF files), cached pair features ``[n, 2, D]`` (index 0 = chosen), standardised
 with the training fold's per-dimension mean and std. Two-fold cross-fitting split by prompt (every pair of a prompt
@@ -20,7 +22,9 @@ is trained with :func:`mojax.train.fit` (AdamW, in memory) by
 
 Metrics on the held-out predictions: accuracy and ECE (5/10/20 equal-width bins of ``max(p, 1 − p)``,
 ``p = σ(r_w − r_l)``) per dataset and overall, averaged over seeds; differences to hybrid with a two-way bootstrap
-(held-out pairs resampled within each dataset and seeds resampled, jointly) and a seeds-only bootstrap.
+(held-out pairs resampled within each dataset and seeds resampled, jointly) and a seeds-only bootstrap. Sanity
+reference: an exact float64 L2 logistic regression on the same features and folds, one pooled head and one head per
+dataset (:func:`logistic_reference`) — what a linear head on these features can learn at all.
 """
 
 from __future__ import annotations
@@ -55,15 +59,29 @@ class HeadsConfig:
     """Settings of the head experiment (features: :class:`HHFeatureConfig`)."""
 
     features: HHFeatureConfig = HHFeatureConfig()
+    """Which cached features (data, model, pairs per dataset)."""
     pooling: str = "last"
+    """Feature of a response: ``"last"`` (last-token hidden state, what MORE's score head reads) or ``"mean"``."""
     seeds: int = 10
+    """Training seeds (head init and batch order); each trains both folds."""
     epochs: float = 2.0
+    """Passes over the largest training set (sets the pooled step count, :func:`pooled_steps`)."""
     batch_per_dataset: int = 4
+    """Pairs of every dataset in each pooled batch."""
     learning_rate: float = 1e-3
+    """AdamW learning rate of every head."""
     averaging: str = "released"
+    """MORE's gradient averaging (:func:`~mojax.train.objectives.more_objective`; default the released code's)."""
     ece_bins: tuple[int, ...] = (10, 5, 20)
+    """ECE bin counts reported (10 is the tested one)."""
     bootstrap: int = 2000
+    """Bootstrap replicates of every CI."""
     split_seed: int = 0
+    """Seed of the prompt-level two-fold split."""
+    weight_decay: float = 0.0
+    """AdamW (decoupled) weight decay of every head."""
+    reference_l2: float = 1.0
+    """L2 strength of the float64 logistic-regression sanity reference (:func:`logistic_reference`)."""
 
 
 def quick_config() -> HeadsConfig:
@@ -121,7 +139,8 @@ def _fit(model_or_result: Any, objective: Any, data, steps: int, batch: int, con
          on_metrics=None):
     return fit(model_or_result, objective, data, config=TrainConfig(steps=steps, batch_size=batch, seed=seed,
                                                                     log_every=1, progress=False, tensorboard=False),
-               optimizer=OptimizerConfig(learning_rate=config.learning_rate), run_dir=None, on_metrics=on_metrics)
+               optimizer=OptimizerConfig(learning_rate=config.learning_rate, weight_decay=config.weight_decay),
+               run_dir=None, on_metrics=on_metrics)
 
 
 def pooled_steps(ds: np.ndarray, config: HeadsConfig) -> int:
@@ -189,6 +208,56 @@ def run_heads(feats: dict[str, dict[str, np.ndarray]], config: HeadsConfig, *, l
             "seconds": seconds}
 
 
+def logistic_head(diff: np.ndarray, l2: float, *, iters: int = 25) -> np.ndarray:
+    """Float64 L2-regularised logistic regression without bias on chosen-minus-rejected features ``diff [n, D]``
+    (every pair labelled "chosen wins"): ``argmin_w mean softplus(−diff·w) + ½ l2 ‖w‖²`` by Newton's method — the
+    exact minimiser a converged bias-free Bradley–Terry head with weight decay reaches, independent of the JAX path."""
+    n, d = diff.shape
+    w = np.zeros(d)
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-(diff @ w)))
+        grad = -(diff * (1.0 - p)[:, None]).mean(0) + l2 * w
+        hess = (diff * (p * (1.0 - p))[:, None]).T @ diff / n + l2 * np.eye(d)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.max(np.abs(step)) < 1e-10:
+            break
+    return w
+
+
+def logistic_reference(feats: dict[str, dict[str, np.ndarray]], config: HeadsConfig) -> dict[str, Any]:
+    """Sanity reference on the same features, folds and standardisation as :func:`run_heads`: held-out margins of
+    (a) one logistic head on the pooled training pairs (what hybrid minimises, solved exactly) and (b) one logistic
+    head per dataset scored on its own dataset (an oracle that knows the dataset: the most a linear probe of these
+    features can get from each dataset's own labels)."""
+    names = list(feats)
+    x = np.concatenate([feats[n][config.pooling] for n in names]).astype(np.float64)
+    ds = np.concatenate([np.full(len(feats[n][config.pooling]), j) for j, n in enumerate(names)])
+    fold = np.concatenate([fold_of(feats[n]["prompt_hash"], config.split_seed + j) for j, n in enumerate(names)])
+    pooled, own = np.zeros(len(x)), np.zeros(len(x))
+    for f in (0, 1):
+        train, held = fold == f, fold != f
+        sd = x[train].reshape(-1, x.shape[-1]).std(0) + 1e-6  # the mean cancels in the difference
+        diff = (x[:, 0] - x[:, 1]) / sd
+        pooled[held] = diff[held] @ logistic_head(diff[train], config.reference_l2)
+        for j in range(len(names)):
+            own[held & (ds == j)] = diff[held & (ds == j)] @ logistic_head(diff[train & (ds == j)],
+                                                                            config.reference_l2)
+    return {"dataset": ds, "names": names, "margins": {"pooled": pooled, "per_dataset": own}}
+
+
+def reference_rows(ref: dict[str, Any], config: HeadsConfig) -> list[dict[str, Any]]:
+    """Accuracy and ECE of the logistic references per dataset and overall (one deterministic fit, no seeds)."""
+    rows = []
+    for kind, m in ref["margins"].items():
+        subsets = {"overall": np.ones(len(m), bool), **{n: ref["dataset"] == j for j, n in enumerate(ref["names"])}}
+        for key, sel in subsets.items():
+            rows.append({"reference": kind, "data": key, "pairs": int(sel.sum()),
+                         "accuracy": float(accuracy(m[sel])),
+                         **{f"ece_{b}": float(ece(m[sel], b)) for b in sorted(config.ece_bins)}})
+    return rows
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # metrics
 
@@ -222,7 +291,8 @@ def summarize(result: dict[str, Any], config: HeadsConfig) -> dict[str, Any]:
     metric_names = ["accuracy"] + [f"ece_{b}" for b in config.ece_bins]
     subsets = {"overall": np.arange(len(ds)), **{n: np.flatnonzero(ds == j) for j, n in enumerate(names)}}
     rng = np.random.default_rng(12345)
-    s_count = margins["hybrid"].shape[0]
+    methods = [m for m in METHODS if m in margins]
+    s_count = margins[methods[0]].shape[0]
     # One set of replicates shared by every method and metric (paired differences).
     seed_draws = rng.integers(0, s_count, size=(config.bootstrap, s_count))
     pair_draws = {key: np.concatenate([rng.choice(np.flatnonzero(ds[idx] == j), size=(config.bootstrap,
@@ -230,7 +300,7 @@ def summarize(result: dict[str, Any], config: HeadsConfig) -> dict[str, Any]:
                                        for j in np.unique(ds[idx])], axis=1).astype(int)
                   for key, idx in subsets.items()}
     out: dict[str, Any] = {}
-    for m in METHODS:
+    for m in methods:
         out[m] = {}
         for key, idx in subsets.items():
             row = {"num_pairs": int(len(idx))}
@@ -238,7 +308,7 @@ def summarize(result: dict[str, Any], config: HeadsConfig) -> dict[str, Any]:
                 vals = _metric(name, margins[m][:, idx])  # [S]
                 row[name] = float(vals.mean())
                 row[f"{name}_seed_sd"] = float(vals.std(ddof=1)) if s_count > 1 else 0.0
-                if m == "hybrid":
+                if m == "hybrid" or "hybrid" not in margins:
                     continue
                 diff = vals - _metric(name, margins["hybrid"][:, idx])
                 row[f"d_{name}"] = float(diff.mean())
@@ -257,6 +327,9 @@ def decide(summary: dict[str, Any], config: HeadsConfig, *, quick: bool) -> Verd
     """The verdict from the pre-stated test (:data:`TEST`); ``quick`` is always smoke."""
     if quick:
         return Verdict.smoke(CLAIM)
+    if "more" not in summary or "hybrid" not in summary:
+        return Verdict(claim=CLAIM, result="inconclusive", test="not tested: MORE and hybrid were not both run",
+                       seeds=config.seeds)
     row = summary["more"]["overall"]
     (e_lo, e_hi), (a_lo, a_hi) = row["d_ece_10_ci"], row["d_accuracy_ci"]
     if e_hi < 0 and not a_hi < 0:
@@ -300,21 +373,38 @@ def reward_quantiles(rewards: dict[str, np.ndarray]) -> dict[str, dict[str, Any]
             for m, r in rewards.items()}
 
 
+def quantile_rows(dist: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Markdown rows of :func:`reward_quantiles`: one row per method and quantity (reward, margin)."""
+    rows = []
+    for m, d in dist.items():
+        for what in ("reward", "margin"):
+            rows.append({"method": m, "of": what, **{f"q{q}": f"{v:+.3f}" for q, v in zip(d["quantiles"], d[what])},
+                         "max abs": f"{d['max_abs_reward']:.3f}" if what == "reward" else "–"})
+    return rows
+
+
 def write_outputs(out: Path, result: dict[str, Any], summary: dict[str, Any], verdict: Verdict,
-                  config: HeadsConfig, *, command: str, data_note: str) -> Path:
-    """``config.json``, ``metrics.json`` (with the verdict), ``reward_distributions.png``, ``lambda.png``, ``report.md``."""
+                  config: HeadsConfig, *, command: str, data_note: str, quick: bool = False,
+                  reference: dict[str, Any] | None = None,
+                  data: dict[str, dict[str, Any]] | None = None) -> Path:
+    """``config.json``, ``metrics.json`` (with the verdict), ``reward_distributions.png``, ``lambda.png``, ``report.md``.
+
+    ``reference``: :func:`logistic_reference`'s result (a table and ``metrics["logistic_reference"]``); ``data``: the
+    per-file data report (records read / skipped, :func:`experiments._more_hh.data_report`)."""
     out.mkdir(parents=True, exist_ok=True)
     save_config(out, config)
     lam = result["lambda"]  # [S, folds, steps, K]
+    dist = reward_quantiles(result["rewards"])
+    ref_rows = reference_rows(reference, config) if reference is not None else None
     save_metrics(out, {"methods": summary, "datasets": result["names"], "train_seconds": result["seconds"],
                        "lambda": {"mean_over_steps": lam.mean(axis=(0, 1, 2)).tolist(),
                                   "final": lam[:, :, -1].mean(axis=(0, 1)).tolist(),
                                   "trajectory_mean": lam.mean(axis=(0, 1)).tolist()},
-                       "reward_distribution": reward_quantiles(result["rewards"]),
+                       "reward_distribution": dist, "logistic_reference": ref_rows, "data_report": data,
                        "verdict": dataclasses.asdict(verdict)})
     rewards = result["rewards"]
     plot_histograms(out / "reward_distributions.png",
-                    {m: {"chosen": rewards[m][..., 0], "rejected": rewards[m][..., 1]} for m in METHODS},
+                    {m: {"chosen": rewards[m][..., 0], "rejected": rewards[m][..., 1]} for m in rewards},
                     xlabels="held-out reward (all seeds)", bins=60)
     steps = np.arange(1, lam.shape[2] + 1)
     plot_curve_panels(out / "lambda.png", {
@@ -323,49 +413,99 @@ def write_outputs(out: Path, result: dict[str, Any], summary: dict[str, Any], ve
         "λ (seed 0, fold 0)": {n: (steps, lam[0, 0, :, j]) for j, n in enumerate(result["names"])}},
         ylabels="λ_k")
     row = summary["more"]["overall"]
-    claim = (f"Overall ΔECE-10 (MORE − hybrid) = {_fmt_ci(row, 'ece_10')}, Δaccuracy = {_fmt_ci(row, 'accuracy')} "
-             f"over {config.seeds} seeds × {row['num_pairs']} held-out pairs. The decision follows the stated test; a "
-             "CI that contains 0 says this setting cannot tell MORE from hybrid.")
+    if quick:
+        claim = ("Smoke run (random features, few steps): it only checks that every stage runs and draws no "
+                 "conclusion about the paper's claim.")
+    else:
+        claim = (f"Overall ΔECE-10 (MORE − hybrid) = {_fmt_ci(row, 'ece_10')}, Δaccuracy = "
+                 f"{_fmt_ci(row, 'accuracy')} over {config.seeds} seeds × {row['num_pairs']} held-out pairs. The "
+                 "decision follows the stated test; a CI that contains 0 says this setting cannot tell MORE from "
+                 "hybrid.")
+        if ref_rows is not None:
+            acc = {(r["reference"], r["data"]): r["accuracy"] for r in ref_rows}
+            claim += (f" Sanity reference (exact float64 logistic regression, L2 {config.reference_l2}): one pooled "
+                      f"head {acc[('pooled', 'overall')]:.3f} overall, one head per dataset "
+                      f"{acc[('per_dataset', 'overall')]:.3f} — how much a linear head on these features can learn.")
     what = (f"{data_note} Linear heads on frozen '{config.pooling}' features, {config.epochs} epochs "
-            f"({lam.shape[2]} pooled steps) × {config.batch_per_dataset} pairs per dataset per step, AdamW lr {config.learning_rate}, MORE averaging "
-            f"'{config.averaging}', two-fold cross-fitting by prompt, {config.seeds} seeds.")
+            f"({lam.shape[2]} pooled steps) × {config.batch_per_dataset} pairs per dataset per step, AdamW lr "
+            f"{config.learning_rate}, weight decay {config.weight_decay}, MORE averaging '{config.averaging}', "
+            f"two-fold cross-fitting by prompt, {config.seeds} seeds.")
+    tabs: dict[str, Any] = {}
+    if data is not None:
+        tabs["Data (per file)"] = [{"file": n, "records in file": d["records_in_file"],
+                                    "examined": d["records_examined"], "pairs kept": d["pairs_kept"],
+                                    **{f"skipped {k}": v for k, v in d["skipped"].items()}} for n, d in data.items()]
+    tabs.update(tables(summary, config))
+    if ref_rows is not None:
+        tabs["Sanity reference: exact logistic regression on the same features and folds"] = [
+            {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()} for r in ref_rows]
+    tabs["Reward distributions: quantiles (%) over all seeds and held-out responses"] = quantile_rows(dist)
     return write_report(out, title="MORE on frozen-backbone reward heads", what_ran=what, command=command,
-                        tables=tables(summary, config), plots=["reward_distributions.png", "lambda.png"],
-                        claim=claim, verdict=verdict)
+                        tables=tabs, plots=["reward_distributions.png", "lambda.png"], claim=claim, verdict=verdict)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI: ``--quick`` (random features, smoke verdict) or the cached HH × SmolLM2 features."""
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The head experiment's flags (``argparse`` exits 2 with a one-line message on a bad flag)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default=None, help="run directory (default runs/more_hh/<UTC time>)")
+    parser.add_argument("--quick", action="store_true", help="smoke: random features, no model; verdict 'smoke'")
     parser.add_argument("--pairs", type=int, default=HHFeatureConfig.pairs_per_dataset,
-                        help="pairs per dataset the feature cache was built for (complete rounds are used)")
-    parser.add_argument("--pooling", choices=("last", "mean"), default="last")
+                        help="pairs per dataset of the feature cache (complete 100-pair rounds are used)")
+    parser.add_argument("--cached-only", action="store_true",
+                        help="use only the complete rounds already cached (compute nothing)")
+    parser.add_argument("--pooling", choices=("last", "mean"), default=HeadsConfig.pooling)
     parser.add_argument("--seeds", type=int, default=HeadsConfig.seeds)
     parser.add_argument("--epochs", type=float, default=HeadsConfig.epochs)
-    parser.add_argument("--averaging", choices=("released", "ema", "none"), default="released")
+    parser.add_argument("--lr", type=float, default=HeadsConfig.learning_rate)
+    parser.add_argument("--weight-decay", type=float, default=HeadsConfig.weight_decay)
+    parser.add_argument("--averaging", choices=("released", "ema", "none"), default=HeadsConfig.averaging)
     args = parser.parse_args(argv)
+    if args.seeds < 1 or args.epochs <= 0 or args.pairs < 1 or args.lr <= 0 or args.weight_decay < 0:
+        parser.error("--seeds, --epochs, --pairs and --lr must be positive, --weight-decay non-negative")
+    return args
+
+
+def main(argv: list[str] | None = None, *, experiment: str = "more_hh") -> int:
+    """CLI: ``--quick`` (random features, smoke verdict) or HH × SmolLM2 features (computed with progress where not
+    cached, unless ``--cached-only``); prints the data report, per-seed progress and the verdict."""
+    from experiments._common import make_run_dir
+
+    args = parse_args(argv)
     if args.quick:
         config = quick_config()
-        feats, note = random_features(), "Smoke: random Gaussian features, 3 datasets × 48 pairs."
+        feats, note, data = random_features(), "Smoke: random Gaussian features, 3 datasets × 48 pairs.", None
     else:
-        from experiments._more_hh import hh_features
+        from experiments._more_hh import data_report, hh_features
 
         config = HeadsConfig(features=HHFeatureConfig(pairs_per_dataset=args.pairs), pooling=args.pooling,
-                             seeds=args.seeds, epochs=args.epochs, averaging=args.averaging)
-        feats = hh_features(config.features, cached_only=True)
+                             seeds=args.seeds, epochs=args.epochs, learning_rate=args.lr,
+                             weight_decay=args.weight_decay, averaging=args.averaging)
+        try:
+            data = data_report(config.features)
+        except (FileNotFoundError, TypeError, OSError) as e:  # TypeError: smollm2_path() is None (no model)
+            print(f"error: HH-RLHF data or SmolLM2 model not available ({e}); python -m "
+                  "mojax.models.fetch_smollm2 fetches the model", file=sys.stderr)
+            return 2
+        for name, d in data.items():
+            print(f"data: {name}: {d['pairs_kept']} pairs kept of {d['records_examined']} records examined "
+                  f"({d['records_in_file']} in file); skipped {d['skipped']}", flush=True)
+        feats = hh_features(config.features, cached_only=args.cached_only)
         if not all(len(f) for f in feats.values()):
-            print("error: no cached features yet (run python -m experiments._more_hh first)", file=sys.stderr)
+            print("error: no cached features yet (drop --cached-only, or run python -m experiments._more_hh)",
+                  file=sys.stderr)
             return 2
         note = ("HH-RLHF: " + ", ".join(f"{n} ({len(f['last'])} pairs)" for n, f in feats.items())
                 + f"; plain transcripts ≤ {config.features.max_length} tokens; SmolLM2-135M-Instruct (Q4_1 GGUF) "
                 "frozen.")
-    result = run_heads(feats, config)
+    out = make_run_dir(experiment, args.out)
+    print(f"heads: {config.seeds} seeds × 2 folds × {len(METHODS)} methods on "
+          f"{sum(len(f[config.pooling]) for f in feats.values())} pairs → {out}", flush=True)
+    result = run_heads(feats, config, log=lambda line: print(line, flush=True))
     summary = summarize(result, config)
     verdict = decide(summary, config, quick=args.quick)
-    path = write_outputs(Path(args.out), result, summary, verdict, config, command=command_line(),
-                         data_note=note)
+    reference = None if args.quick else logistic_reference(feats, config)
+    path = write_outputs(out, result, summary, verdict, config, command=command_line(), data_note=note,
+                         quick=args.quick, reference=reference, data=data)
     print(f"{verdict.markdown()}\nreport: {path}")
     return 0
 

@@ -58,7 +58,9 @@ def read_hh_pairs(path: str | os.PathLike, tokenizer: Any, *, max_length: int, m
     order = np.random.default_rng(seed).permutation(len(records))
     chosen, rejected, prompts = [], [], []
     skipped = {"identical": 0, "no_shared_prompt": 0, "too_long": 0}
+    examined = 0
     for i in order:
+        examined += 1
         c, r = records[i]["chosen"], records[i]["rejected"]
         cut = os.path.commonprefix([c, r]).rfind(HH_ASSISTANT)
         if c == r:
@@ -77,7 +79,23 @@ def read_hh_pairs(path: str | os.PathLike, tokenizer: Any, *, max_length: int, m
         if len(chosen) == max_pairs:
             break
     return {"chosen": chosen, "rejected": rejected, "prompts": prompts, "skipped": skipped,
-            "records_read": int(len(records))}
+            "records_read": int(len(records)), "records_examined": examined}
+
+
+def data_report(config: HHFeatureConfig) -> dict[str, dict[str, Any]]:
+    """Per file: records in the file, records examined (in the seeded order) until ``pairs_per_dataset`` pairs were
+    kept or the file ran out, pairs kept and the skipped counts by reason — the same filter the features use."""
+    from mojax.models import load_gguf_tokenizer
+    from mojax.models.fetch_smollm2 import smollm2_path
+
+    tokenizer = load_gguf_tokenizer(config.model_path or str(smollm2_path()))
+    out = {}
+    for name in config.files:
+        p = read_hh_pairs(Path(config.data_dir) / f"{name}.jsonl.gz", tokenizer, max_length=config.max_length,
+                          max_pairs=config.pairs_per_dataset, seed=config.seed)
+        out[name] = {"records_in_file": p["records_read"], "records_examined": p["records_examined"],
+                     "pairs_kept": len(p["chosen"]), "skipped": p["skipped"]}
+    return out
 
 
 def hh_features(config: HHFeatureConfig, *, chunk: int = 100, cached_only: bool = False,
@@ -117,7 +135,8 @@ def hh_features(config: HHFeatureConfig, *, chunk: int = 100, cached_only: bool 
                     pairs[name] = read_hh_pairs(paths[name], tokenizer, max_length=config.max_length,
                                                 max_pairs=config.pairs_per_dataset, seed=config.seed)
                     p = pairs[name]
-                    log(f"{name}: {len(p['chosen'])} pairs (read {p['records_read']}, skipped {p['skipped']})")
+                    log(f"{name}: {len(p['chosen'])} pairs (examined {p['records_examined']} of "
+                        f"{p['records_read']} records, skipped {p['skipped']})")
                 p = {k: v[lo:hi] for k, v in pairs[name].items() if isinstance(v, list)}
                 if not p["chosen"]:
                     raise ValueError(f"{name}: no pairs left for chunk [{lo}, {hi})")

@@ -3,7 +3,9 @@
 Run::
 
     python -m experiments.more_rm                    # synthetic task, a few minutes on 2 CPU cores
-    python -m experiments.more_rm --quick            # seconds-long smoke preset (CI)
+    python -m experiments.more_rm --quick            # seconds-long smoke preset (CI); verdict "smoke"
+    python -m experiments.more_rm --preset hh-smollm2          # the decisive run: HH-RLHF × frozen SmolLM2-135M
+    python -m experiments.more_rm --preset hh-smollm2 --quick  # its smoke run (random features, no model)
     H=../shared/data/hh-rlhf
     python -m experiments.more_rm --data.data-paths $H/helpful-base-test-part1.jsonl.gz \\
         $H/harmless-base-test-part1.jsonl.gz $H/helpful-online-test.jsonl.gz \\
@@ -17,8 +19,9 @@ Bradley–Terry on its own mixture of the true rewards, by default a shared pref
 head on the last real token's hidden state; backbone = the SFT policy π_0 shared with the other LM experiments,
 i.e. the usual "RM from the SFT model" start) is trained on all of them by:
 
-- **MORE** — every step, per-dataset BT losses ``L_k``, head-only gradients ``g_k`` (EMA 0.99, L2-normalised, as the
-  released code), ``λ = argmin_{λ∈Δ^K} ‖Σ λ_k g_k‖²`` and the loss ``Σ λ_k L_k`` (λ held constant);
+- **MORE** — every step, per-dataset BT losses ``L_k``, head-only gradients ``g_k`` averaged as the released code
+  (``m ← 0.01·m + 0.99·g`` from the head's initial weights; ``--averaging ema`` = mojax's earlier
+  ``m ← 0.99·m + 0.01·g``) and L2-normalised, ``λ = argmin_{λ∈Δ^K} ‖Σ λ_k g_k‖²`` and the loss ``Σ λ_k L_k`` (λ held constant);
 - **hybrid** — the plain BT loss on the same pooled batches (uniform mixing);
 - **sequential** — dataset 0, then 1, …, each for ``steps/K`` steps (same total steps);
 - **ensemble** — one RM per dataset (``steps/K`` steps each, so every dataset gets the same number of epochs as in
@@ -40,7 +43,6 @@ Outputs: ``config.json``, ``metrics.json`` (``{"methods": {name: {"overall": {..
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,7 @@ import numpy as np
 from flax import nnx
 
 from experiments import _lm_common as lm
+from experiments import _more_heads as H
 from experiments._common import (
     Timer,
     cli,
@@ -56,6 +59,7 @@ from experiments._common import (
     plot_curves,
     plot_histograms,
     save_metrics,
+    Verdict,
     write_report,
 )
 from experiments._rm_common import (
@@ -69,6 +73,7 @@ from experiments._rm_common import (
 from mojax.data import synthetic_lm
 from mojax.train import DataConfig, Objective
 from mojax.train.objectives import bradley_terry_objective, more_objective
+from mojax.train.objectives.reward import MORE_AVERAGING
 
 METHOD_LABELS = {"more": "MORE", "hybrid": "hybrid", "sequential": "sequential", "ensemble": "ensemble"}
 
@@ -94,8 +99,15 @@ class Config(lm.ExperimentConfig):
     """Held-out pairs per synthetic dataset."""
     methods: tuple[str, ...] = tuple(METHOD_LABELS)
     """Which of ``METHOD_LABELS`` to run."""
-    ema_decay: float | None = 0.99
-    """MORE's EMA of the head gradients (weight of the old average; None = raw gradients)."""
+    averaging: str = "released"
+    """MORE's running average of the head gradients: ``"released"`` (default; dunzeng/MORE ``trainer.py``:
+    ``m ← (1 − alpha)·m + alpha·g``, weight ``alpha`` = 0.99 on the **new** gradient, ``m`` starting from the head's
+    initial weights), ``"ema"`` (mojax's earlier averaging: ``m ← ema_decay·m + (1 − ema_decay)·g``, weight 0.99 on
+    the **old** average, the first gradient initialising ``m``) or ``"none"`` (raw gradients)."""
+    alpha: float = 0.99
+    """``averaging="released"``: weight of the new gradient (the released code's ``--alpha``)."""
+    ema_decay: float = 0.99
+    """``averaging="ema"`` only: weight of the old average."""
     normalize: bool = True
     """L2-normalise MORE's gradient rows before the QP."""
     ece_bins: tuple[int, ...] = (10, 5, 20)
@@ -106,6 +118,8 @@ class Config(lm.ExperimentConfig):
 
     def __post_init__(self):
         unknown = set(self.methods) - set(METHOD_LABELS)
+        if self.averaging not in MORE_AVERAGING:
+            raise ValueError(f"averaging must be one of {MORE_AVERAGING}, got {self.averaging!r}")
         if unknown or not self.methods:
             raise ValueError(f"unknown or no methods {sorted(unknown)}; choose from {sorted(METHOD_LABELS)}")
         k = len(self.data.data_paths) if self.data.real else len(self.mixtures)
@@ -196,8 +210,8 @@ def train_rm(model: nnx.Module, objective: Objective, data: lm.PairData, config:
 
 
 def with_qp_rows(objective: Objective) -> Objective:
-    """``objective`` (:func:`mojax.train.objectives.more_objective` with an EMA) also reporting its QP input as the
-    metric ``qp_rows [K, P_head]``: the EMA head-gradient rows λ was computed from (before the optional row
+    """``objective`` (:func:`mojax.train.objectives.more_objective` with an averaging) also reporting its QP input as
+    the metric ``qp_rows [K, P_head]``: the averaged head-gradient rows λ was computed from (before the optional row
     normalisation), i.e. ``λ = min_norm_weights(qp_rows, normalize=normalize)`` — logged so tests can re-solve it."""
 
     def fn(model, batch, rng, hparams, extras):
@@ -205,6 +219,15 @@ def with_qp_rows(objective: Objective) -> Objective:
         return loss, {**metrics, "qp_rows": new_extras["ema"]}, new_extras
 
     return dataclasses.replace(objective, fn=fn)
+
+
+def make_more_objective(config: Config, k: int) -> Objective:
+    """MORE's objective for ``k`` datasets with ``config``'s averaging (default the released code's), logging its QP
+    rows (:func:`with_qp_rows`) whenever there is an average."""
+    objective = more_objective(num_datasets=k, averaging=config.averaging, alpha=config.alpha,
+                               ema_decay=config.ema_decay if config.averaging == "ema" else None,
+                               normalize=config.normalize)
+    return objective if config.averaging == "none" else with_qp_rows(objective)
 
 
 def _subset(data: lm.PairData, k: int) -> lm.PairData:
@@ -220,8 +243,7 @@ def run_method(method: str, setup: Setup, config: Config, bt_objective: Any = No
     k = len(setup.names)
     rm = make_reward_model(setup.backbone, seed=config.seed)
     if method == "more":
-        objective = more_objective(num_datasets=k, ema_decay=config.ema_decay, normalize=config.normalize)
-        objective = objective if config.ema_decay is None else with_qp_rows(objective)
+        objective = make_more_objective(config, k)
         model, hist = train_rm(rm, objective, setup.train, config, desc="MORE")
         return {"rewards": pair_rewards(model, setup.held), "seconds": hist.seconds, "history": [hist]}
     bt = bt_objective if bt_objective is not None else bradley_terry_objective()
@@ -285,49 +307,54 @@ def plot_reward_distributions(path: Path, rewards: dict[str, np.ndarray]) -> Pat
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _paired_se(a: np.ndarray, b: np.ndarray) -> float:
-    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
-    return float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else float("nan")
+def is_quick(config: Config) -> bool:
+    """Whether ``config`` is the smoke preset's scale (its verdict is "smoke" whatever the numbers)."""
+    return config.model == lm.QUICK_MODEL or config.train.steps < 50
 
 
-def claim_paragraph(metrics: dict[str, Any], rewards: dict[str, np.ndarray], ece_key: str) -> tuple[str, dict]:
-    """The paper's claim (MORE: equal-or-better overall accuracy and lower ECE than hybrid), judged on our numbers.
-
-    Differences are compared with their paired standard errors over held-out pairs (2 SE = "beyond noise").
-    """
-    methods = metrics["methods"]
-    if "more" not in methods or "hybrid" not in methods:
-        return "MORE and hybrid were not both run, so the claim was not tested.", {}
-    mo, hy = methods["more"]["overall"], methods["hybrid"]["overall"]
-    correct = {m: (r[:, 0] > r[:, 1]).astype(np.float64) for m, r in rewards.items()}
-    se = _paired_se(correct["more"], correct["hybrid"])
-    d_acc = mo["accuracy"] - hy["accuracy"]
-    d_ece = mo[ece_key] - hy[ece_key]
-    acc_ok = d_acc >= -2 * se
-    ece_better = d_ece < 0
-    summary = {"accuracy_diff": d_acc, "accuracy_diff_se": se, "ece_diff": d_ece,
-               "accuracy_equal_or_better": bool(acc_ok), "ece_lower": bool(ece_better)}
-    verdict = ("held" if acc_ok and ece_better else "did not hold")
-    text = (f"The paper claims MORE gives equal-or-better overall accuracy and lower calibration error than hybrid "
-            f"training. Here MORE's held-out overall accuracy is {mo['accuracy']:.4f} vs hybrid {hy['accuracy']:.4f} "
-            f"(difference {d_acc:+.4f}, paired SE {se:.4f}: "
-            f"{'within noise' if abs(d_acc) < 2 * se else ('better' if d_acc > 0 else 'worse')} ), and its "
-            f"{ece_key.replace('_', '-').upper()} is {mo[ece_key]:.4f} vs {hy[ece_key]:.4f} "
-            f"({'lower' if ece_better else 'not lower'}). So the claim {verdict} at this scale.")
+def decide_claim(metrics: dict[str, Any], rewards: dict[str, np.ndarray], setup: Setup,
+                 config: Config) -> tuple[str, dict, Verdict]:
+    """The paper's claim (MORE: equal-or-better accuracy, lower ECE than hybrid) judged by the same stated test as the
+    HH run (:data:`experiments._more_heads.TEST`): a bootstrap over held-out pairs (one training seed here, so the
+    interval covers the evaluation sample, not training noise). ``--quick`` runs are always "smoke"."""
+    hcfg = H.HeadsConfig(seeds=1, ece_bins=config.ece_bins, bootstrap=2000)
+    margins = {m: (r[:, 0] - r[:, 1])[None] for m, r in rewards.items()}
+    summary = H.summarize({"dataset": setup.held.arrays["dataset_id"], "names": setup.names, "margins": margins},
+                          hcfg)
+    verdict = H.decide(summary, hcfg, quick=is_quick(config))
+    if verdict.result == "smoke":
+        return ("Smoke run (tiny model, few steps): it checks that every method runs and draws no conclusion about "
+                "the paper's claim."), {}, verdict
+    if "more" not in summary or "hybrid" not in summary:
+        return "MORE and hybrid were not both run, so the claim was not tested.", {}, verdict
+    row = summary["more"]["overall"]
+    ece_key = f"ece_{config.ece_bins[0]}"
+    fmt = lambda n: f"{row['d_' + n]:+.4f} [{row['d_' + n + '_ci'][0]:+.4f}, {row['d_' + n + '_ci'][1]:+.4f}]"  # noqa
+    text = (f"MORE − hybrid over {row['num_pairs']} held-out pairs: Δaccuracy {fmt('accuracy')}, ΔECE-10 "
+            f"{fmt('ece_10')} (95% bootstrap CI over held-out pairs, one training seed). Result by the stated test: "
+            f"{verdict.result.replace('_', ' ')}.")
+    summary_out = {"accuracy_diff": row["d_accuracy"], "accuracy_diff_ci": row["d_accuracy_ci"],
+                   "ece_10_diff": row["d_ece_10"], "ece_10_diff_ci": row["d_ece_10_ci"],
+                   f"{ece_key}_diff": row[f"d_{ece_key}"]}
+    mo, hy = metrics["methods"]["more"]["overall"], metrics["methods"]["hybrid"]["overall"]
     if "true_prob_mae" in mo:
         text += (f" Against the true preference probabilities, mean |p − q| is {mo['true_prob_mae']:.4f} (MORE) vs "
                  f"{hy['true_prob_mae']:.4f} (hybrid).")
-        summary["true_prob_mae_diff"] = mo["true_prob_mae"] - hy["true_prob_mae"]
+        summary_out["true_prob_mae_diff"] = mo["true_prob_mae"] - hy["true_prob_mae"]
+    if "bayes_accuracy" in metrics:
+        chance = [n for n in setup.names
+                  if max(v["per_dataset"][n]["accuracy"] for v in metrics["methods"].values()) < 0.55]
+        if chance:
+            text += (" Every method is within 0.05 of chance on " + ", ".join(chance) + " (Bayes accuracy "
+                     + ", ".join(f"{metrics['bayes_accuracy'][n]:.3f}" for n in chance)
+                     + "): ECE there measures the over-confidence of a model that learned nothing, not calibration.")
     lam = metrics.get("lambda")
     if lam:
         text += (" MORE's λ averaged " + ", ".join(f"{n} {v:.3f}" for n, v in zip(metrics["datasets"], lam["mean"]))
-                 + " over training: it moves weight between datasets whose head gradients disagree (the min-norm "
-                   "point down-weights the dataset whose gradient dominates the others), which in this setting is "
-                   "the only difference from hybrid — both see the same batches, steps and optimiser.")
-    text += (" Caveats: one seed, a 0.1M-parameter backbone and synthetic datasets whose labelling rewards share "
-             "one component and differ in another (partly conflicting), so no single reward fits every dataset "
-             "exactly; the paper's setting is Pythia-1.4B on five real datasets.")
-    return text, summary
+                 + " over training.")
+    text += (" Caveats: one training seed, a 0.1M-parameter backbone and synthetic datasets; the decisive run is "
+             "`--preset hh-smollm2` (real HH-RLHF data, SmolLM2 features, 10 seeds).")
+    return text, summary_out, verdict
 
 
 def main(config: Config) -> Path:
@@ -372,15 +399,16 @@ def main(config: Config) -> Path:
         plot_reliability(run_dir / "reliability.png", {METHOD_LABELS[m]: r for m, r in rewards.items()},
                          setup.held.true_prob[:, 0], num_bins=config.ece_bins[0])
         plots.append(("reliability.png", "reliability against the true preference probability"))
-    claim, summary = claim_paragraph(metrics, rewards, f"ece_{config.ece_bins[0]}")
+    claim, summary, verdict = decide_claim(metrics, rewards, setup, config)
     metrics["claim"] = {"text": claim, **summary}
+    metrics["verdict"] = dataclasses.asdict(verdict)
     save_metrics(run_dir, metrics)
-    write_more_report(run_dir, config, setup, metrics, plots)
+    write_more_report(run_dir, config, setup, metrics, plots, verdict)
     return run_dir
 
 
 def write_more_report(run_dir: Path, config: Config, setup: Setup, metrics: dict[str, Any],
-                      plots: Sequence[tuple[str, str]]) -> Path:
+                      plots: Sequence[tuple[str, str]], verdict: Verdict | None = None) -> Path:
     """``report.md`` from ``metrics`` (the plots must already be in ``run_dir``)."""
     cols = ["accuracy", *[f"ece_{m}" for m in config.ece_bins]]
     if setup.held.true_prob is not None:
@@ -401,10 +429,36 @@ def write_more_report(run_dir: Path, config: Config, setup: Setup, metrics: dict
             f"{len(setup.held)} held-out pairs; {config.train.steps} steps of batch {config.train.batch_size} "
             f"(sequential/ensemble: {config.train.steps // len(setup.names)} steps per dataset), AdamW lr "
             f"{config.optimizer.learning_rate}. Methods: " + ", ".join(METHOD_LABELS[m] for m in config.methods)
-            + f". MORE: EMA {config.ema_decay}, normalised rows {config.normalize}.")
+            + f". MORE: averaging '{config.averaging}' ("
+            + {"released": f"released code, weight {config.alpha} on the new gradient",
+               "ema": f"mojax's earlier EMA, weight {config.ema_decay} on the old average",
+               "none": "raw gradients"}[config.averaging]
+            + f"), normalised rows {config.normalize}.")
     return write_report(run_dir, title="MORE: multi-dataset reward modelling", what_ran=what,
-                        command=command_line(), tables=tables, plots=plots, claim=metrics["claim"]["text"])
+                        command=command_line(), tables=tables, plots=plots, claim=metrics["claim"]["text"],
+                        verdict=verdict)
+
+
+PRESETS = ("hh-smollm2",)
+
+
+def run_cli(argv: Sequence[str] | None = None) -> Any:
+    """The command line: ``--preset hh-smollm2`` runs the decisive real-data job through
+    :func:`experiments._more_heads.main` (HH-RLHF × frozen SmolLM2-135M features, heads over 10 seeds; its flags
+    follow the preset, ``--quick`` = its smoke run), anything else the synthetic experiment."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--preset" in args:
+        i = args.index("--preset")
+        if i + 1 >= len(args) or args[i + 1] not in PRESETS:
+            print(f"error: --preset takes one of {', '.join(PRESETS)}", file=sys.stderr)
+            raise SystemExit(2)
+        del args[i:i + 2]
+        return H.main(args, experiment="more_rm_hh")
+    return cli(get_config, main, argv=args)
 
 
 if __name__ == "__main__":
-    cli(get_config, main)
+    code = run_cli()
+    raise SystemExit(code if isinstance(code, int) else 0)

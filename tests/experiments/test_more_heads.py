@@ -54,8 +54,48 @@ def test_verdict_follows_the_stated_rule():
     assert H.decide(_summary(calm), cfg, quick=True).result == "smoke"
 
 
+def test_logistic_head_is_the_regularised_logistic_minimiser():
+    """Newton's solution equals an independent scipy L-BFGS minimisation of the same objective."""
+    from scipy.optimize import minimize
+
+    rng = np.random.default_rng(0)
+    diff = rng.normal(size=(40, 6)) + 0.3
+    l2 = 0.5
+    obj = lambda w: np.mean(np.logaddexp(0.0, -diff @ w)) + 0.5 * l2 * w @ w  # noqa: E731
+    ref = minimize(obj, np.zeros(6), method="L-BFGS-B", options={"gtol": 1e-12, "ftol": 1e-15}).x
+    np.testing.assert_allclose(H.logistic_head(diff, l2), ref, atol=1e-5)
+
+
+def test_logistic_reference_learns_a_linear_preference():
+    feats = H.random_features(k=2, n=120, d=4, seed=1)
+    cfg = H.HeadsConfig(reference_l2=0.01)
+    rows = {(r["reference"], r["data"]): r for r in H.reference_rows(H.logistic_reference(feats, cfg), cfg)}
+    assert rows[("per_dataset", "overall")]["accuracy"] > 0.8  # separable by construction
+    assert rows[("pooled", "overall")]["pairs"] == 240 and {"ece_5", "ece_10", "ece_20"} <= set(rows[("pooled", "overall")])
+
+
+def test_read_hh_pairs_counts_what_it_examined(tmp_path):
+    import gzip
+
+    from experiments._more_hh import read_hh_pairs
+
+    recs = [{"chosen": f"\n\nHuman: q{i}\n\nAssistant: good {i}", "rejected": f"\n\nHuman: q{i}\n\nAssistant: bad"}
+            for i in range(6)] + [{"chosen": "same", "rejected": "same"}]
+    path = tmp_path / "x.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        f.write("\n".join(json.dumps(r) for r in recs))
+    tok = lambda text: {"input_ids": list(range(len(text.split())))}  # noqa: E731
+    out = read_hh_pairs(path, tok, max_length=6, max_pairs=10, seed=0)
+    assert out["records_read"] == out["records_examined"] == 7
+    assert out["skipped"]["identical"] == 1 and len(out["chosen"]) + out["skipped"]["too_long"] == 6
+    assert all(p.endswith("\n\nAssistant:") for p in out["prompts"])
+
+
 def test_quick_run_writes_a_smoke_report(tmp_path):
-    assert H.main(["--quick", "--out", str(tmp_path)]) == 0
+    """Through the public entry point ``more_rm --preset hh-smollm2 --quick`` (one code path with _more_heads)."""
+    from experiments import more_rm
+
+    assert more_rm.run_cli(["--preset", "hh-smollm2", "--quick", "--out", str(tmp_path)]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["verdict"]["result"] == "smoke"
     assert set(metrics["methods"]) == set(H.METHODS)

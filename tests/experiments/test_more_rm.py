@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -49,6 +50,28 @@ def test_quick_run_schema_and_artefacts(quick_run):
     for png in ("lambda.png", "reward_distributions.png", "reliability.png"):
         assert (quick_run / png).stat().st_size > 0 and f"]({png})" in report
     assert "Did the paper's claim hold here?" in report
+    # --quick concludes nothing: computed smoke verdict, and no "held" / "did not hold" wording in the report.
+    assert metrics["verdict"]["result"] == "smoke"
+    verdict_section = report.split("Did the paper's claim hold here?")[1]
+    assert "draws no conclusion" in verdict_section
+    assert not re.search(r"\b(held|did not hold|did_not_hold)\b(?!-)", verdict_section)
+
+
+def test_default_averaging_is_the_released_code():
+    """The default follows dunzeng/MORE (weight alpha = 0.99 on the new gradient); the old EMA is an option."""
+    config = more_rm.get_config()
+    assert config.averaging == "released"
+    assert more_rm.make_more_objective(config, 3).hparams == {"alpha": 0.99}
+    old = dataclasses.replace(config, averaging="ema", ema_decay=0.9)
+    assert more_rm.make_more_objective(old, 3).hparams == {"ema_decay": 0.9}
+    with pytest.raises(ValueError, match="averaging"):
+        more_rm.Config(averaging="mean")
+
+
+def test_unknown_preset_exits_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        more_rm.run_cli(["--preset", "hh-llama"])
+    assert e.value.code == 2 and "hh-smollm2" in capsys.readouterr().err
 
 
 def test_logged_lambda_is_the_min_norm_point_of_the_logged_head_gradients(quick_run):
@@ -69,7 +92,7 @@ def test_logged_lambda_is_the_min_norm_point_of_the_logged_head_gradients(quick_
         assert lam[s] @ gram @ lam[s] <= ref.fun + 1e-6, s
         np.testing.assert_allclose(np.asarray(min_norm_weights(rows[s].astype(np.float32), normalize=True)), lam[s],
                                    atol=1e-5)
-    # The EMA moves slowly (decay 0.99), so consecutive QP inputs are close but not equal: λ is recomputed per step.
+    # The average moves every step (released averaging: 0.99 on the new gradient): λ is recomputed per step.
     assert not np.array_equal(rows[0], rows[-1])
 
 
