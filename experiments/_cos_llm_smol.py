@@ -52,7 +52,7 @@ from flax import nnx
 
 from experiments import _lm_common as lm
 from experiments._common import Timer, command_line, plot_pareto_fronts, save_metrics, shared_data_dir, write_report
-from experiments._report import Verdict, markdown_table, save_config
+from experiments._report import Verdict, save_config, save_json
 from mojax.data.readers import TokenizedExample
 from mojax.models import LoRAConfig, add_lora, generate, merge_lora
 from mojax.models.conditioning import ConditionedPolicy, ConditioningConfig, build_conditioned
@@ -82,7 +82,7 @@ _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SmolConfig:
-    """The SmolLM2 preset (defaults sized for about an hour on an idle 2-core CPU)."""
+    """The SmolLM2 preset (defaults sized for the shared, heavily loaded 2-core CPU: short, few steps)."""
 
     model_path: str | None = None
     """A ``.gguf`` file or an HF checkpoint directory (default: the cached SmolLM2-135M-Instruct, ``make smollm2``)."""
@@ -94,17 +94,17 @@ class SmolConfig:
     """System message of the chat template (short: the template's default costs 20 tokens)."""
     max_prompt_tokens: int = 32
     """Prompts longer than this in the chat template are skipped."""
-    max_new_tokens: int = 32
+    max_new_tokens: int = 16
     """Response length cap (training samples and evaluation)."""
-    num_train_prompts: int = 160
+    num_train_prompts: int = 64
     """Training prompts (``samples_per_prompt`` samples each)."""
     samples_per_prompt: int = 2
     """Samples of π_0 per training prompt; consecutive samples form the pairs (an even number)."""
-    num_eval_prompts: int = 64
+    num_eval_prompts: int = 32
     """Held-out prompts sampled per method and weight."""
     sample_batch: int = 32
     """Rows per generate call (one compiled shape)."""
-    info_norm: float = 24.0
+    info_norm: float = 12.0
     """Distinct content words that give informativeness 1."""
     bt_scale: float = 0.5
     """Bradley–Terry temperature in units of each reward's standard deviation over the samples."""
@@ -120,17 +120,17 @@ class SmolConfig:
     """W-COS-DPO runs (kinds of :class:`ConditioningConfig`)."""
     ls_weights: tuple[tuple[float, float], ...] = ((1.0, 0.0), (0.0, 1.0), (0.5, 0.5))
     """DPO-LS's weights (one run each)."""
-    num_weights: int = 11
+    num_weights: int = 5
     """Sweep points of the conditioned models (0: only DPO-LS's weights)."""
     batch_size: int = 4
     """Pairs per step."""
-    ls_steps: int = 36
+    ls_steps: int = 10
     """Steps of one DPO-LS run."""
-    cos_steps: int = 108
+    cos_steps: int = 30
     """Steps of one W-COS-DPO run."""
-    learning_rate: float = 2e-3
+    learning_rate: float = 3e-3
     """AdamW learning rate (every run)."""
-    warmup_steps: int = 5
+    warmup_steps: int = 2
     """Linear warmup."""
     beta: float = 0.1
     """DPO temperature."""
@@ -417,30 +417,63 @@ def smol_main(config: SmolConfig) -> Path:
                                                            skip_special_tokens=True),
                  "rewards": rewards[i * per].round(3).tolist()} for i, (q, _) in enumerate(train_q[:4])]
 
-    # Training.
+    # Training, each method evaluated right after it trains (progress.json holds what is done so far).
     opt = lm.OptimizerConfig(learning_rate=config.learning_rate, warmup_steps=config.warmup_steps)
     run = dict(progress=config.progress)
     ls_w = np.asarray(config.ls_weights, np.float32)
     base_size = num_params(pi0)
-    results: dict[str, dict[str, Any]] = {}
+    eval_prompts = [p for _, p in eval_q]
+    rows = config.sample_batch
+    eval_seconds = 0.0
+
+    def point(model, w) -> np.ndarray:
+        resp = sample_responses(plain_at(model, w, rows), eval_prompts, seed=config.seed + 7, **sample)
+        return score(tokenizer, resp, eos, config.info_norm).mean(0)
+
+    metrics: dict[str, Any] = {
+        "model": source, "objectives": list(OBJECTIVES), "reference_point": list(config.reference_point),
+        "reward_correlation": corr, "reward_spearman": spearman, "label_agreement": label_agreement,
+        "sample_reward_mean": rewards.mean(0), "sample_reward_std": rewards.std(0),
+        "sample_length_mean": float(lengths.mean()),
+        "sample_eos_fraction": float(np.mean([eos in r for r in responses])),
+        "num_train_pairs": len(train), "num_eval_prompts": len(eval_q), "row_width": row_width,
+        "base_params": base_size, "methods": {}, "timings": timings, "examples": examples,
+    }
+    with Timer() as t:
+        metrics["base_point"] = point(pi0, ls_w[0])
+    eval_seconds += t.seconds
+    save_json(run_dir / "progress.json", metrics)
+
+    def record(name: str, front: np.ndarray, weights: np.ndarray, res: dict[str, Any]) -> None:
+        at_ls = np.stack([front[_row(weights, w)] for w in ls_w])
+        metrics["methods"][name] = {
+            **res, "front": front, "weights": weights, "front_at_ls_weights": at_ls,
+            "hypervolume_at_ls_weights": lm.front_hypervolume(at_ls, config.reference_point)[1],
+            "hypervolume": lm.front_hypervolume(front, config.reference_point)[1]}
+        save_json(run_dir / "progress.json", metrics)
+
     objective = scalarized_dpo_objective(beta=config.beta, weights=(0.5, 0.5), ref_mode="cached")
     start = add_lora(lm.copy_model(pi0), config.lora, rngs=nnx.Rngs(config.seed))
     lora_size = num_params(start, nnx.LoRAParam)
-    ls_models, ls_seconds, ls_step = [], [], []
+    ls_front, ls_seconds, ls_step = [], [], []
     for w in ls_w:
         tc = lm.TrainConfig(steps=config.ls_steps, batch_size=config.batch_size, seed=config.seed)
         model, hist = lm.train(start, objective, train, tc, opt, hparams={"weights": w}, wrt=nnx.LoRAParam,
                                desc=f"DPO-LS w={w[0]:.1f}", **run)
-        ls_models.append(model)
         ls_seconds.append(hist.seconds)
         ls_step.append(step_seconds(hist))
-        print(f"DPO-LS w={w.tolist()}: {hist.seconds:.0f} s, loss {hist.final('loss', 5):.4f}", flush=True)
-    results["dpo_ls"] = {"models": ls_models, "weights": ls_w, "train_seconds": float(sum(ls_seconds)),
-                         "run_seconds": ls_seconds, "seconds_per_step": float(np.median(ls_step)),
-                         "steps": config.ls_steps * len(ls_w), "runs": len(ls_w), "trainable_params": lora_size,
-                         "total_trainable_params": lora_size * len(ls_w)}
+        with Timer() as t:
+            ls_front.append(point(model, w))
+        eval_seconds += t.seconds
+        print(f"DPO-LS w={w.tolist()}: {hist.seconds:.0f} s ({ls_step[-1]:.1f} s/step), loss "
+              f"{hist.final('loss', 5):.4f}, point {np.round(ls_front[-1], 4).tolist()}", flush=True)
+    record("dpo_ls", np.stack(ls_front), ls_w, {
+        "train_seconds": float(sum(ls_seconds)), "run_seconds": ls_seconds,
+        "seconds_per_step": float(np.median(ls_step)), "steps": config.ls_steps * len(ls_w), "runs": len(ls_w),
+        "trainable_params": lora_size, "total_trainable_params": lora_size * len(ls_w)})
     sweep = (np.stack([np.linspace(1.0, 0.0, config.num_weights), np.linspace(0.0, 1.0, config.num_weights)], 1)
              .astype(np.float32) if config.num_weights else ls_w)
+    cond_weights = np.unique(np.concatenate([sweep, ls_w]), axis=0)[::-1]
     for kind in config.conditionings:
         policy = build_conditioned(lm.copy_model(pi0), conditioning_config(kind, config), rngs=config.seed + 1)
         cos = cos_dpo_objective(sampling=COSDPOSampling(num_objectives=2, concentration=config.concentration,
@@ -449,47 +482,16 @@ def smol_main(config: SmolConfig) -> Path:
         tc = lm.TrainConfig(steps=config.cos_steps, batch_size=config.batch_size, seed=config.seed)
         trained, hist = lm.train(policy, cos, train, tc, opt, wrt=ConditionedPolicy.trainable, desc=kind, **run)
         size = num_params(trained, ConditionedPolicy.trainable)
-        results[kind] = {"models": [trained], "weights": sweep, "train_seconds": hist.seconds,
-                         "seconds_per_step": step_seconds(hist), "steps": config.cos_steps, "runs": 1,
-                         "trainable_params": size, "total_trainable_params": size,
-                         "final_loss": hist.final("loss", 5)}
-        print(f"{kind}: {hist.seconds:.0f} s, loss {hist.final('loss', 5):.4f}", flush=True)
-
-    # Evaluation: one sample per held-out prompt at each weight, the same random numbers everywhere.
-    eval_prompts = [p for _, p in eval_q]
-    rows = config.sample_batch
-
-    def point(model, w) -> np.ndarray:
-        resp = sample_responses(plain_at(model, w, rows), eval_prompts, seed=config.seed + 7, **sample)
-        return score(tokenizer, resp, eos, config.info_norm).mean(0)
-
-    with Timer() as t:
-        base_point = point(pi0, ls_w[0])
-        metrics_methods: dict[str, Any] = {}
-        ls_front = np.stack([point(m, w) for m, w in zip(ls_models, ls_w)])
-        for name, res in results.items():
-            if name == "dpo_ls":
-                front, weights = ls_front, ls_w
-            else:
-                weights = np.unique(np.concatenate([sweep, ls_w]), axis=0)[::-1]
-                front = np.stack([point(res["models"][0], w) for w in weights])
-            entry = {k: v for k, v in res.items() if k != "models"}
-            entry.update(front=front, weights=weights)
-            at_ls = np.stack([front[_row(weights, w)] for w in ls_w])
-            entry["front_at_ls_weights"] = at_ls
-            entry["hypervolume_at_ls_weights"] = lm.front_hypervolume(at_ls, config.reference_point)[1]
-            entry["hypervolume"] = lm.front_hypervolume(front, config.reference_point)[1]
-            metrics_methods[name] = entry
-    timings["evaluation"] = t.seconds
-    metrics: dict[str, Any] = {
-        "model": source, "objectives": list(OBJECTIVES), "reference_point": list(config.reference_point),
-        "reward_correlation": corr, "reward_spearman": spearman, "label_agreement": label_agreement,
-        "sample_reward_mean": rewards.mean(0), "sample_reward_std": rewards.std(0),
-        "sample_length_mean": float(lengths.mean()), "sample_eos_fraction": float(np.mean([eos in r for r in responses])),
-        "num_train_pairs": len(train), "num_eval_prompts": len(eval_q), "row_width": row_width,
-        "base_point": base_point, "base_params": base_size, "methods": metrics_methods, "timings": timings,
-        "examples": examples,
-    }
+        print(f"{kind}: {hist.seconds:.0f} s ({step_seconds(hist):.1f} s/step), loss {hist.final('loss', 5):.4f}",
+              flush=True)
+        with Timer() as t:
+            front = np.stack([point(trained, w) for w in cond_weights])
+        eval_seconds += t.seconds
+        print(f"{kind}: front {np.round(front, 4).tolist()}", flush=True)
+        record(kind, front, cond_weights, {
+            "train_seconds": hist.seconds, "seconds_per_step": step_seconds(hist), "steps": config.cos_steps,
+            "runs": 1, "trainable_params": size, "total_trainable_params": size, "final_loss": hist.final("loss", 5)})
+    timings["evaluation"] = eval_seconds
     metrics["targets"] = {k: target_evidence(metrics, k) for k in config.conditionings}
     metrics["verdicts"] = {k: dataclasses.asdict(verdict(metrics, k, smoke=config.smoke)) for k in config.conditionings}
     save_metrics(run_dir, metrics)

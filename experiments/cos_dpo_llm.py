@@ -5,6 +5,7 @@ Run::
     python -m experiments.cos_dpo_llm                 # synthetic task, a few minutes on 2 CPU cores
     python -m experiments.cos_dpo_llm --quick         # seconds-long smoke preset (CI)
     python -m experiments.cos_dpo_llm --preset smollm2   # SmolLM2-135M-Instruct on HH-RLHF prompts (~1 h, 2 CPU cores)
+    python -m experiments.cos_dpo_llm --compare-conditionings --num-seeds 2   # every conditioning vs DPO-LS + verdict
     python -m experiments.cos_dpo_llm --methods w_cos_dpo dpo_ls dpo_soup mo_dpo   # also MO-DPO
     python -m experiments.cos_dpo_llm --data.data-paths \\
         ../shared/data/pku-saferlhf-sample/alpaca7b-test-first15.jsonl --data.tokenizer-path ../shared/data/gpt2-bpe
@@ -23,9 +24,10 @@ a short all-A on-topic response maximises both, so their front is a single point
 
 From the same π_0 (the cached SFT policy shared with the other LM experiments), LoRA adapters everywhere:
 
-- **W-COS-DPO** — one :class:`~mojax.models.ConditionedLM` (Hyper Prompt Tuning prefix on top of LoRA); each step
-  draws ``w ~ Dir(α·1)`` and minimises ``Σ_k w_k ℓ_k`` (ℓ_k = DPO on objective k's labels) with the model
-  conditioned on w;
+- **W-COS-DPO** — one :class:`~mojax.models.conditioning.ConditionedPolicy` (``--conditioning.kind``: the paper's
+  ``hpt``, ``deep_hpt``, ``mixed_lora`` (default, the best of the tiny comparison) or ``hyper_lora``,
+  docs/methods/cos-dpo-conditioning.md); each step draws ``w ~ Dir(α·1)`` and minimises ``Σ_k w_k ℓ_k`` (ℓ_k = DPO
+  on objective k's labels) with the model conditioned on w;
 - **DPO-LS** — one LoRA run per weight of the sweep, loss ``Σ_k w_k ℓ_k`` with w fixed;
 - **DPO Soup** — the two single-objective runs (= the DPO-LS endpoints) merged into full weights and interpolated,
   ``W_0 + w_a Δ_a + w_b Δ_b`` (rewarded soups on the LoRA deltas);
@@ -71,15 +73,16 @@ from experiments._common import (
 from mojax.data import synthetic_lm
 from mojax.data.readers import ReaderConfig
 from mojax.data.synthetic_lm import SyntheticLMConfig
-from mojax.models import ConditionedLM, HPTConfig, HyperPromptTuning, LoRAConfig, add_lora, merge_lora
+from mojax.models import LoRAConfig, add_lora, merge_lora
+from mojax.models.conditioning import CONDITIONINGS, ConditionedPolicy, ConditioningConfig, build_conditioned
 from mojax.models.ranker import num_params
 from mojax.train import DataConfig
 from mojax.train.objectives import COSDPOSampling, cos_dpo_objective, modpo_objective
 from mojax.train import scalarized_dpo_objective
 
-METHOD_LABELS = {"w_cos_dpo": "W-COS-DPO (HPT + LoRA)", "dpo_ls": "DPO-LS", "dpo_soup": "DPO Soup",
-                 "mo_dpo": "MO-DPO"}
+METHOD_LABELS = {"w_cos_dpo": "W-COS-DPO", "dpo_ls": "DPO-LS", "dpo_soup": "DPO Soup", "mo_dpo": "MO-DPO"}
 ALL_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA = LoRAConfig(rank=4, alpha=8.0, targets=ALL_LORA_TARGETS)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -94,10 +97,21 @@ class Config(lm.ExperimentConfig):
     """AdamW of every run."""
     cos_steps: int = 450
     """Optimizer steps of the one W-COS-DPO run (its other settings from ``train``)."""
-    lora: LoRAConfig = LoRAConfig(rank=4, alpha=8.0, targets=ALL_LORA_TARGETS)
-    """The adapters (all projections by default: the tiny decoder has few)."""
-    hpt: HPTConfig = HPTConfig(num_objectives=2, num_prefix_tokens=4, rank=4, hidden_dim=32)
-    """Hyper Prompt Tuning of W-COS-DPO (``num_objectives`` must be 2)."""
+    lora: LoRAConfig = LORA
+    """The adapters of DPO-LS / Soup / MO-DPO (all projections by default: the tiny decoder has few)."""
+    conditioning: ConditioningConfig = ConditioningConfig(kind="mixed_lora", num_prefix_tokens=4, rank=4,
+                                                          hidden_dim=32, lora=LORA)
+    """How W-COS-DPO's one model reads w (``--conditioning.kind hpt|deep_hpt|mixed_lora|hyper_lora``; its ``lora``:
+    per-objective adapters for mixed LoRA, the one set of hyper-LoRA, the plain LoRA under a prefix kind)."""
+    compare_conditionings: bool = False
+    """Instead of the methods: every conditioning of ``conditionings`` against DPO-LS at all sweep weights
+    (:mod:`experiments._cos_llm_compare`), with a computed verdict on issue 11's targets."""
+    conditionings: tuple[str, ...] = ("hpt", "deep_hpt", "mixed_lora", "hyper_lora")
+    """The comparison's conditionings (``hpt`` = the paper's HPT on LoRA; also ``hpt_alone``)."""
+    num_seeds: int = 1
+    """Replicates of the comparison (seeds ``seed + 1000·i``)."""
+    smoke: bool = False
+    """A smoke run (set by ``--quick``): the comparison's verdict is "smoke"."""
     concentration: float = 1.0
     """W-COS-DPO's ``w ~ Dir(α·1)``."""
     per_example: bool = True
@@ -131,8 +145,16 @@ class Config(lm.ExperimentConfig):
             raise ValueError(f"objectives must be two distinct label rows, got {self.objectives}")
         if not self.data.real and not all(0 <= k < self.task.num_objectives for k in self.objectives):
             raise ValueError(f"objectives {self.objectives} out of range for {self.task.num_objectives} objectives")
-        if self.hpt.num_objectives != 2:
-            raise ValueError(f"hpt.num_objectives must be 2, got {self.hpt.num_objectives}")
+        if self.conditioning.num_objectives != 2:
+            raise ValueError(f"conditioning.num_objectives must be 2, got {self.conditioning.num_objectives}")
+        from experiments._cos_llm_compare import KINDS
+
+        if self.compare_conditionings and (not self.conditionings or set(self.conditionings) - set(KINDS)):
+            raise ValueError(f"conditionings must be a non-empty subset of {sorted(KINDS)}, got {self.conditionings}")
+        if self.num_seeds < 1:
+            raise ValueError(f"num_seeds must be >= 1, got {self.num_seeds}")
+        if self.compare_conditionings and self.data.real:
+            raise ValueError("--compare-conditionings runs on the synthetic task (true rewards), not on --data files")
         if self.num_weights < 2:
             raise ValueError(f"num_weights must be >= 2, got {self.num_weights}")
         if self.beta <= 0 or self.concentration <= 0 or self.cos_steps < 1 or self.penalty < 0:
@@ -145,8 +167,10 @@ def get_config(quick: bool = False) -> Config:
     if not quick:
         return Config()
     return Config(model=lm.QUICK_MODEL, sft=lm.QUICK_SFT, train=lm.TrainConfig(steps=4, batch_size=16),
-                  optimizer=lm.OptimizerConfig(learning_rate=3e-3), cos_steps=6, hpt=HPTConfig.tiny(2),
-                  num_train_pairs=48, num_eval_prompts=16, progress=False)
+                  optimizer=lm.OptimizerConfig(learning_rate=3e-3), cos_steps=6, num_train_pairs=48,
+                  conditioning=ConditioningConfig(kind="mixed_lora", num_prefix_tokens=2, rank=2, hidden_dim=8,
+                                                  lora=LORA),
+                  num_eval_prompts=16, num_weights=11, progress=False, smoke=True)
 
 
 def sweep_weights(num: int) -> np.ndarray:
@@ -198,11 +222,15 @@ def lora_policy(pi0: nnx.Module, lora: LoRAConfig, *, seed: int) -> nnx.Module:
     return add_lora(lm.copy_model(pi0), lora, rngs=nnx.Rngs(seed))
 
 
-def conditioned_policy(pi0: nnx.Module, config: Config) -> ConditionedLM:
-    """W-COS-DPO's model: HPT prefix on a LoRA copy of π_0."""
-    backbone = lora_policy(pi0, config.lora, seed=config.seed)
-    hpt = HyperPromptTuning(config.hpt, d_model=backbone.config.d_model, rngs=nnx.Rngs(config.seed + 1))
-    return ConditionedLM(backbone, hpt)
+def conditioned_policy(pi0: nnx.Module, config: Config) -> ConditionedPolicy:
+    """W-COS-DPO's model: a copy of π_0 conditioned on w by ``config.conditioning`` (equal to π_0 at init)."""
+    return build_conditioned(lm.copy_model(pi0), config.conditioning, rngs=config.seed + 1)
+
+
+def at_weight(model: nnx.Module, weights) -> nnx.Module:
+    """A plain LM at ``weights``: a conditioned policy merged (adapter kinds) or pinned (prefix kinds), else
+    ``model``."""
+    return model.at(weights) if isinstance(model, ConditionedPolicy) else model
 
 
 def soup(model_a: nnx.Module, model_b: nnx.Module, weight_a: float) -> nnx.Module:
@@ -220,13 +248,15 @@ def soup(model_a: nnx.Module, model_b: nnx.Module, weight_a: float) -> nnx.Modul
 def sample_and_score(model: nnx.Module, prompts: Sequence[np.ndarray], task: SyntheticLMConfig, *, weights, seed: int,
                      temperature: float) -> np.ndarray:
     """Mean true rewards ``[K_task]`` of one sampled response per prompt from ``model`` (at ``weights`` if it is a
-    :class:`ConditionedLM`); the same random numbers for every method and weight (a paired comparison)."""
+    :class:`ConditionedPolicy`); the same random numbers for every method and weight (a paired comparison)."""
+    if isinstance(model, ConditionedPolicy):
+        model, weights = model.at(weights), None
     return lm.sample_and_score(model, prompts, task, seed=seed, temperature=temperature, weights=weights)[1].mean(0)
 
 
 def implicit_accuracy(model: nnx.Module, data: lm.PairData, *, weights) -> np.ndarray:
     """Per-objective held-out accuracy ``[K]`` of the implicit reward ``Δ[logπ − logπ_0]`` (real data's point)."""
-    logps = lm.pair_logps(lm.at_weight(model, weights), data)
+    logps = lm.pair_logps(at_weight(model, weights), data)
     ref = data.arrays["ref_logps"][:, 0]
     margin = (logps[:, 0] - ref[:, 0]) - (logps[:, 1] - ref[:, 1])  # response 0 over 1
     first_wins = data.arrays["labels"][:, :, 0] > data.arrays["labels"][:, :, 1]  # [E, K]
@@ -252,8 +282,8 @@ def train_methods(config: Config, pi0: nnx.Module, train: lm.PairData, weights: 
                                                               per_example=config.per_example),
                                       beta=config.beta, penalty=config.penalty, label_norm="l1", ref_mode="cached")
         trained, hist = lm.train(model, objective, train, dataclasses.replace(config.train, steps=config.cos_steps),
-                                 wrt=ConditionedLM.trainable, desc="W-COS-DPO", **run)
-        trainable = num_params(trained, ConditionedLM.trainable)
+                                 wrt=ConditionedPolicy.trainable, desc="W-COS-DPO", **run)
+        trainable = num_params(trained, ConditionedPolicy.trainable)
         out["w_cos_dpo"] = {"models": [trained] * len(weights), "seconds": hist.seconds, "num_params": trainable,
                             "total_params": base_size + trainable, "runs": 1, "steps": config.cos_steps}
     ls_models: dict[int, tuple[nnx.Module, float]] = {}
@@ -335,7 +365,7 @@ def claim_paragraph(metrics: dict[str, Any]) -> str:
                  f"{rel[2]:.2f}× its training time.")
     spread = np.ptp(np.asarray(cos["front"]), axis=0)
     text += (f" The conditioned model's 11 points span {spread[0]:.3f} and {spread[1]:.3f} in the two objectives "
-             "(one model, only the prefix's w changes). Caveats: one seed; a 0.1M-parameter decoder; every point is "
+             "(one model, only its input w changes). Caveats: one seed; a 0.1M-parameter decoder; every point is "
              "the mean true reward of sampled responses (about ±0.01 sampling noise per coordinate at the default "
              "512 prompts); the objectives' unregularised front is linear (see the protocol), so the fronts here "
              "are shaped by the β-KL regularisation; the paper's setting is Alpaca-7B/Llama-2 on PKU-SafeRLHF.")
@@ -345,6 +375,10 @@ def claim_paragraph(metrics: dict[str, Any]) -> str:
 def main(config: Config) -> Path:
     """Train every method, sweep the weights, write metrics, the fronts plot and the report; return the run dir."""
     run_dir = config.start("cos_dpo_llm")
+    if config.compare_conditionings:
+        from experiments._cos_llm_compare import run_comparison
+
+        return run_comparison(config, run_dir)
     synthetic = not config.data.real
     if synthetic:
         pi0, sft_info = lm.sft_policy(config.task, config.model, config.sft, model_path=config.data.model_path,
@@ -383,7 +417,7 @@ def main(config: Config) -> Path:
     if "w_cos_dpo" in trained:
         # Does the conditioned model's output depend on w? Held-out log-probs at the two ends of the sweep.
         model = trained["w_cos_dpo"]["models"][0]
-        lp = [lm.pair_logps(lm.at_weight(model, w), held) for w in (weights[-1], weights[0])]
+        lp = [lm.pair_logps(at_weight(model, w), held) for w in (weights[-1], weights[0])]
         metrics["methods"]["w_cos_dpo"]["logp_change_across_w"] = float(np.mean(np.abs(lp[0] - lp[1])))
     metrics["wall_seconds_training"] = total.seconds
     metrics["claim"] = claim_paragraph(metrics)
@@ -396,15 +430,16 @@ def write_outputs(run_dir: Path, config: Config, metrics: dict[str, Any], *, num
     """``fronts.png`` and ``report.md`` from ``metrics``."""
     names, weights, base_point = metrics["objectives"], metrics["weights"], metrics["base_point"]
     synthetic = not config.data.real
-    fronts = {METHOD_LABELS[n]: v["front"] for n, v in metrics["methods"].items()}
+    labels = {**METHOD_LABELS, "w_cos_dpo": f"W-COS-DPO ({config.conditioning.kind})"}
+    fronts = {labels[n]: v["front"] for n, v in metrics["methods"].items()}
     fronts["π_0 (SFT)"] = np.asarray(base_point)[None]
     plot_pareto_fronts(run_dir / "fronts.png", fronts, objective_names=names, reference=None,
                        title=f"{config.num_weights}-point weight sweep", annotate={
-                           METHOD_LABELS[n]: [f"{w:.1f}" for w in weights[:, 0]] for n in metrics["methods"]})
-    rows = [{"method": METHOD_LABELS[n], "hypervolume": v["hypervolume"], "train seconds": v["train_seconds"],
+                           labels[n]: [f"{w:.1f}" for w in weights[:, 0]] for n in metrics["methods"]})
+    rows = [{"method": labels[n], "hypervolume": v["hypervolume"], "train seconds": v["train_seconds"],
              "runs": v["runs"], "steps": v["steps"], "trainable params": v["num_params"],
              "total params": v["total_params"]} for n, v in metrics["methods"].items()]
-    sweep = [{"w_" + names[0]: float(w[0]), **{f"{METHOD_LABELS[n]} ({names[0]}, {names[1]})":
+    sweep = [{"w_" + names[0]: float(w[0]), **{f"{labels[n]} ({names[0]}, {names[1]})":
                                                f"({v['front'][i][0]:.3f}, {v['front'][i][1]:.3f})"
                                                for n, v in metrics["methods"].items()}}
              for i, w in enumerate(weights)]
@@ -412,8 +447,9 @@ def write_outputs(run_dir: Path, config: Config, metrics: dict[str, Any], *, num
             f"training pairs, {num_held} held-out {'prompts' if synthetic else 'pairs'}. From π_0 (SFT), LoRA rank "
             f"{config.lora.rank} on {', '.join(config.lora.targets)}, β = {config.beta}, AdamW lr "
             f"{config.optimizer.learning_rate}, batch {config.train.batch_size}. W-COS-DPO: one run of "
-            f"{config.cos_steps} steps, HPT with {config.hpt.num_prefix_tokens} prefix tokens "
-            f"(rank {config.hpt.rank}), "
+            f"{config.cos_steps} steps, conditioning {config.conditioning.kind} (LoRA rank "
+            f"{config.conditioning.lora.rank if config.conditioning.lora else 0}, prefix tokens "
+            f"{config.conditioning.num_prefix_tokens}), "
             f"w ~ Dir({config.concentration}·1) {'per example' if config.per_example else 'per step'}, cosine penalty "
             f"μ = {config.penalty}. DPO-LS: one run of {config.train.steps} steps per weight. DPO Soup: the two "
             f"single-objective runs interpolated. Points: {metrics['point_definition']} at w_{names[0]} = "

@@ -16,6 +16,7 @@ from flax import nnx
 
 from experiments import _lm_common as lm
 from experiments import cos_dpo_llm as cd
+from mojax.models.conditioning import ConditioningConfig
 from mojax.train import DataConfig
 from mojax.train.objectives.preference import scalarized_dpo_objective
 from mojax.data import synthetic_lm
@@ -150,12 +151,13 @@ def test_chosen_first_orders_by_the_objective():
 
 def test_fixed_weight_view_equals_the_conditioned_call():
     task, pi0, data = _tiny_setup()
-    model = cd.conditioned_policy(pi0, cd.Config(hpt=cd.HPTConfig.tiny(2)))
+    model = cd.conditioned_policy(pi0, cd.Config(conditioning=ConditioningConfig(
+        kind="hpt", num_prefix_tokens=2, rank=2, hidden_dim=8, lora=cd.LORA)))
     batch = data.batch(np.arange(4))
     w = np.array([0.2, 0.8], np.float32)
     ids = jnp.asarray(batch["input_ids"][:, 0])
     mask = jnp.asarray(batch["attention_mask"][:, 0])
-    g_view, s_view = nnx.split(lm.at_weight(model, w))
+    g_view, s_view = nnx.split(cd.at_weight(model, w))
     g_model, s_model = nnx.split(model)
     via_view = jax.jit(lambda st: nnx.merge(g_view, st)(ids, attention_mask=mask))(s_view)
     direct = jax.jit(lambda st: nnx.merge(g_model, st)(ids, weights=jnp.tile(w, (4, 1)), attention_mask=mask))(s_model)
@@ -260,3 +262,50 @@ def test_preset_flag_rejects_unknown(capsys):
     with pytest.raises(SystemExit) as e:
         cd.run_cli(["--preset", "gpt5"])
     assert e.value.code == 2 and "--preset" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# --compare-conditionings (experiments/_cos_llm_compare.py)
+# ----------------------------------------------------------------------------------------------------------------
+
+from experiments import _cos_llm_compare as cmp  # noqa: E402
+
+
+def _seed(frac, hv, tr):
+    return {"methods": {"a": {"spread_fraction_of_dpo_ls": frac, "hv_ratio": hv, "time_ratio": tr},
+                        "b": {"spread_fraction_of_dpo_ls": [0.1, 0.1], "hv_ratio": 0.5, "time_ratio": 0.1}}}
+
+
+def test_decide_rules():
+    ok, low = _seed([0.9, 0.8], 1.0, 0.2), _seed([0.9, 0.6], 1.0, 0.2)
+    summ, best, v = cmp.decide([ok, ok], ["a", "b"])
+    assert best == "a" and v.result == "held" and v.seeds == 2
+    # one seed misses the range threshold, the mean (0.7) meets it: inconclusive
+    assert cmp.decide([ok, _seed([0.9, 0.6], 1.0, 0.2)], ["a", "b"])[2].result == "inconclusive"
+    assert cmp.decide([low, low], ["a", "b"])[2].result == "did_not_hold"
+    assert cmp.decide([_seed([0.9, 0.9], 1.0, 0.4)], ["a", "b"])[2].result == "did_not_hold"  # too slow
+    assert cmp.decide([ok], ["a", "b"], smoke=True)[2].result == "smoke"
+    np.testing.assert_allclose(summ["a"]["mean"]["spread_fraction_of_dpo_ls"], [0.9, 0.8])
+
+
+def test_compare_conditionings_quick(tmp_path):
+    cfg = dataclasses.replace(cd.get_config(quick=True), compare_conditionings=True, conditionings=("hpt", "mixed_lora"),
+                              num_weights=3, num_seeds=2, out=str(tmp_path / "cmp"))
+    run_dir = cd.main(cfg)
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["verdict"]["result"] == "smoke" and m["verdict"]["seeds"] == 2 and len(m["seeds"]) == 2
+    assert m["best"] in ("hpt", "mixed_lora")
+    ref = np.asarray(m["reference_point"])
+    for s in m["seeds"]:
+        ls = s["dpo_ls"]
+        assert len(ls["run_seconds"]) == 3 and ls["seconds"] == pytest.approx(sum(ls["run_seconds"]))
+        for name in ("hpt", "mixed_lora"):
+            r = s["methods"][name]
+            front = np.asarray(r["front"])
+            assert front.shape == (3, 2) and np.isfinite(front).all()
+            assert r["hypervolume"] == pytest.approx(_hv_2d(front, ref), rel=1e-9, abs=1e-12)
+            assert r["hv_ratio"] == pytest.approx(r["hypervolume"] / ls["hypervolume"])
+            assert r["time_ratio"] == pytest.approx(r["seconds"] / ls["seconds"])
+            np.testing.assert_allclose(r["spread_fraction_of_dpo_ls"],
+                                       np.ptp(front, 0) / np.maximum(np.ptp(np.asarray(ls["front"]), 0), 1e-12))
+    assert "Verdict: smoke" in (run_dir / "report.md").read_text()
