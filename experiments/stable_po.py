@@ -34,8 +34,9 @@ so a λ sweep compiles once. Measured on the held-out problems every ``eval_ever
 log-probs and greedy exact match (the final answer after ``>``).
 
 Outputs: ``config.json``; ``metrics.json`` (``{"verdict": {...}, "methods": {key: {"label", "exact_match",
-"exact_match_seeds", "chosen_logp_delta", "rejected_logp_delta", "vs_dpo": {...}, "trajectory": {...}}}, "sft":
-{...}, "claim": {...}}``); ``logp_trajectories.png``; ``exact_match.png``; ``report.md``.
+"exact_match_seeds", "chosen_logp_delta", "rejected_logp_delta", "vs_dpo": {...}, "vs_sft": {...}, "trajectory":
+{...}}}, "sft": {...}, "claim": {...}}``); ``per_problem.npz`` (``<method>/correct|chosen|rejected`` ``[S, P]``);
+``logp_trajectories.png``; ``exact_match.png``; ``report.md``.
 """
 
 from __future__ import annotations
@@ -55,8 +56,13 @@ from mojax.models import Decoder, DecoderConfig
 from mojax.train.objectives import (bilevel_stable_po_objective, dpo_objective, sft_objective, stable_po_objective,
                                     value_gap_stable_po_objective)
 
-CLAIM = ("From an SFT model of moderate accuracy, Stable PO (penalty form, λ/β = 1) keeps the held-out chosen "
-         "log-prob from falling and gives higher held-out greedy exact-match accuracy than DPO.")
+def claim_text(ratio: float = 1.0) -> str:
+    """The tested claim at the primary λ/β."""
+    return (f"From an SFT model of moderate accuracy, Stable PO (penalty form, λ/β = {ratio:g}) keeps the held-out "
+            "chosen log-prob from falling and gives higher held-out greedy exact-match accuracy than DPO.")
+
+
+CLAIM = claim_text()
 TEST = ("paired by seed and held-out problem; percentile bootstrap over problems (4,000 resamples, seeds kept "
         "together) at 95%: chosen holds if the interval of the mean Δ chosen log-prob is above −0.05 nats (falls if "
         "below); exact match higher if the interval of (Stable PO − DPO) is above 0 (lower if below); held = holds "
@@ -233,7 +239,8 @@ def run_seed(config: Config, seed: int, train_problems: A.Problems, eval_problem
     held = A.pair_data(config.task, eval_problems, seed=10_000 + seed)
     s = config.sft
     with Timer() as t_sft:
-        policy, sft_hist = lm.train(build_decoder(config, seed), sft_objective(), A.sft_data(config.task, train_problems),
+        sft_rows = A.sft_data(config.task, train_problems)
+        policy, sft_hist = lm.train(build_decoder(config, seed), sft_objective(), sft_rows,
                                     lm.TrainConfig(steps=s.steps, batch_size=s.batch_size, seed=seed,
                                                    progress=config.progress),
                                     lm.OptimizerConfig(learning_rate=s.learning_rate, warmup_steps=s.warmup_steps),
@@ -278,7 +285,7 @@ def summarize(per_seed: list[dict[str, Any]], config: Config) -> dict[str, Any]:
         return np.stack([s["methods"][key][what] if key != "sft" else s["sft"][what] for s in per_seed])
 
     base_chosen, base_rejected = stack("sft", "chosen"), stack("sft", "rejected")
-    dpo_correct = stack("dpo", "correct")
+    dpo_correct, sft_correct = stack("dpo", "correct"), stack("sft", "correct")
     methods: dict[str, Any] = {}
     for key in per_seed[0]["methods"]:
         correct = stack(key, "correct")
@@ -289,6 +296,10 @@ def summarize(per_seed: list[dict[str, Any]], config: Config) -> dict[str, Any]:
                "chosen_logp_delta_seeds": st.seed_means(d_chosen),
                "rejected_logp_delta": float(d_rejected.mean()), "hparams": per_seed[0]["methods"][key]["hparams"],
                "train_seconds": [s["methods"][key]["train_seconds"] for s in per_seed]}
+        # Against π_0 as well: did preference optimisation improve on SFT (secondary; same test)?
+        row["vs_sft"] = {"exact_match_diff": st.paired_bootstrap(correct.astype(float) - sft_correct.astype(float),
+                                                                 n_boot=config.n_boot),
+                         "mcnemar": st.mcnemar(correct, sft_correct)}
         if key != "dpo":
             diff = correct.astype(float) - dpo_correct.astype(float)
             row["vs_dpo"] = {"exact_match_diff": st.paired_bootstrap(diff, n_boot=config.n_boot),
@@ -309,13 +320,12 @@ def summarize(per_seed: list[dict[str, Any]], config: Config) -> dict[str, Any]:
         dec = st.decide(methods[primary]["chosen_logp_delta"], methods[primary]["vs_dpo"]["exact_match_diff"])
         claim.update(dec)
         ci = methods[primary]["vs_dpo"]["exact_match_diff"]
-        verdict = Verdict(claim=CLAIM, result="smoke" if config.quick else dec["result"], test=TEST if not config.quick
-                          else "none: --quick smoke preset, numbers not meaningful", seeds=len(per_seed),
-                          ci=(ci["lo"], ci["hi"]))
-        dpo_fall = methods["dpo"]["chosen_logp_delta"]
-        claim["dpo_chosen_falls"] = bool(dpo_fall["hi"] < -st.CHOSEN_TOL)
+        test = "none: --quick smoke preset, numbers not meaningful" if config.quick else TEST
+        verdict = Verdict(claim=claim_text(config.primary_ratio), result="smoke" if config.quick else dec["result"],
+                          test=test, seeds=len(per_seed), ci=(ci["lo"], ci["hi"]))
+        claim["dpo_chosen_falls"] = bool(methods["dpo"]["chosen_logp_delta"]["hi"] < -st.CHOSEN_TOL)
     else:
-        verdict = Verdict(claim=CLAIM, result="smoke" if config.quick else "inconclusive",
+        verdict = Verdict(claim=claim_text(config.primary_ratio), result="smoke" if config.quick else "inconclusive",
                           test="not tested: the Stable PO (penalty) family was not run", seeds=len(per_seed))
     return {"verdict": dataclasses.asdict(verdict), "methods": methods, "sft": sft, "claim": claim,
             "mean_chosen_length": float(np.mean([s["mean_chosen_length"] for s in per_seed]))}
@@ -331,15 +341,17 @@ def claim_paragraph(metrics: dict[str, Any], quick: bool) -> str:
         return "The Stable PO (penalty) family was not run, so the claim was not tested."
     dpo, spo = m["dpo"], m[primary]
     d = spo["vs_dpo"]["exact_match_diff"]
+    dc = dpo["chosen_logp_delta"]
     parts = [f"π_0 (SFT) reaches exact match {metrics['sft']['exact_match']:.3f}. DPO moves the held-out chosen "
-             f"log-prob by {dpo['chosen_logp_delta']['mean']:+.2f} nats (95% CI [{dpo['chosen_logp_delta']['lo']:+.2f}, "
-             f"{dpo['chosen_logp_delta']['hi']:+.2f}]) and ends at exact match {dpo['exact_match']:.3f}; "
+             f"log-prob by {dc['mean']:+.2f} nats (95% CI [{dc['lo']:+.2f}, {dc['hi']:+.2f}]) and ends at exact match "
+             f"{dpo['exact_match']:.3f}; "
              + ("likelihood displacement is present." if claim.get("dpo_chosen_falls") else
                 "the chosen log-prob did not fall significantly, so there is little displacement to fix."),
              f"{spo['label']} moves it by {spo['chosen_logp_delta']['mean']:+.2f} "
              f"([{spo['chosen_logp_delta']['lo']:+.2f}, {spo['chosen_logp_delta']['hi']:+.2f}]) and reaches "
              f"{spo['exact_match']:.3f}: exact-match difference to DPO {d['mean']:+.3f} (95% CI [{d['lo']:+.3f}, "
-             f"{d['hi']:+.3f}], McNemar p = {spo['vs_dpo']['mcnemar']['p']:.3g})."]
+             f"{d['hi']:+.3f}], McNemar p = {spo['vs_dpo']['mcnemar']['p']:.3g}); against π_0 "
+             f"{_ci(spo['vs_sft']['exact_match_diff'])}."]
     verdicts = {"held": "The claim held: the chosen log-prob did not fall and exact match was higher than DPO's.",
                 "did_not_hold": "The claim did not hold: " + ("the chosen log-prob fell" if claim["chosen_falls"] else
                                                               "exact match was lower than DPO's") + ".",
@@ -355,6 +367,10 @@ def claim_paragraph(metrics: dict[str, Any], quick: bool) -> str:
     return " ".join(parts)
 
 
+def _ci(d: dict[str, float]) -> str:
+    return f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+
+
 def results_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """The report's table: one row per method (π_0 first)."""
     sft = metrics["sft"]
@@ -367,6 +383,7 @@ def results_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
         row = {"method": r["label"], "exact match": r["exact_match"],
                "per seed": " / ".join(f"{v:.3f}" for v in r["exact_match_seeds"]),
                "Δ EM vs DPO [95% CI]": "–", "McNemar p": None,
+               "Δ EM vs π_0 [95% CI]": _ci(r["vs_sft"]["exact_match_diff"]),
                "Δ chosen logp [95% CI]": f"{c['mean']:+.2f} [{c['lo']:+.2f}, {c['hi']:+.2f}]",
                "Δ rejected logp": f"{r['rejected_logp_delta']:+.2f}",
                "train s (mean)": float(np.mean(r["train_seconds"]))}
@@ -396,6 +413,10 @@ def main(config: Config) -> Path:
     with Timer() as total:
         per_seed = [run_seed(config, seed, train_problems, eval_problems) for seed in config.seeds]
     metrics = summarize(per_seed, config)
+    # Per-problem arrays [S, P] (correctness, held-out log-probs) for later paired analyses.
+    np.savez_compressed(run_dir / "per_problem.npz", **{
+        f"{key}/{what}": np.stack([(s["sft"] if key == "sft" else s["methods"][key])[what] for s in per_seed])
+        for key in ["sft", *per_seed[0]["methods"]] for what in ("correct", "chosen", "rejected")})
     metrics["total_seconds"] = total.seconds
     save_metrics(run_dir, metrics)
     m = metrics["methods"]

@@ -153,9 +153,16 @@ def test_quick_run_is_a_smoke_run_with_the_documented_schema(quick_run):
         assert t["step"] == steps and len(t["chosen_logps"]) == len(t["exact_match"]) == len(steps)
         # Every method starts from the same π_0 per seed: the step-0 evaluation is π_0's (mean over seeds).
         assert t["chosen_logps"][0] == pytest.approx(metrics["sft"]["chosen_logps"], abs=1e-4)
+        assert set(m["vs_sft"]) == {"exact_match_diff", "mcnemar"}
         if key != "dpo":
             assert set(m["vs_dpo"]) == {"exact_match_diff", "exact_match_diff_seeds", "mcnemar"}
     assert metrics["methods"]["stable_po_r1"]["hparams"] == {"penalty": pytest.approx(config.beta)}
+    with np.load(run_dir / "per_problem.npz") as arrays:  # the per-problem data the summary was computed from
+        correct = arrays["stable_po_r1/correct"]
+        assert correct.shape == (len(config.seeds), config.num_eval)
+        assert metrics["methods"]["stable_po_r1"]["exact_match"] == pytest.approx(correct.mean())
+        d = arrays["stable_po_r1/chosen"] - arrays["sft/chosen"]
+        assert metrics["methods"]["stable_po_r1"]["chosen_logp_delta"]["mean"] == pytest.approx(d.mean(), abs=1e-5)
     report = (run_dir / "report.md").read_text()
     assert "**Verdict: smoke**" in report and "draws no conclusion" in report
     for png in ("logp_trajectories.png", "exact_match.png"):
