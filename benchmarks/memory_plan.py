@@ -115,7 +115,9 @@ class Plan:
       remat: ``DecoderConfig.remat_policy``.
       scan: ``DecoderConfig.scan_layers``.
       reference: full fine-tuning's reference: ``cached`` log-probs or a ``frozen`` copy (LoRA: the base model).
-      param_dtype: parameter storage dtype (``float32``; ``bfloat16`` needs the library's parameter-dtype policy).
+      param_dtype: parameter storage dtype (``float32``; ``bfloat16`` stores parameters in bfloat16 and keeps float32
+        master weights in the optimizer state, :mod:`mojax.train.precision`).
+      aot: lower and compile (``False``: the analytic estimate only, e.g. for meshes too small to be worth compiling).
     """
 
     model: str
@@ -130,6 +132,7 @@ class Plan:
     scan: bool = True
     reference: str = "cached"
     param_dtype: str = "float32"
+    aot: bool = True
 
     @property
     def mesh_shape(self) -> dict[str, int]:
@@ -211,9 +214,9 @@ def analytic(plan: Plan, config, inputs: dict[str, int]) -> dict[str, int]:
       intermediates), one layer's recomputed working set (``layer_work``: :data:`ATTN_BYTES` per attention score
       ``[rows, H/tp, T, T]`` — the XLA attention path materialises them, cuDNN flash attention would not — the
       MLP's ``[rows, T, F/tp]`` intermediates and gradients, and the layer's weights gathered over ``fsdp`` in the
-      compute dtype, forward and backward), and one LM-head chunk of float32 logits and their gradient (``head``;
-      once the head runs in several chunks, the compact head sorts positions globally, so a chunk is counted whole
-      on every device);
+      compute dtype, forward and backward) — or, if larger, one LM-head chunk of float32 logits and their gradient
+      (``head``; it runs before the layers' backward, so the two never coexist; once the head runs in several
+      chunks, the compact head sorts positions globally and every device holds a whole chunk);
     - **update**: the per-layer gradients sliced out of the stacked one while it is alive, then AdamW.
     """
     import jax.numpy as jnp
@@ -227,6 +230,7 @@ def analytic(plan: Plan, config, inputs: dict[str, int]) -> dict[str, int]:
     h_loc, kv_loc, f_loc, v_loc = split(config.num_heads), split(config.kv_heads), split(f), split(v)
     hs = config.head_size
     c = jnp.dtype(config.dtype).itemsize
+    c_param = jnp.dtype(getattr(config, "param_dtype", jnp.float32)).itemsize
     tok = rows * t
     dots = tok * (2 * h_loc * hs + 2 * kv_loc * hs + 2 * d + 2 * f_loc) * c  # q k v attn o gate up down outputs
     layers = config.num_layers
@@ -244,7 +248,10 @@ def analytic(plan: Plan, config, inputs: dict[str, int]) -> dict[str, int]:
     head = chunk * v_loc * 4 * 2 / (shards if chunk == positions else 1)
     stack = inputs["block"] if plan.scan else 0
     stack_grads = inputs["block_grads"] if plan.scan else 0
-    backward = stack + stack_grads + (inputs["grads"] - inputs["block_grads"]) + saved + attn + mlp + gathered + head
+    # The head's chunks run (forward and backward) before the layers' backward starts: the two transients do not
+    # overlap, and XLA's buffer assignment reuses the same slots for both (the small config's memory report).
+    other_grads = inputs["grads"] - (inputs["block_grads"] * 4 // c_param if inputs["block_grads"] else 0)
+    backward = stack + stack_grads + other_grads + saved + max(attn + mlp + gathered, head)
     update = inputs["grads"] + stack_grads
     out = {"params": inputs["params"], "opt": inputs["opt"], "batch": inputs["batch"], "grads": inputs["grads"],
            "saved_acts": int(saved), "layer_work": int(attn + mlp + gathered), "head": int(head),
@@ -337,17 +344,21 @@ def measure(plan: Plan) -> dict:
     key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep)
     build_s = time.perf_counter() - t0
 
-    with jax.set_mesh(mesh):
-        c0, t1 = time.process_time(), time.perf_counter()
-        lowered = step.lower(state, batch, key)
-        t2 = time.perf_counter()
-        compiled = lowered.compile()
-        c3, t3 = time.process_time(), time.perf_counter()
-    ma = compiled.memory_analysis()
-    mem = {"argument": ma.argument_size_in_bytes, "output": ma.output_size_in_bytes,
-           "alias": ma.alias_size_in_bytes, "temp": ma.temp_size_in_bytes,
-           "generated_code": ma.generated_code_size_in_bytes}
-    mem["peak"] = mem["argument"] + mem["output"] - mem["alias"] + mem["temp"]
+    mem, shapes, c0 = None, [], time.process_time()
+    t1 = t2 = t3 = c3 = c0
+    if plan.aot:
+        with jax.set_mesh(mesh):
+            c0, t1 = time.process_time(), time.perf_counter()
+            lowered = step.lower(state, batch, key)
+            t2 = time.perf_counter()
+            compiled = lowered.compile()
+            c3, t3 = time.process_time(), time.perf_counter()
+        ma = compiled.memory_analysis()
+        mem = {"argument": ma.argument_size_in_bytes, "output": ma.output_size_in_bytes,
+               "alias": ma.alias_size_in_bytes, "temp": ma.temp_size_in_bytes,
+               "generated_code": ma.generated_code_size_in_bytes}
+        mem["peak"] = mem["argument"] + mem["output"] - mem["alias"] + mem["temp"]
+        shapes = largest_shapes(compiled.as_text())
 
     # Analytic inputs, from the exact shard shapes of every leaf.
     decoder = abstract.policy if isinstance(abstract, AnchoredPolicy) else abstract
@@ -376,7 +387,7 @@ def measure(plan: Plan) -> dict:
         raise ValueError(f"{plan.model}: {n_base} parameters, published {PUBLISHED_PARAMS[plan.model]}")
     return {"plan": dataclasses.asdict(plan), "label": plan.label, "mesh": plan.mesh_shape,
             "base_params": n_base, "trainable_params": count(params), "compiled": mem, "analytic": est,
-            "analytic_inputs": inputs, "largest_shapes": largest_shapes(compiled.as_text()),
+            "analytic_inputs": inputs, "largest_shapes": shapes,
             "state_bytes": _shard_bytes(state), "batch_bytes": _shard_bytes(batch),
             "build_s": build_s, "lower_s": t2 - t1, "compile_s": t3 - t2, "compile_cpu_s": c3 - c0,
             "host_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB}
@@ -415,6 +426,8 @@ def recompute(result: dict) -> dict:
         block = a["scan_stack"] // 2 if full else a["scan_stack"]
         inputs = {"params": a["params"], "opt": a["opt"], "batch": a["batch"], "grads": a["grads"], "block": block,
                   "block_grads": block if full else 0, "layer_params": layer_params(config)}
+    elif plan.finetune == "full":  # results saved before block_grads meant the storage dtype
+        inputs = {**inputs, "block_grads": inputs["block"]}
     return {**result, "analytic_inputs": inputs, "analytic": analytic(plan, config, inputs)}
 
 
@@ -439,8 +452,13 @@ def run_children(plans: list[Plan], *, log=sys.stderr, save: Path | None = None,
                 continue
             out = json.loads(line)
             results[out["label"]] = out
-            brief = out.get("error") or (f"peak {out['compiled']['peak'] / GIB:.2f} GiB, analytic "
-                                         f"{out['analytic']['total'] / GIB:.2f} GiB, compile {out['compile_s']:.1f} s")
+            if "error" in out:
+                brief = out["error"]
+            elif out["compiled"] is None:
+                brief = f"analytic {out['analytic']['total'] / GIB:.2f} GiB (not compiled)"
+            else:
+                brief = (f"peak {out['compiled']['peak'] / GIB:.2f} GiB, analytic {out['analytic']['total'] / GIB:.2f} "
+                         f"GiB, compile {out['compile_s']:.1f} s")
             print(f"  {out['label']}: {brief}", file=log, flush=True)
             if save is not None:
                 save.write_text(json.dumps(list(results.values()), indent=1))
@@ -456,7 +474,7 @@ def _gib(x: float) -> str:
 def table(results: list[dict]) -> str:
     """The per-device table (GiB): compiled figures next to the analytic estimate and its components."""
     head = ["config", "params", "trainable", "argument", "output", "alias", "temp", "code MiB", "peak",
-            "analytic", "an. temp", "an. grads", "an. saved acts", "an. layer+head", "an. scan stack", "fits 80 GB",
+            "analytic", "an. temp", "an. grads", "an. saved acts", "an. layer|head", "an. scan stack", "fits 80 GB",
             "compile s"]
     rows = []
     for r in results:
@@ -464,12 +482,17 @@ def table(results: list[dict]) -> str:
             rows.append([r["label"], "error: " + r["error"]] + [""] * (len(head) - 2))
             continue
         c, a = r["compiled"], r["analytic"]
-        rows.append([r["label"], f"{r['base_params'] / 1e9:.3f}B", f"{r['trainable_params'] / 1e6:.1f}M",
-                     _gib(c["argument"]), _gib(c["output"]), _gib(c["alias"]), _gib(c["temp"]),
-                     f"{c['generated_code'] / 2 ** 20:.1f}", _gib(c["peak"]), _gib(a["total"]),
-                     _gib(a["temp"]), _gib(a["grads"]), _gib(a["saved_acts"]),
-                     _gib(a["layer_work"] + a["head"]), _gib(a["scan_stack"]),
-                     "yes" if c["peak"] <= 80e9 else "NO", f"{r['compile_s']:.1f}"])
+        if c is None:  # analytic only: no compiled figures; the fit verdict is the estimate's
+            compiled = ["-"] * 6
+            fits = ("yes" if a["total"] <= 80e9 else "NO") + " (analytic)"
+        else:
+            compiled = [_gib(c["argument"]), _gib(c["output"]), _gib(c["alias"]), _gib(c["temp"]),
+                        f"{c['generated_code'] / 2 ** 20:.1f}", _gib(c["peak"])]
+            fits = "yes" if c["peak"] <= 80e9 else "NO"
+        rows.append([r["label"], f"{r['base_params'] / 1e9:.3f}B", f"{r['trainable_params'] / 1e6:.1f}M", *compiled,
+                     _gib(a["total"]), _gib(a["temp"]), _gib(a["grads"]), _gib(a["saved_acts"]),
+                     _gib(max(a["layer_work"], a["head"])), _gib(a["scan_stack"]), fits,
+                     f"{r['compile_s']:.1f}" if c is not None else "-"])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     line = lambda xs: "| " + " | ".join(str(x).ljust(w) for x, w in zip(xs, widths)) + " |"  # noqa: E731
     return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])
@@ -492,6 +515,7 @@ def main() -> None:
     ap.add_argument("--remat", default="nothing_saveable")
     ap.add_argument("--no-scan", action="store_true", help="unrolled layers (slow to compile for deep models)")
     ap.add_argument("--json", help="also write every result to this JSON file")
+    ap.add_argument("--analytic-only", action="store_true", help="no lowering/compiling: the estimate only (fast)")
     ap.add_argument("--slow-compile", action="store_true", help="compile with LLVM optimisations (see FAST_COMPILE)")
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="print the table of earlier --json files and exit")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
@@ -509,7 +533,7 @@ def main() -> None:
         return
     plans = [Plan(model=m, finetune=ft, devices=n, mesh=mesh, tensor=args.tensor, seq=args.seq, rows=args.rows,
                   pairs_per_row=args.pairs_per_row, remat=args.remat, scan=not args.no_scan, reference=ref,
-                  param_dtype=pd)
+                  param_dtype=pd, aot=not args.analytic_only)
              for n in args.devices for m in args.models for ft in args.finetune
              for ref in (args.reference if ft == "full" else ["cached"]) for pd in args.param_dtype
              for mesh in args.meshes]
@@ -529,14 +553,17 @@ def report(results: list[dict]) -> None:
     """Print the table and the configurations that would not fit an 80 GB device."""
     print(table(results))
     ok = [r for r in results if "error" not in r]
-    over = [r["label"] for r in ok if r["compiled"]["peak"] > 80e9]
+    over = [r["label"] for r in ok if r["compiled"] is not None and r["compiled"]["peak"] > 80e9]
     print(f"would not fit an 80 GB device (compiled peak > 80e9 bytes): {', '.join(over) if over else 'none'}")
+    over = [r["label"] for r in ok if r["compiled"] is None and r["analytic"]["total"] > 80e9]
+    if over:
+        print(f"would not fit an 80 GB device (analytic estimate, not compiled): {', '.join(over)}")
 
 
 def headline_8b(results: list[dict]) -> None:
     """The last line: the largest per-device peak of the 8B full fine-tuning step on 16 devices (if measured)."""
     full8 = [r["compiled"]["peak"] for r in results if "error" not in r and r["plan"]["model"] == "llama-3.1-8b"
-             and r["plan"]["finetune"] == "full" and r["plan"]["devices"] == 16]
+             and r["plan"]["finetune"] == "full" and r["plan"]["devices"] == 16 and r["compiled"] is not None]
     if full8:
         print(f"max_gib_per_device_8b_full_ft_16={max(full8) / GIB:.3f}")
 
