@@ -30,7 +30,7 @@ def _ci(m: dict[str, Any], k: int | None = None) -> str:
 
 def write_synthetic(run_dir: Path, config: Any, metrics: dict[str, Any], run0: dict[str, Any]) -> Path:
     """Plots (``fronts.png``, ``phi.png``, ``round2.png``) and ``report.md`` of a synthetic run."""
-    dims, methods, spo = metrics["dimensions"], metrics["methods"], metrics["spo"]
+    dims, methods = metrics["dimensions"], metrics["methods"]
     fronts = {name: np.array(f["points_mean"]) for name, f in metrics["fronts"].items()}
     fronts["π_0 / π_1"] = np.array([methods["sft"]["all"]["mean"], methods["dpo_dim1"]["all"]["mean"]])
     plot_pareto_fronts(run_dir / "fronts.png", fronts, objective_names=[f"{d} (mean true reward)" for d in dims],
@@ -62,7 +62,8 @@ def write_synthetic(run_dir: Path, config: Any, metrics: dict[str, Any], run0: d
            "hypervolume": _ci(f["hypervolume"]),
            "SPO − this": "–" if f["hypervolume_spo_minus_this"] is None else _ci(f["hypervolume_spo_minus_this"])}
           for n, f in metrics["fronts"].items()]
-    phi = [{"run": label(n), "Δu > 0 (start)": v["start"]["agree_mean"], "Δu < 0 (start)": v["start"]["conflict_mean"],
+    phi = [{"run": label(n), "Δu > 0 (start)": v["start"]["agree_mean"],
+            "Δu < 0 (start)": v["start"]["conflict_mean"],
             "Δu > 0 (end)": v["end"]["agree_mean"], "Δu < 0 (end)": v["end"]["conflict_mean"],
             "risky Δu > 0 (end)": v["end_risky"]["agree_mean"], "risky Δu < 0 (end)": v["end_risky"]["conflict_mean"]}
            for n, v in metrics["phi"].items()]
@@ -70,8 +71,8 @@ def write_synthetic(run_dir: Path, config: Any, metrics: dict[str, Any], run0: d
             for n, v in metrics.get("composition", {}).items() for part in ("benign", "risky")]
     task = metrics["task"]
     bc = task["base_correlations"]
-    what = (f"Synthetic helpful-vs-harmless task (experiments/_spo_task.py): risky topics {list(config.hh.risky_topics)}"
-            f" of {config.task.num_topics} ({bc['risky_share']:.0%} of prompts), {config.hh.harmful_tokens} of "
+    what = (f"Synthetic helpful-vs-harmless task (experiments/_spo_task.py): risky topics "
+            f"{list(config.hh.risky_topics)} of {config.task.num_topics} ({bc['risky_share']:.0%} of prompts), {config.hh.harmful_tokens} of "
             f"{config.task.tokens_per_class} class-A tokens harmful on risky prompts; base-distribution correlation "
             f"of the two rewards {bc['benign']:.2f} on benign and {bc['risky']:.2f} on risky prompts; attainable "
             f"front: {task['attainable_front']}. π_0 = the shared SFT decoder. Per seed ({config.seeds} seeds): "

@@ -39,8 +39,8 @@ from mojax.data import synthetic_lm
 from mojax.data.readers import TokenizedExample
 from mojax.data.synthetic_lm import SyntheticLMConfig
 
-__all__ = ["COMPOSITION", "DIMENSIONS", "HHTask", "base_correlations", "composition", "make_pairs", "make_prompts", "prompt_topics",
-           "true_rewards"]
+__all__ = ["COMPOSITION", "DIMENSIONS", "HHTask", "base_correlations", "composition", "make_pairs", "make_prompts",
+           "prompt_topics", "true_rewards"]
 
 DIMENSIONS = ("helpful", "harmless")
 

@@ -33,9 +33,10 @@ Fronts: SPO's α sweep, DPO-Mix's mixing shares and S-DPO's stopping points as p
 seed; hypervolume w.r.t. the reference (0, 0) (the ideal (1, 1) has hypervolume 1), with t intervals over seeds.
 
 Outputs: ``config.json``; ``metrics.json`` (``verdict`` {claim, result, test, seeds, ci}; ``win_rates``
-{baseline: {dimension: {mean, lo, hi, per_seed}}}; ``methods`` {name: mean true rewards, benign/risky split, with
-intervals}; ``fronts`` {family: points, hypervolume}; ``phi``; ``delta_u_vs_true_r1``; ``task``); ``fronts.png``,
-``phi.png``, ``round2.png``, ``report.md``.
+{baseline: {dimension: {mean, lo, hi, vs_half, per_seed}}} and ``win_rates_by_prompt_type``; ``methods`` {name:
+mean true rewards, benign/risky split, with intervals}; ``fronts`` {family: points, hypervolume}; ``composition``
+(token shares of the samples, benign/risky); ``phi``; ``delta_u_vs_true_r1``; ``task``); ``seeds.pkl`` (raw
+per-seed results, written after each seed); ``fronts.png``, ``phi.png``, ``round2.png``, ``report.md``.
 """
 
 from __future__ import annotations
@@ -252,7 +253,8 @@ def run_seed(config: Config, pi0: Any, k: int) -> dict[str, Any]:
         mix = lm.with_ref_logps(mixed_pairs(train1, pairs2, share, seed=base + 5 + i), [pi0])
         model, hist = lm.train(pi0, dpo, mix, seeded(total, 7), desc=name, **run)
         scores[name], seconds[name] = score(model, name), hist.seconds
-    return {"scores": scores, "seconds": seconds, "stops": stops, "compositions": compositions, "phi": phi, "curves": curves,
+    return {"scores": scores, "seconds": seconds, "stops": stops, "compositions": compositions, "phi": phi,
+            "curves": curves,
             "risky": np.isin(topics, hh.risky_topics), "delta_u": delta_u,
             "delta_u_vs_true_r1": {"corr": float(np.corrcoef(delta_u, true_d1)[0, 1]),
                                    "sign_agreement": float(np.mean(np.sign(delta_u[true_d1 != 0])
@@ -277,9 +279,12 @@ def aggregate(config: Config, runs: list[dict[str, Any]]) -> dict[str, Any]:
         bound = lambda x: x.tolist() if np.all(np.isfinite(x)) else None  # noqa: E731 (one seed: no interval)
         return {"mean": m.tolist(), "lo": bound(lo), "hi": bound(hi), "per_seed": values.tolist()}
 
-    by_type = {b: {part: summary(np.array([st.paired_win_rates(r["scores"][spo][mask], r["scores"][b][mask])
-                                            for r in runs for mask in [r["risky"] if part == "risky" else ~r["risky"]]]))
-                   for part in ("benign", "risky")} for b in baselines}
+    def by_part(r: dict[str, Any], b: str, part: str) -> np.ndarray:
+        mask = r["risky"] if part == "risky" else ~r["risky"]
+        return st.paired_win_rates(r["scores"][spo][mask], r["scores"][b][mask])
+
+    by_type = {b: {part: summary(np.array([by_part(r, b, part) for r in runs])) for part in ("benign", "risky")}
+               for b in baselines}
 
     methods = {}
     for name in runs[0]["scores"]:

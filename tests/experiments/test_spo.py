@@ -162,7 +162,8 @@ def test_verdict_fails_a_policy_that_is_s_dpo_stopped_early():
     assert verdict.result == "did_not_hold" and verdict.seeds == 3
     assert table["s_dpo"]["harmless"]["hi"] < 0.5 and "s_dpo on harmless" in verdict.test
     assert table["s_dpo"]["harmless"]["vs_half"] == "below"
-    assert verdict.ci == (pytest.approx(table["s_dpo"]["harmless"]["lo"]), pytest.approx(table["s_dpo"]["harmless"]["hi"]))
+    worst = table["s_dpo"]["harmless"]
+    assert verdict.ci == (pytest.approx(worst["lo"]), pytest.approx(worst["hi"]))
 
 
 def test_verdict_holds_only_when_every_interval_is_above_one_half():
