@@ -74,7 +74,7 @@ from mojax.data import synthetic_lm
 from mojax.data.readers import ReaderConfig
 from mojax.data.synthetic_lm import SyntheticLMConfig
 from mojax.models import LoRAConfig, add_lora, merge_lora
-from mojax.models.conditioning import CONDITIONINGS, ConditionedPolicy, ConditioningConfig, build_conditioned
+from mojax.models.conditioning import ConditionedPolicy, ConditioningConfig, build_conditioned
 from mojax.models.ranker import num_params
 from mojax.train import DataConfig
 from mojax.train.objectives import COSDPOSampling, cos_dpo_objective, modpo_objective

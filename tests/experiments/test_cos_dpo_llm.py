@@ -289,8 +289,8 @@ def test_decide_rules():
 
 
 def test_compare_conditionings_quick(tmp_path):
-    cfg = dataclasses.replace(cd.get_config(quick=True), compare_conditionings=True, conditionings=("hpt", "mixed_lora"),
-                              num_weights=3, num_seeds=2, out=str(tmp_path / "cmp"))
+    cfg = dataclasses.replace(cd.get_config(quick=True), compare_conditionings=True,
+                              conditionings=("hpt", "mixed_lora"), num_weights=3, num_seeds=2, out=str(tmp_path / "cmp"))
     run_dir = cd.main(cfg)
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["verdict"]["result"] == "smoke" and m["verdict"]["seeds"] == 2 and len(m["seeds"]) == 2
