@@ -38,14 +38,16 @@ Parity (printed per config): the mean chosen log-prob of the first batch under t
 logged ``chosen_logps``; Tunix's ``dpo_loss_fn`` aux ``log_probs/chosen`` on ``_prepare_inputs`` of the same batch,
 computed before training), and the loss trajectories, which agree only if gradients and updates agree.
 
-The last line is ``speedup_vs_tunix=<min over configs of mojax pairs/s ÷ Tunix pairs/s>``.
+Each config's line also gives the ratio of process CPU seconds per step (median over rounds), which survives a
+loaded machine better than wall time (where a process mostly waits for a core).
+
+The last line is ``speedup_vs_tunix=<min over configs of mojax pairs/s ÷ Tunix pairs/s>`` (wall time).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
@@ -284,14 +286,16 @@ def summarise(config: str, result: dict) -> tuple[list, float, dict]:
     rss = {side: max(r["peak_rss"] for r in runs[side]) for side in runs}
     mj, tx = runs["mojax"][0], runs["tunix"][0]
     n = min(len(mj["loss"]), len(tx["loss"]))
+    cpu = {side: [median(r["step_cpu_s"]) for r in runs[side]] for side in runs}
     notes = {"rss_ratio": rss["mojax"] / rss["tunix"], "ratios": ratios, "steps_compared": n,
+             "cpu_ratios": [t / m for t, m in zip(cpu["tunix"], cpu["mojax"])],
              "max_abs_loss_diff": max(abs(a - b) for a, b in zip(mj["loss"][:n], tx["loss"][:n])),
              "first_chosen_logps": (mj["chosen_logps"][0], tx["chosen_logps"][0]),
              "last_loss": (mj["loss"][n - 1], tx["loss"][n - 1]), "versions": tx["versions"]}
     rows = []
     for side in runs:
         step = median(med[side])
-        cpu = median([median(r["step_cpu_s"]) for r in runs[side]]) if "step_cpu_s" in runs[side][0] else math.nan
+        cpu = median([median(r["step_cpu_s"]) for r in runs[side]])
         rows.append([config, f"{result['params'] / 1e6:.2f}M", side, PAIRS / step, step, cpu,
                      median([r["first_step_s"] for r in runs[side]]), median([r["compile_s"] for r in runs[side]]),
                      rss[side] / MIB])
@@ -343,7 +347,8 @@ def main() -> None:
         n = notes[config]
         mc, tc = n["first_chosen_logps"]
         print(f"{config}: speedup {speedups[config]:.2f}x (median of per-round ratios "
-              f"{', '.join(f'{x:.2f}' for x in n['ratios'])}), peak RSS mojax/Tunix {n['rss_ratio']:.2f}")
+              f"{', '.join(f'{x:.2f}' for x in n['ratios'])}); by process CPU s per step "
+              f"{median(n['cpu_ratios']):.2f}x (load-robust); peak RSS mojax/Tunix {n['rss_ratio']:.2f}")
         print(f"{config}: parity: first-batch mean chosen logp mojax {mc:.5f} vs Tunix {tc:.5f} "
               f"(|diff| {abs(mc - tc):.2e}); max |loss diff| over {n['steps_compared']} steps "
               f"{n['max_abs_loss_diff']:.2e}; last loss {n['last_loss'][0]:.6f} vs {n['last_loss'][1]:.6f}")
