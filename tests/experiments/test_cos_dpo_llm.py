@@ -237,6 +237,7 @@ def smol_quick_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_smol_preset_quick_on_tiny_llama(smol_quick_run):
     metrics = json.loads((smol_quick_run / "metrics.json").read_text())
     assert (smol_quick_run / "fronts.png").is_file() and (smol_quick_run / "report.md").is_file()
@@ -288,6 +289,7 @@ def test_decide_rules():
     np.testing.assert_allclose(summ["a"]["mean"]["spread_fraction_of_dpo_ls"], [0.9, 0.8])
 
 
+@pytest.mark.slow
 def test_compare_conditionings_quick(tmp_path):
     cfg = dataclasses.replace(cd.get_config(quick=True), compare_conditionings=True,
                               conditionings=("hpt", "mixed_lora"), num_weights=3, num_seeds=2, out=str(tmp_path / "cmp"))
