@@ -211,7 +211,7 @@ def run_heads(feats: dict[str, dict[str, np.ndarray]], config: HeadsConfig, *, l
 def logistic_head(diff: np.ndarray, l2: float, *, iters: int = 25) -> np.ndarray:
     """Float64 L2-regularised logistic regression without bias on chosen-minus-rejected features ``diff [n, D]``
     (every pair labelled "chosen wins"): ``argmin_w mean softplus(−diff·w) + ½ l2 ‖w‖²`` by Newton's method — the
-    exact minimiser a converged bias-free Bradley–Terry head with weight decay reaches, independent of the JAX path."""
+    exact minimiser of a bias-free Bradley–Terry head with an L2 penalty, independent of the JAX path."""
     n, d = diff.shape
     w = np.zeros(d)
     for _ in range(iters):

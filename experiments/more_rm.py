@@ -21,7 +21,8 @@ i.e. the usual "RM from the SFT model" start) is trained on all of them by:
 
 - **MORE** — every step, per-dataset BT losses ``L_k``, head-only gradients ``g_k`` averaged as the released code
   (``m ← 0.01·m + 0.99·g`` from the head's initial weights; ``--averaging ema`` = mojax's earlier
-  ``m ← 0.99·m + 0.01·g``) and L2-normalised, ``λ = argmin_{λ∈Δ^K} ‖Σ λ_k g_k‖²`` and the loss ``Σ λ_k L_k`` (λ held constant);
+  ``m ← 0.99·m + 0.01·g``) and L2-normalised, ``λ = argmin_{λ∈Δ^K} ‖Σ λ_k g_k‖²`` and the loss ``Σ λ_k L_k``
+  (λ held constant);
 - **hybrid** — the plain BT loss on the same pooled batches (uniform mixing);
 - **sequential** — dataset 0, then 1, …, each for ``steps/K`` steps (same total steps);
 - **ensemble** — one RM per dataset (``steps/K`` steps each, so every dataset gets the same number of epochs as in

@@ -71,7 +71,8 @@ def test_logistic_reference_learns_a_linear_preference():
     cfg = H.HeadsConfig(reference_l2=0.01)
     rows = {(r["reference"], r["data"]): r for r in H.reference_rows(H.logistic_reference(feats, cfg), cfg)}
     assert rows[("per_dataset", "overall")]["accuracy"] > 0.8  # separable by construction
-    assert rows[("pooled", "overall")]["pairs"] == 240 and {"ece_5", "ece_10", "ece_20"} <= set(rows[("pooled", "overall")])
+    pooled = rows[("pooled", "overall")]
+    assert pooled["pairs"] == 240 and {"ece_5", "ece_10", "ece_20"} <= set(pooled)
 
 
 def test_read_hh_pairs_counts_what_it_examined(tmp_path):
