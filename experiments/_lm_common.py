@@ -25,8 +25,6 @@ writes ``from experiments import _lm_common as lm``):
 Everything is deterministic given the config seeds.
 """
 
-import dataclasses
-from typing import Literal
 
 from experiments._lm_data import (
     PairData,
@@ -56,6 +54,7 @@ from experiments._lm_eval import (
 )
 from experiments._lm_policy import (
     CACHE_VERSION,
+    Precision,
     QUICK_MODEL,
     ExperimentConfig,
     QUICK_SFT,
@@ -80,32 +79,6 @@ from experiments._lm_train import (
     train,
 )
 from mojax.models import load_tokenizer
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Precision:
-    """The mixed-precision policy of an LM experiment (the CLI's ``--dtype`` / ``--param-dtype``; issue 13 §4).
-
-    Compute in ``dtype``, parameters stored in ``param_dtype``; optimizer state, master weights (kept by
-    :func:`mojax.train.fit` when the trained weights are bfloat16), logits, log-probs and losses stay float32.
-    Nest it in an experiment config (``precision: Precision = Precision()``, flags ``--precision.dtype`` /
-    ``--precision.param-dtype``) and call :meth:`apply` on the policy before training.
-    """
-
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """Compute dtype of the decoder's matrix products."""
-    param_dtype: Literal["float32", "bfloat16"] = "float32"
-    """Storage dtype of the decoder's parameters."""
-
-    def apply(self, model):
-        """``model`` (a :class:`mojax.models.Decoder` without LoRA) with this policy: the same weights, cast; the model
-        itself when it already has it."""
-        import jax.numpy as jnp
-
-        c = model.config
-        if jnp.dtype(c.dtype) == jnp.dtype(self.dtype) and jnp.dtype(c.param_dtype) == jnp.dtype(self.param_dtype):
-            return model
-        return model.with_precision(dtype=jnp.dtype(self.dtype), param_dtype=jnp.dtype(self.param_dtype))
 
 
 __all__ = [

@@ -14,7 +14,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from flax import nnx
@@ -104,6 +104,32 @@ QUICK_SFT = SFTConfig(steps=30, batch_size=32, learning_rate=1e-2, warmup_steps=
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class Precision:
+    """The mixed-precision policy of an LM experiment (the CLI's ``--dtype`` / ``--param-dtype``; issue 13 §4).
+
+    Compute in ``dtype``, parameters stored in ``param_dtype``; optimizer state, master weights (kept by
+    :func:`mojax.train.fit` when the trained weights are bfloat16), logits, log-probs and losses stay float32.
+    Nest it in an experiment config (``precision: Precision = Precision()``, flags ``--precision.dtype`` /
+    ``--precision.param-dtype``) and call :meth:`apply` on the policy before training.
+    """
+
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Compute dtype of the decoder's matrix products."""
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Storage dtype of the decoder's parameters."""
+
+    def apply(self, model):
+        """``model`` (a :class:`mojax.models.Decoder` without LoRA) with this policy: the same weights, cast; the model
+        itself when it already has it."""
+        import jax.numpy as jnp
+
+        c = model.config
+        if jnp.dtype(c.dtype) == jnp.dtype(self.dtype) and jnp.dtype(c.param_dtype) == jnp.dtype(self.param_dtype):
+            return model
+        return model.with_precision(dtype=jnp.dtype(self.dtype), param_dtype=jnp.dtype(self.param_dtype))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ExperimentConfig:
     """The settings every LM experiment shares; each experiment's ``Config`` subclasses it and adds its methods'."""
 
@@ -113,6 +139,8 @@ class ExperimentConfig:
     """The tiny decoder π_0 is made of."""
     sft: SFTConfig = SFTConfig()
     """SFT of π_0 (cached, shared with the other LM experiments)."""
+    precision: Precision = Precision()
+    """Mixed precision of the trained policy (``--precision.dtype`` / ``--precision.param-dtype``)."""
     cache_dir: str | None = None
     """SFT / compilation cache (default ``runs/_cache`` or ``$MOJAX_CACHE``)."""
     compile_cache: bool = True

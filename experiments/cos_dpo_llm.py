@@ -383,6 +383,7 @@ def main(config: Config) -> Path:
     if synthetic:
         pi0, sft_info = lm.sft_policy(config.task, config.model, config.sft, model_path=config.data.model_path,
                                       cache_dir=config.cache_dir, progress=config.progress)
+        pi0 = config.precision.apply(pi0)
         train = synthetic_data(config.task, config.objectives, num_pairs=config.num_train_pairs, seed=config.seed)
         held = synthetic_data(config.task, config.objectives, num_pairs=config.num_eval_prompts,
                               seed=config.seed + 1)

@@ -187,6 +187,7 @@ def build_setup(config: Config) -> Setup:
     if not config.data.real:
         backbone, sft_info = lm.sft_policy(config.task, config.model, config.sft, model_path=config.data.model_path,
                                            cache_dir=config.cache_dir, progress=config.progress)
+        backbone = config.precision.apply(backbone)
         train, _ = synthetic_datasets(config.task, config.mixtures, num_pairs=config.num_train_pairs,
                                       seed=config.seed)
         held, true_margin = synthetic_datasets(config.task, config.mixtures, num_pairs=config.num_eval_pairs,

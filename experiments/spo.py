@@ -350,6 +350,7 @@ def main(config: Config) -> Path:
     say(f"π_0: SFT decoder ({'quick' if is_quick(config) else 'default'} preset; cached after the first run)")
     pi0, _ = lm.sft_policy(config.task, config.model, config.sft, model_path=config.data.model_path,
                            cache_dir=config.cache_dir, progress=config.progress)
+    pi0 = config.precision.apply(pi0)
     runs = []
     for k in range(config.seeds):
         t0 = time.perf_counter()

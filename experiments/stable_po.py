@@ -93,6 +93,8 @@ class Config:
     """The tiny decoder."""
     sft: SFTSettings = SFTSettings()
     """SFT of π_0 (one per seed)."""
+    precision: lm.Precision = lm.Precision()
+    """Mixed precision of the preference-trained policies (``--precision.dtype`` / ``--precision.param-dtype``)."""
     seeds: tuple[int, ...] = (0, 1, 2)
     """Training seeds: model initialisation, SFT and preference data order, near-miss draws."""
     num_train: int = 4096
@@ -245,6 +247,7 @@ def run_seed(config: Config, seed: int, train_problems: A.Problems, eval_problem
                                                    progress=config.progress),
                                     lm.OptimizerConfig(learning_rate=s.learning_rate, warmup_steps=s.warmup_steps),
                                     desc=f"SFT seed {seed}")
+    policy = config.precision.apply(policy)
     base = evaluate(policy, config, held, eval_problems)
     print(f"seed {seed}: π_0 exact match {base['correct'].mean():.3f} (SFT {t_sft.seconds:.0f} s)", flush=True)
     pairs = lm.with_ref_logps(A.pair_data(config.task, train_problems, seed=seed), [policy])
