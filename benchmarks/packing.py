@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +39,20 @@ DATA = Path("..") / "shared" / "data"
 MAX_LENGTH = 512
 
 
+def hh_pair_batches(batch_size: int, seed: int) -> tuple[Any, TokenizeConfig, list[Path], list, list[list]]:
+    """The four HH-RLHF files tokenized with GPT-2 BPE (max length 512, prompt 384), pairs only, in batches of
+    ``batch_size`` in a seeded order: ``(tokenizer, tokenize config, files, examples, batches)`` (shared with ``shared_prompt.py``)."""
+    tok = load_tokenizer(DATA / "gpt2-bpe")
+    tcfg = TokenizeConfig(max_length=MAX_LENGTH, max_prompt_length=384, pad_id=0)
+    files = sorted((DATA / "hh-rlhf").glob("*.jsonl.gz"))
+    examples, _ = load_tokenized_files(files, tok, tcfg)
+    examples = [ex for ex in examples if len(ex.response_ids) == 2]
+    order = np.random.default_rng(seed).permutation(len(examples))
+    batches = [[examples[i] for i in order[s:s + batch_size]]
+               for s in range(0, len(order) - batch_size + 1, batch_size)]
+    return tok, tcfg, files, examples, batches
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch-size", type=int, default=8)
@@ -49,14 +64,8 @@ def main() -> None:
     ap.add_argument("--mlp-dim", type=int, default=128)
     args = ap.parse_args()
 
-    tok = load_tokenizer(DATA / "gpt2-bpe")
-    tcfg = TokenizeConfig(max_length=MAX_LENGTH, max_prompt_length=384, pad_id=0)
-    files = sorted((DATA / "hh-rlhf").glob("*.jsonl.gz"))
-    examples, _ = load_tokenized_files(files, tok, tcfg)
-    examples = [ex for ex in examples if len(ex.response_ids) == 2]
-    order = np.random.default_rng(args.seed).permutation(len(examples))
+    tok, tcfg, files, examples, batches = hh_pair_batches(args.batch_size, args.seed)
     b = args.batch_size
-    batches = [[examples[i] for i in order[s:s + b]] for s in range(0, len(order) - b + 1, b)]
     pcfg = PackConfig(row_length=MAX_LENGTH, max_segments=16)
 
     lengths = np.array([len(ex.prompt_ids) + len(r) for ex in examples for r in ex.response_ids])

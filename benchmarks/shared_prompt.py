@@ -20,21 +20,18 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from _bench import alternate, headline, load_average, median, paired_ratios
 from flax import nnx
+from packing import MAX_LENGTH, hh_pair_batches
 
-from mojax.data import TokenizeConfig, collate, load_tokenized_files
+from mojax.data import collate
 from mojax.models import Decoder, DecoderConfig
-from mojax.models.hf import load_tokenizer
 from mojax.train.objectives import LMOpening, dpo_objective, split_shared_prompt
 
-DATA = Path("..") / "shared" / "data"
-MAX_LENGTH = 512
 
 
 def main() -> None:
@@ -49,14 +46,8 @@ def main() -> None:
     ap.add_argument("--multiple", type=int, default=16, help="Tp and Tr are rounded up to this")
     args = ap.parse_args()
 
-    tok = load_tokenizer(DATA / "gpt2-bpe")
-    tcfg = TokenizeConfig(max_length=MAX_LENGTH, max_prompt_length=384, pad_id=0)
-    files = sorted((DATA / "hh-rlhf").glob("*.jsonl.gz"))
-    examples, _ = load_tokenized_files(files, tok, tcfg)
-    examples = [ex for ex in examples if len(ex.response_ids) == 2]
-    order = np.random.default_rng(args.seed).permutation(len(examples))
+    tok, tcfg, files, examples, batches = hh_pair_batches(args.batch_size, args.seed)
     b = args.batch_size
-    batches = [[examples[i] for i in order[s:s + b]] for s in range(0, len(order) - b + 1, b)]
 
     prompt_tokens = sum(2 * len(ex.prompt_ids) for ex in examples)
     real_tokens = sum(len(ex.prompt_ids) + len(r) for ex in examples for r in ex.response_ids)
