@@ -12,8 +12,8 @@ from mojax.data import synthetic_lm
 from mojax.data.synthetic_lm import SyntheticLMConfig
 
 TASK = SyntheticLMConfig()
-# The quick presets' model and SFT of the synthetic-task LM experiments (spo.py, cos_dpo_llm.py, more_rm.py; stable_po.py
-# shares only the model: its task is arithmetic), so one SFT fit serves the whole session.
+# The quick presets' model and SFT of the synthetic-task LM experiments (spo.py, cos_dpo_llm.py, more_rm.py;
+# stable_po.py shares only the model: its task is arithmetic), so one SFT fit serves the whole session.
 MODEL = L.QUICK_MODEL
 SFT = L.QUICK_SFT
 
