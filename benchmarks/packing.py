@@ -53,6 +53,39 @@ def hh_pair_batches(batch_size: int, seed: int) -> tuple[Any, TokenizeConfig, li
     return tok, tcfg, files, examples, batches
 
 
+def compare_layouts(step, params, layouts: dict[str, list[dict]], *, pairs_per_batch: int, rounds: int,
+                    name: str) -> str:
+    """Run ``step(params, batch)`` on the same batches in two layouts (``{"padded": [...], other: [...]}``): compile
+    every shape, compare the losses batch by batch (≤ 1e-5), then time alternating rounds; prints the tables and
+    returns the headline ``name=<median per-round ratio of pairs/s, other over padded>`` (shared with
+    ``shared_prompt.py``)."""
+    other = next(k for k in layouts if k != "padded")
+    layouts = {k: [jax.tree.map(jnp.asarray, x) for x in v] for k, v in layouts.items()}
+    t0 = time.perf_counter()
+    losses = {k: [float(jax.block_until_ready(step(params, x))[0]) for x in v] for k, v in layouts.items()}
+    shapes = {k: sorted({tuple(x["input_ids"].shape) for x in v}) for k, v in layouts.items()}
+    print(f"compile + first run of every shape: {time.perf_counter() - t0:.1f} s; input shapes {shapes}")
+    diff = max(abs(a - c) for a, c in zip(losses[other], losses["padded"]))
+    print(f"DPO loss per batch padded {np.round(losses['padded'], 6).tolist()}; max |{other} - padded| = {diff:.2e}")
+
+    def run(layout):
+        def go():
+            t = time.perf_counter()
+            for x in layouts[layout]:
+                jax.block_until_ready(step(params, x))
+            return len(layouts[layout]) * pairs_per_batch / (time.perf_counter() - t)
+        return go
+
+    pps = alternate({k: run(k) for k in layouts}, rounds)
+    ratios = paired_ratios(pps[other], pps["padded"])
+    print(f"pairs/s padded {[round(x, 3) for x in pps['padded']]} (median {median(pps['padded']):.3f}), "
+          f"{other} {[round(x, 3) for x in pps[other]]} (median {median(pps[other]):.3f}); "
+          f"per-round ratios {[round(x, 3) for x in ratios]}; load {load_average()}")
+    if diff > 1e-5:
+        print(f"WARNING: losses differ by {diff:.2e} > 1e-5")
+    return headline(name, median(ratios))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch-size", type=int, default=8)
@@ -110,31 +143,7 @@ def main() -> None:
         "padded": [{**collate(e, tcfg), "ref_logps": r} for e, r in zip(timed, ref)],
         "packed": [{**pack_examples(e, pcfg), "ref_logps": r} for e, r in zip(timed, ref)],
     }
-    layouts = {k: [jax.tree.map(jnp.asarray, x) for x in v] for k, v in layouts.items()}
-    t0 = time.perf_counter()
-    losses = {k: [float(jax.block_until_ready(step(params, x))[0]) for x in v] for k, v in layouts.items()}
-    print(f"compile + first run of every shape: {time.perf_counter() - t0:.1f} s; shapes padded "
-          f"{sorted({tuple(x['input_ids'].shape) for x in layouts['padded']})}, packed "
-          f"{sorted({tuple(x['input_ids'].shape) for x in layouts['packed']})}")
-    diff = max(abs(a - c) for a, c in zip(losses["packed"], losses["padded"]))
-    print(f"DPO loss per batch padded {np.round(losses['padded'], 6).tolist()}; max |packed - padded| = {diff:.2e}")
-
-    def run(name):
-        def go():
-            t = time.perf_counter()
-            for x in layouts[name]:
-                jax.block_until_ready(step(params, x))
-            return len(timed) * b / (time.perf_counter() - t)
-        return go
-
-    pps = alternate({"padded": run("padded"), "packed": run("packed")}, args.rounds)
-    ratios = paired_ratios(pps["packed"], pps["padded"])
-    print(f"pairs/s padded {[round(x, 2) for x in pps['padded']]} (median {median(pps['padded']):.2f}), "
-          f"packed {[round(x, 2) for x in pps['packed']]} (median {median(pps['packed']):.2f}); "
-          f"per-round ratios {[round(x, 3) for x in ratios]}; load {load_average()}")
-    if diff > 1e-5:
-        print(f"WARNING: losses differ by {diff:.2e} > 1e-5")
-    print(headline("packing_speedup", median(ratios)))
+    print(compare_layouts(step, params, layouts, pairs_per_batch=b, rounds=args.rounds, name="packing_speedup"))
 
 
 if __name__ == "__main__":

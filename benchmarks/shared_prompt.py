@@ -19,14 +19,12 @@ Last line: ``shared_prompt_speedup=<median per-round ratio of pairs/s shared ove
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _bench import alternate, headline, load_average, median, paired_ratios
 from flax import nnx
-from packing import MAX_LENGTH, hh_pair_batches
+from packing import MAX_LENGTH, compare_layouts, hh_pair_batches
 
 from mojax.data import collate
 from mojax.models import Decoder, DecoderConfig
@@ -88,31 +86,8 @@ def main() -> None:
         "padded": [{**x, "ref_logps": r} for x, r in zip(padded, ref)],
         "shared": [{**split_shared_prompt(x, multiple=args.multiple), "ref_logps": r} for x, r in zip(padded, ref)],
     }
-    layouts = {k: [jax.tree.map(jnp.asarray, x) for x in v] for k, v in layouts.items()}
-    t0 = time.perf_counter()
-    losses = {k: [float(jax.block_until_ready(step(params, x))[0]) for x in v] for k, v in layouts.items()}
-    print(f"compile + first run of every shape: {time.perf_counter() - t0:.1f} s; shapes padded "
-          f"{[tuple(x['input_ids'].shape) for x in layouts['padded']]}, shared (prompt, responses) "
-          f"{[(tuple(x['prompt_ids'].shape), tuple(x['input_ids'].shape)) for x in layouts['shared']]}")
-    diff = max(abs(a - c) for a, c in zip(losses["shared"], losses["padded"]))
-    print(f"DPO loss per batch padded {np.round(losses['padded'], 6).tolist()}; max |shared - padded| = {diff:.2e}")
-
-    def run(name):
-        def go():
-            t = time.perf_counter()
-            for x in layouts[name]:
-                jax.block_until_ready(step(params, x))
-            return len(timed) * b / (time.perf_counter() - t)
-        return go
-
-    pps = alternate({"padded": run("padded"), "shared": run("shared")}, args.rounds)
-    ratios = paired_ratios(pps["shared"], pps["padded"])
-    print(f"pairs/s padded {[round(x, 3) for x in pps['padded']]} (median {median(pps['padded']):.3f}), "
-          f"shared {[round(x, 3) for x in pps['shared']]} (median {median(pps['shared']):.3f}); "
-          f"per-round ratios {[round(x, 3) for x in ratios]}; load {load_average()}")
-    if diff > 1e-5:
-        print(f"WARNING: losses differ by {diff:.2e} > 1e-5")
-    print(headline("shared_prompt_speedup", median(ratios)))
+    print(compare_layouts(step, params, layouts, pairs_per_batch=b, rounds=args.rounds,
+                          name="shared_prompt_speedup"))
 
 
 if __name__ == "__main__":
